@@ -1,0 +1,126 @@
+"""`python -m diffract_core COMMAND`: convert, inspect, download, quickstart."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import DiffractError
+from .transcoders.config import STREAMS, dtype_from_name
+
+
+def parse_layers(text: str) -> list[int]:
+    """`0-15,18` -> [0, 1, ..., 15, 18]."""
+    layers: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, _, last = part.partition("-")
+            layers.extend(range(int(first), int(last or first) + 1))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"layers must look like '0-15,18', got {text!r}") from exc
+    return layers
+
+
+def _dtype(text: str):  # noqa: ANN202 - argparse type hook
+    try:
+        return dtype_from_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _progress(done: int, total: int, name: str) -> None:
+    print(f"[{done}/{total}] {name}", file=sys.stderr, flush=True)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .transcoders.convert import convert_release, format_reports, inspect_path
+
+    convert_release(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite, progress=_progress)
+    print(format_reports(inspect_path(args.dst)))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from .transcoders.convert import format_reports, inspect_path
+
+    print(format_reports(inspect_path(args.path)))
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from .hub import HubRelease, download_release
+    from .transcoders.convert import format_reports, inspect_path
+
+    release = HubRelease(repo_id=args.repo, folder=args.folder, revision=args.revision)
+    download_release(
+        args.dest,
+        release=release,
+        streams=args.streams,
+        layers=args.layers,
+        dtype=args.dtype,
+        cache_dir=args.cache_dir,
+        offline=args.offline,
+        endpoint=args.endpoint,
+        progress=_progress,
+    )
+    print(format_reports(inspect_path(args.dest)))
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from .quickstart import run_quickstart
+
+    result = run_quickstart(args.out, seed=args.seed)
+    print(f"Wrote a small DifFRACT-format release to {args.out / 'release'} and converted it.\n")
+    for label, report in result.reports.items():
+        print(f"{args.out / f'native-{label}'}:\n{report}\n")
+    print("max |converted - original| / max |original| on random activations and sigmas:")
+    for label, errors in result.relative_error.items():
+        worst = max(errors, key=errors.__getitem__)
+        print(f"  {label}: worst {errors[worst]:.2e} ({worst}) over {len(errors)} sites")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .hub import DEFAULT_REPO_ID, TRANSCODER_FOLDER
+
+    parser = argparse.ArgumentParser(prog="python -m diffract_core", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser("convert", help="convert a folder of released .pt files to the native format")
+    convert.add_argument("src", type=Path, help="a .pt file or a folder holding transcoder_*.pt / sae_*.pt")
+    convert.add_argument("dst", type=Path, help="the native release folder to write")
+    convert.add_argument("--dtype", type=_dtype, default=None, help="bf16, fp16 or fp32 (default: keep the source's)")
+    convert.add_argument("--overwrite", action="store_true", help="re-convert sites that already exist in DST")
+    convert.set_defaults(run=cmd_convert)
+
+    inspect = commands.add_parser("inspect", help="list the sites of a native folder or of .pt files")
+    inspect.add_argument("path", type=Path)
+    inspect.set_defaults(run=cmd_inspect)
+
+    download = commands.add_parser("download", help="download released transcoders from the Hub and convert them")
+    download.add_argument("dest", type=Path, help="destination folder (ComfyUI: models/transcoders/<name>)")
+    download.add_argument("--repo", default=DEFAULT_REPO_ID)
+    download.add_argument("--folder", default=TRANSCODER_FOLDER, help="folder inside the repo")
+    download.add_argument("--revision", default=None)
+    download.add_argument("--streams", nargs="+", choices=STREAMS, default=list(STREAMS))
+    download.add_argument("--layers", type=parse_layers, default=None, help="e.g. 0-15,18 (default: all released)")
+    download.add_argument("--dtype", type=_dtype, default=None, help="bf16, fp16 or fp32 (default: keep fp32)")
+    download.add_argument("--cache-dir", type=Path, default=None, help="a Hugging Face cache to reuse (kept as is)")
+    download.add_argument("--offline", action="store_true", help="use only files already in the cache")
+    download.add_argument("--endpoint", default=None, help="a Hub mirror's URL")
+    download.set_defaults(run=cmd_download)
+
+    quickstart = commands.add_parser("quickstart", help="make a small release, convert, inspect and check it")
+    quickstart.add_argument("--out", type=Path, required=True)
+    quickstart.add_argument("--seed", type=int, default=0)
+    quickstart.set_defaults(run=cmd_quickstart)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (DiffractError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

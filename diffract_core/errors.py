@@ -1,0 +1,58 @@
+"""Typed errors: each names what is wrong and what to do about it.
+
+Every error the library raises on bad input derives from :class:`DiffractError`, so callers (the CLI,
+the ComfyUI nodes) can catch one type and show the message as it is.
+"""
+
+from __future__ import annotations
+
+
+class DiffractError(Exception):
+    """Base class of every error the library raises on bad input."""
+
+
+class UnsafeCheckpointError(DiffractError):
+    """A checkpoint holds something other than tensors, or would run code when unpickled."""
+
+
+class UnknownFileNameError(DiffractError):
+    """A file name follows none of the release naming patterns."""
+
+
+class CorruptFileError(DiffractError):
+    """A weights or config file cannot be read as what it claims to be (truncated, damaged)."""
+
+
+class ConfigMismatchError(DiffractError):
+    """A config contradicts the tensors stored beside it."""
+
+
+class ShapeMismatchError(DiffractError):
+    """Tensors have shapes that do not fit the architecture."""
+
+
+class NonFiniteWeightsError(DiffractError):
+    """Weights contain NaN or Inf values."""
+
+
+class DimensionMismatchError(DiffractError):
+    """A transcoder does not fit the model it is meant for (hidden size, layer count)."""
+
+
+class SiteNotLoadedError(DiffractError, KeyError):
+    """A transcoder site was asked for that the set does not hold."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class FeatureIndexError(DiffractError, IndexError):
+    """A feature index is outside a transcoder's dictionary."""
+
+
+class HubUnavailableError(DiffractError):
+    """The Hugging Face Hub could not be reached (offline mode, no network, missing files)."""
+
+
+class InputShapeError(DiffractError):
+    """Activations or latents passed to a model have the wrong shape."""

@@ -1,0 +1,177 @@
+"""What a transcoder is and where it reads: the JSON config stored beside its weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+
+from ..errors import CorruptFileError
+
+Stream = Literal["img", "txt"]
+Kind = Literal["transcoder", "sae"]
+
+STREAMS: tuple[Stream, ...] = ("img", "txt")
+KINDS: tuple[Kind, ...] = ("transcoder", "sae")
+FORMAT_NAME = "diffract-transcoder"
+FORMAT_VERSION = 1
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DTYPE_ALIASES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """`'bf16'`, `'bfloat16'`, ... -> torch dtype; anything else is a clear error."""
+    canonical = DTYPE_ALIASES.get(name, name)
+    if canonical not in DTYPES:
+        choices = ", ".join([*DTYPE_ALIASES, *DTYPES])
+        raise ValueError(f"unknown dtype {name!r}; use one of: {choices}")
+    return DTYPES[canonical]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    for name, candidate in DTYPES.items():
+        if candidate == dtype:
+            return name
+    raise ValueError(f"transcoder weights must be float32, bfloat16 or float16, not {dtype}")
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Which MLP a transcoder belongs to: a FLUX double-stream block's image or text MLP."""
+
+    stream: Stream
+    layer: int
+    model_family: str = "flux.1"
+
+    @property
+    def hook_point(self) -> str:
+        """The module path of the MLP inside the diffusion model (BFL / ComfyUI names)."""
+        return f"double_blocks.{self.layer}.{self.stream}_mlp"
+
+    @property
+    def key(self) -> tuple[Stream, int]:
+        return (self.stream, self.layer)
+
+
+@dataclass(frozen=True)
+class TimeEmbeddingSpec:
+    """The sinusoidal embedding of t and the width of the small MLP that follows it.
+
+    Frequencies are w_k = exp(-ln(max_period) * k / (dim/2 - freq_shift)); the embedding is
+    [sin(t w_k) ..., cos(t w_k) ...] (sin first), as diffusers' get_timestep_embedding with its
+    defaults, which the released transcoders were trained with.
+    """
+
+    dim: int = 256
+    max_period: float = 10000.0
+    freq_shift: float = 1.0
+    order: Literal["sin_cos"] = "sin_cos"
+    mlp_width: int = 256
+
+
+@dataclass(frozen=True)
+class TranscoderConfig:
+    """Everything needed to rebuild and place a transcoder; stored as `config.json`."""
+
+    d_model: int
+    d_features: int
+    site: SiteSpec
+    kind: Kind = "transcoder"
+    time_embedding: TimeEmbeddingSpec = field(default_factory=TimeEmbeddingSpec)
+    activation: Literal["relu"] = "relu"
+    timestep_convention: Literal["sigma"] = "sigma"
+    dtype: str = "float32"
+    provenance: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise CorruptFileError(f"config kind {self.kind!r} is not one of {KINDS}")
+        if self.site.stream not in STREAMS:
+            raise CorruptFileError(f"config stream {self.site.stream!r} is not one of {STREAMS}")
+        if self.activation != "relu":
+            raise CorruptFileError(
+                f"config activation {self.activation!r} is not supported; this version reads 'relu' transcoders"
+            )
+        if self.timestep_convention != "sigma":
+            raise CorruptFileError(
+                f"config timestep_convention {self.timestep_convention!r} is not supported; "
+                "this version reads transcoders conditioned on t = sigma in [0, 1]"
+            )
+        if self.time_embedding.order != "sin_cos" or self.time_embedding.dim % 2:
+            raise CorruptFileError("config time_embedding must be an even-sized sin-first ('sin_cos') embedding")
+        for name in ("d_model", "d_features"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise CorruptFileError(f"config {name} must be a positive integer, got {getattr(self, name)!r}")
+        dtype_from_name(self.dtype)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return dtype_from_name(self.dtype)
+
+    @property
+    def input_point(self) -> str:
+        """What the encoder reads: the MLP input (transcoder) or the MLP output (SAE)."""
+        return "mlp_in" if self.kind == "transcoder" else "mlp_out"
+
+    def with_dtype(self, dtype: torch.dtype) -> TranscoderConfig:
+        return replace(self, dtype=dtype_name(dtype))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["site"]["hook_point"] = self.site.hook_point
+        data["input"] = self.input_point
+        data["target"] = "mlp_out"
+        data["layout"] = {
+            "W_enc": "[d_features, d_model], row i = encoder vector of feature i",
+            "W_dec": "[d_features, d_model], row i = unit-norm decoder vector of feature i",
+            "formula": "z = relu(W_enc @ (x * (1 + scale(t)) + shift(t)) + b_enc); y = W_dec.T @ z + b_dec",
+            "time_mlp": "time_mlp.0 -> SiLU -> time_mlp.2 -> SiLU -> mod_linear; scale = first d_model outputs",
+        }
+        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TranscoderConfig:
+        if data.get("format") != FORMAT_NAME:
+            raise CorruptFileError(f"{source} is not a {FORMAT_NAME} config (format = {data.get('format')!r})")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise CorruptFileError(
+                f"{source} has format_version {data.get('format_version')!r}; this version of diffract_core reads "
+                f"version {FORMAT_VERSION}: upgrade diffract_core or re-convert the weights"
+            )
+        try:
+            site = data["site"]
+            return cls(
+                d_model=data["d_model"],
+                d_features=data["d_features"],
+                site=SiteSpec(stream=site["stream"], layer=int(site["layer"]), model_family=site["model_family"]),
+                kind=data["kind"],
+                time_embedding=TimeEmbeddingSpec(**data["time_embedding"]),
+                activation=data["activation"],
+                timestep_convention=data["timestep_convention"],
+                dtype=data["dtype"],
+                provenance=dict(data.get("provenance") or {}),
+                training=data.get("training"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptFileError(f"{source} is missing or mistypes a field ({exc!r}); re-convert the weights") from exc
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> TranscoderConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CorruptFileError(f"{source} is not valid JSON ({exc}); re-convert the weights") from exc
+        if not isinstance(data, dict):
+            raise CorruptFileError(f"{source} must hold a JSON object")
+        return cls.from_dict(data, source)

@@ -1,0 +1,190 @@
+"""The released DifFRACT checkpoints: `{transcoder|sae}_{img|txt}_{L}.pt`, plain fp32 state dicts.
+
+They are pickles, so they are opened only with `torch.load(..., weights_only=True)`: the restricted
+unpickler builds tensors and plain containers and refuses everything else before it can run.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import CorruptFileError, NonFiniteWeightsError, ShapeMismatchError, UnknownFileNameError, UnsafeCheckpointError
+from .config import Kind, SiteSpec, Stream, TimeEmbeddingSpec, TranscoderConfig
+
+RELEASE_NAME = re.compile(r"^(?P<kind>transcoder|sae)_(?P<stream>img|txt)_(?P<layer>\d+)\.pt$")
+RELEASE_NAME_HELP = "transcoder_{img|txt}_{layer}.pt or sae_{img|txt}_{layer}.pt (for example transcoder_img_12.pt)"
+RELEASE_KEYS = (
+    "time_mlp.0.weight",
+    "time_mlp.0.bias",
+    "time_mlp.2.weight",
+    "time_mlp.2.bias",
+    "mod_linear.weight",
+    "mod_linear.bias",
+    "encoder.weight",
+    "encoder.bias",
+    "decoder.weight",
+    "decoder.bias",
+)
+
+
+@dataclass(frozen=True)
+class ReleaseName:
+    kind: Kind
+    stream: Stream
+    layer: int
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.kind}_{self.stream}_{self.layer}.pt"
+
+
+def parse_release_name(path: str | Path) -> ReleaseName:
+    name = Path(path).name
+    match = RELEASE_NAME.match(name)
+    if match is None:
+        raise UnknownFileNameError(
+            f"{name!r} does not follow the release naming pattern {RELEASE_NAME_HELP}; rename the file so its "
+            "kind, stream and layer can be read from the name, or move it out of the folder"
+        )
+    return ReleaseName(kind=match["kind"], stream=match["stream"], layer=int(match["layer"]))  # type: ignore[arg-type]
+
+
+def load_release_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Open a released `.pt` file safely: tensors only, memory-mapped where the file allows."""
+    path = Path(path)
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) torch.save format
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path.name} holds objects other than tensors, so it was refused before anything in it could run "
+            f"({str(exc).splitlines()[0]}). Only plain state dicts of tensors are accepted: re-save the "
+            "checkpoint with torch.save(module.state_dict(), path), or get it from the official release"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CorruptFileError(
+            f"{path.name} cannot be read as a torch checkpoint ({exc}); it may be truncated: download it again"
+        ) from exc
+    return _plain_tensor_dict(obj, path.name)
+
+
+def _plain_tensor_dict(obj: object, name: str) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise UnsafeCheckpointError(
+            f"{name} holds a {type(obj).__name__}, not a state dict; expected a plain dict of tensors "
+            "as written by torch.save(module.state_dict(), path)"
+        )
+    others = {key: type(value).__name__ for key, value in obj.items() if not isinstance(value, torch.Tensor)}
+    if others or not all(isinstance(key, str) for key in obj):
+        raise UnsafeCheckpointError(
+            f"{name} is not a plain dict of tensors (non-tensor entries: {others or 'non-string keys'}); "
+            "expected the state dict of a DifFRACT transcoder"
+        )
+    return dict(obj)
+
+
+def config_from_release(
+    state_dict: Mapping[str, torch.Tensor], name: ReleaseName, provenance: dict[str, object]
+) -> TranscoderConfig:
+    """Infer d_model, d_features and the time-embedding widths from the shapes, checking every key."""
+    missing = [key for key in RELEASE_KEYS if key not in state_dict]
+    extra = [key for key in state_dict if key not in RELEASE_KEYS]
+    if missing or extra:
+        raise ShapeMismatchError(
+            f"{name.file_name} is not a DifFRACT transcoder state dict (missing keys: {missing or 'none'}; "
+            f"unexpected keys: {extra or 'none'}); expected exactly {list(RELEASE_KEYS)}"
+        )
+    d_features, d_model = _shape(state_dict, "encoder.weight", 2)
+    mlp_width, embed_dim = _shape(state_dict, "time_mlp.0.weight", 2)
+    expected = {
+        "time_mlp.0.bias": (mlp_width,),
+        "time_mlp.2.weight": (mlp_width, mlp_width),
+        "time_mlp.2.bias": (mlp_width,),
+        "mod_linear.weight": (2 * d_model, mlp_width),
+        "mod_linear.bias": (2 * d_model,),
+        "encoder.bias": (d_features,),
+        "decoder.weight": (d_model, d_features),
+        "decoder.bias": (d_model,),
+    }
+    for key, shape in expected.items():
+        if tuple(state_dict[key].shape) != shape:
+            raise ShapeMismatchError(
+                f"{name.file_name}: {key} has shape {tuple(state_dict[key].shape)}, but encoder.weight "
+                f"{(d_features, d_model)} and time_mlp.0.weight {(mlp_width, embed_dim)} imply {shape}; "
+                "the file is damaged or comes from a different architecture"
+            )
+    if embed_dim % 2:
+        raise ShapeMismatchError(f"{name.file_name}: the time embedding width {embed_dim} must be even")
+    for key in RELEASE_KEYS:
+        check_finite(state_dict[key], f"{name.file_name}: {key}")
+    dtypes = {state_dict[key].dtype for key in RELEASE_KEYS}
+    if len(dtypes) != 1:
+        raise ShapeMismatchError(f"{name.file_name} mixes tensor dtypes {sorted(map(str, dtypes))}")
+    return TranscoderConfig(
+        d_model=d_model,
+        d_features=d_features,
+        site=SiteSpec(stream=name.stream, layer=name.layer),
+        kind=name.kind,
+        time_embedding=TimeEmbeddingSpec(dim=embed_dim, mlp_width=mlp_width),
+        dtype=str(dtypes.pop()).removeprefix("torch."),
+        provenance=provenance,
+    )
+
+
+def _shape(state_dict: Mapping[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
+    shape = tuple(state_dict[key].shape)
+    if len(shape) != ndim:
+        raise ShapeMismatchError(f"{key} must have {ndim} dimensions, got shape {shape}")
+    return shape
+
+
+def check_finite(tensor: torch.Tensor, what: str, chunk: int = 1 << 24) -> None:
+    """Refuse NaN or Inf, reading a large tensor in chunks so no full-size mask is allocated."""
+    flat = tensor.reshape(-1)
+    for start in range(0, flat.numel(), chunk):
+        piece = flat[start : start + chunk]
+        if not bool(torch.isfinite(piece).all()):
+            bad = int((~torch.isfinite(piece)).sum())
+            raise NonFiniteWeightsError(
+                f"{what} contains NaN or Inf ({bad}+ values); the weights are unusable: "
+                "download or re-train them, and check the training run for divergence"
+            )
+
+
+def native_tensors(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Release layout -> native layout (both dictionaries one row per feature), cast to `dtype`."""
+
+    def cast(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if dtype is None else tensor.to(dtype)
+
+    return {
+        "time_mlp.0.weight": cast(state_dict["time_mlp.0.weight"]).contiguous(),
+        "time_mlp.0.bias": cast(state_dict["time_mlp.0.bias"]).contiguous(),
+        "time_mlp.2.weight": cast(state_dict["time_mlp.2.weight"]).contiguous(),
+        "time_mlp.2.bias": cast(state_dict["time_mlp.2.bias"]).contiguous(),
+        "mod_linear.weight": cast(state_dict["mod_linear.weight"]).contiguous(),
+        "mod_linear.bias": cast(state_dict["mod_linear.bias"]).contiguous(),
+        "W_enc": cast(state_dict["encoder.weight"]).contiguous(),
+        "b_enc": cast(state_dict["encoder.bias"]).contiguous(),
+        "W_dec": cast(state_dict["decoder.weight"]).t().contiguous(),
+        "b_dec": cast(state_dict["decoder.bias"]).contiguous(),
+    }
+
+
+def release_state_dict(native: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Native layout -> the release's state-dict layout (as the reference's nn.Module names it)."""
+    renamed = {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "b_dec": "decoder.bias"}
+    out = {renamed.get(key, key): value.detach().contiguous() for key, value in native.items() if key != "W_dec"}
+    out["decoder.weight"] = native["W_dec"].detach().t().contiguous()
+    return {key: out[key] for key in RELEASE_KEYS}

@@ -1,0 +1,196 @@
+"""A set of transcoders keyed by site (stream, layer), loaded lazily from a native release folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from ..errors import CorruptFileError, DimensionMismatchError, SiteNotLoadedError
+from .config import STREAMS, Kind, Stream, TranscoderConfig
+from .native import CONFIG_FILE, load_site, read_site_config
+from .transcoder import Transcoder
+
+SiteKey = tuple[Stream, int]
+
+
+def describe_sites(keys: Iterable[SiteKey]) -> str:
+    """`img: 0-15, 18; txt: 0-3` — compact enough for an error message."""
+    parts = []
+    for stream in STREAMS:
+        layers = sorted(layer for s, layer in keys if s == stream)
+        if layers:
+            parts.append(f"{stream}: {_ranges(layers)}")
+    return "; ".join(parts) or "none"
+
+
+def _ranges(layers: list[int]) -> str:
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
+class TranscoderSet(Mapping[SiteKey, Transcoder]):
+    """Maps (stream, layer) to a transcoder. Sites opened from disk load on first access."""
+
+    def __init__(
+        self,
+        configs: Mapping[SiteKey, TranscoderConfig],
+        *,
+        folders: Mapping[SiteKey, Path] | None = None,
+        loaded: Mapping[SiteKey, Transcoder] | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        root: Path | None = None,
+    ) -> None:
+        self._configs = {key: config if dtype is None else config.with_dtype(dtype) for key, config in configs.items()}
+        self._folders = dict(folders or {})
+        self._loaded: dict[SiteKey, Transcoder] = dict(loaded or {})
+        self._dtype = dtype
+        self._device = device
+        self.root = root
+        d_models = {config.d_model for config in self._configs.values()}
+        if len(d_models) > 1:
+            raise DimensionMismatchError(
+                f"a transcoder set must share one d_model, got {sorted(d_models)}; load each model's transcoders separately"
+            )
+
+    @classmethod
+    def from_transcoders(cls, transcoders: Iterable[Transcoder]) -> TranscoderSet:
+        loaded = {tc.config.site.key: tc for tc in transcoders}
+        return cls({key: tc.config for key, tc in loaded.items()}, loaded=loaded)
+
+    @classmethod
+    def open(
+        cls,
+        root: str | Path,
+        *,
+        kind: Kind = "transcoder",
+        streams: Iterable[Stream] | None = None,
+        layers: Iterable[int] | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> TranscoderSet:
+        """Read the configs of a native release folder; weights load when a site is first used."""
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"transcoder folder {root} does not exist")
+        found: dict[SiteKey, tuple[TranscoderConfig, Path]] = {}
+        kinds_seen: set[str] = set()
+        for folder in sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file()):
+            config = read_site_config(folder)
+            kinds_seen.add(config.kind)
+            if config.kind == kind:
+                if config.site.key in found:
+                    raise CorruptFileError(f"{root} holds two {kind}s for site {config.site.key}: {found[config.site.key][1].name} and {folder.name}")
+                found[config.site.key] = (config, folder)
+        if not found:
+            hint = (
+                f"it holds only {', '.join(sorted(kinds_seen))} sites: pass kind={sorted(kinds_seen)[0]!r}"
+                if kinds_seen
+                else "convert released .pt files first with `python -m diffract_core convert SRC DST`"
+            )
+            raise CorruptFileError(f"{root} holds no {kind} sites; {hint}")
+        wanted = cls._select(found, streams, layers, root)
+        return cls(
+            {key: found[key][0] for key in wanted},
+            folders={key: found[key][1] for key in wanted},
+            dtype=dtype,
+            device=device,
+            root=root,
+        )
+
+    @staticmethod
+    def _select(
+        found: Mapping[SiteKey, object], streams: Iterable[Stream] | None, layers: Iterable[int] | None, root: Path
+    ) -> list[SiteKey]:
+        streams = tuple(streams) if streams is not None else STREAMS
+        layer_set = set(layers) if layers is not None else None
+        wanted = [key for key in found if key[0] in streams and (layer_set is None or key[1] in layer_set)]
+        requested = {(s, layer) for s in streams for layer in layer_set} if layer_set is not None else set()
+        missing = sorted(requested - set(found))
+        if missing or not wanted:
+            raise SiteNotLoadedError(
+                f"{root} does not hold the requested sites {describe_sites(missing) if missing else ''}".rstrip()
+                + f"; it holds {describe_sites(found)}. Choose among those, or download/convert the missing ones"
+            )
+        return sorted(wanted)
+
+    # --- Mapping -------------------------------------------------------------------------------
+
+    def __getitem__(self, key: SiteKey) -> Transcoder:
+        key = (key[0], int(key[1]))
+        if key not in self._configs:
+            raise SiteNotLoadedError(
+                f"no transcoder for site {key[0]}:{key[1]}; this set holds {describe_sites(self._configs)}. "
+                "Load that layer/stream, or pick one of these"
+            )
+        if key not in self._loaded:
+            self._loaded[key] = load_site(self._folders[key], dtype=self._dtype, device=self._device)
+        return self._loaded[key]
+
+    def __iter__(self) -> Iterator[SiteKey]:
+        return iter(sorted(self._configs))
+
+    def __len__(self) -> int:
+        return len(self._configs)
+
+    def get_site(self, stream: Stream, layer: int) -> Transcoder:
+        return self[(stream, layer)]
+
+    # --- what it holds -------------------------------------------------------------------------
+
+    @property
+    def sites(self) -> list[SiteKey]:
+        return sorted(self._configs)
+
+    def config(self, key: SiteKey) -> TranscoderConfig:
+        """A site's config, without loading its weights."""
+        if key not in self._configs:
+            self[key]  # raises SiteNotLoadedError naming the held sites
+        return self._configs[key]
+
+    @property
+    def d_model(self) -> int:
+        return next(iter(self._configs.values())).d_model
+
+    def is_loaded(self, key: SiteKey) -> bool:
+        return key in self._loaded
+
+    def check_model(self, hidden_size: int, depth: int) -> None:
+        """Refuse a model these transcoders cannot read: another hidden size, or too few double blocks."""
+        if self._configs and self.d_model != hidden_size:
+            raise DimensionMismatchError(
+                f"the transcoders read d_model={self.d_model} activations but the model's hidden size is "
+                f"{hidden_size}; use transcoders trained on this model (FLUX.1 needs d_model=3072)"
+            )
+        beyond = [key for key in self._configs if key[1] >= depth]
+        if beyond:
+            raise DimensionMismatchError(
+                f"sites {describe_sites(beyond)} are past the model's last double-stream block (it has {depth}: "
+                f"0..{depth - 1}); load only layers below {depth}"
+            )
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TranscoderSet:
+        """Move (or cast) in place: loaded sites now, the others when they load."""
+        self._device = device if device is not None else self._device
+        self._dtype = dtype if dtype is not None else self._dtype
+        for transcoder in self._loaded.values():
+            transcoder.to(device=device, dtype=dtype)
+            if dtype is not None:
+                transcoder.config = transcoder.config.with_dtype(dtype)
+        if dtype is not None:
+            self._configs = {key: config.with_dtype(dtype) for key, config in self._configs.items()}
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> TranscoderSet:
+        # ComfyUI deep-copies model_options on every clone; the weights must be shared, not copied.
+        return self
+
+    def __repr__(self) -> str:
+        return f"TranscoderSet({describe_sites(self._configs)}, d_model={self.d_model if self._configs else None})"
