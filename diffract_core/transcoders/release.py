@@ -149,7 +149,7 @@ def _shape(state_dict: Mapping[str, torch.Tensor], key: str, ndim: int) -> tuple
     return shape
 
 
-def check_finite(tensor: torch.Tensor, what: str, chunk: int = 1 << 24) -> None:
+def check_finite(tensor: torch.Tensor, what: str, chunk: int = 1 << 20) -> None:
     """Refuse NaN or Inf, reading a large tensor in chunks so no full-size mask is allocated."""
     flat = tensor.reshape(-1)
     for start in range(0, flat.numel(), chunk):

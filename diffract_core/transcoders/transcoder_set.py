@@ -109,15 +109,15 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
     def _select(
         found: Mapping[SiteKey, object], streams: Iterable[Stream] | None, layers: Iterable[int] | None, root: Path
     ) -> list[SiteKey]:
-        streams = tuple(streams) if streams is not None else STREAMS
+        streams = tuple(streams) if streams is not None else tuple(sorted({stream for stream, _ in found}))
         layer_set = set(layers) if layers is not None else None
         wanted = [key for key in found if key[0] in streams and (layer_set is None or key[1] in layer_set)]
         requested = {(s, layer) for s in streams for layer in layer_set} if layer_set is not None else set()
         missing = sorted(requested - set(found))
         if missing or not wanted:
             raise SiteNotLoadedError(
-                f"{root} does not hold the requested sites {describe_sites(missing) if missing else ''}".rstrip()
-                + f"; it holds {describe_sites(found)}. Choose among those, or download/convert the missing ones"
+                f"{root} lacks the requested sites [{describe_sites(missing or requested)}]; it holds "
+                f"[{describe_sites(found)}]. Choose among those, or download/convert the missing ones"
             )
         return sorted(wanted)
 
@@ -127,7 +127,7 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
         key = (key[0], int(key[1]))
         if key not in self._configs:
             raise SiteNotLoadedError(
-                f"no transcoder for site {key[0]}:{key[1]}; this set holds {describe_sites(self._configs)}. "
+                f"no transcoder for site {key[0]}:{key[1]}; this set holds [{describe_sites(self._configs)}]. "
                 "Load that layer/stream, or pick one of these"
             )
         if key not in self._loaded:

@@ -1,0 +1,62 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from diffract_core.quickstart import write_example_release
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "diffract_core", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_convert_and_inspect_a_release_folder(tmp_path: Path) -> None:
+    write_example_release(tmp_path / "release" / "temporal-aware-transcoders", layers=(0, 12), kinds=("transcoder",), d_model=16, d_features=48)
+    write_example_release(tmp_path / "release" / "temporal-aware-saes", layers=(12,), kinds=("sae",), d_model=16, d_features=48)
+    converted = run_cli("convert", str(tmp_path / "release"), str(tmp_path / "native"), "--dtype", "bf16")
+    assert converted.returncode == 0, converted.stderr
+    assert "[6/6] done" in converted.stderr
+
+    inspected = run_cli("inspect", str(tmp_path / "native"))
+    assert inspected.returncode == 0, inspected.stderr
+    lines = inspected.stdout.splitlines()
+    assert lines[0].split() == ["stream", "layer", "kind", "D", "F", "dtype", "size", "sha256", "path"]
+    rows = [line.split() for line in lines[1:]]
+    assert [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows] == [
+        ("img", "12", "sae", "16", "48", "bfloat16"),
+        ("txt", "12", "sae", "16", "48", "bfloat16"),
+        ("img", "0", "transcoder", "16", "48", "bfloat16"),
+        ("img", "12", "transcoder", "16", "48", "bfloat16"),
+        ("txt", "0", "transcoder", "16", "48", "bfloat16"),
+        ("txt", "12", "transcoder", "16", "48", "bfloat16"),
+    ]
+    assert all("(ok)" in line for line in lines[1:])
+
+    raw = run_cli("inspect", str(tmp_path / "release"))
+    assert raw.returncode == 0 and "float32" in raw.stdout and "(unrecorded)" in raw.stdout
+
+
+def test_inspect_flags_a_changed_weights_file(tmp_path: Path) -> None:
+    write_example_release(tmp_path / "release", layers=(3,), streams=("img",), kinds=("transcoder",), d_model=8, d_features=16)
+    assert run_cli("convert", str(tmp_path / "release"), str(tmp_path / "native")).returncode == 0
+    weights = tmp_path / "native" / "transcoder_img_3" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert "(MISMATCH)" in run_cli("inspect", str(tmp_path / "native")).stdout
+
+
+def test_bad_input_exits_with_the_message(tmp_path: Path) -> None:
+    (tmp_path / "release").mkdir()
+    (tmp_path / "release" / "my_transcoder.pt").write_bytes(b"")
+    result = run_cli("convert", str(tmp_path / "release"), str(tmp_path / "native"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: 'my_transcoder.pt' does not follow the release naming pattern")
+    assert "Traceback" not in result.stderr
+
+
+def test_quickstart_round_trips(tmp_path: Path) -> None:
+    result = run_cli("quickstart", "--out", str(tmp_path / "qs"))
+    assert result.returncode == 0, result.stderr
+    assert "fp32: worst 0.00e+00" in result.stdout
+    bf16_error = float(result.stdout.split("bf16: worst ")[1].split()[0])
+    assert 0 < bf16_error < 1e-2

@@ -1,0 +1,133 @@
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffract_core.errors import ConfigMismatchError, CorruptFileError, DimensionMismatchError, SiteNotLoadedError
+from diffract_core.quickstart import random_transcoder, write_example_release
+from diffract_core.transcoders import TranscoderSet, convert_release, load_site, save_site
+from diffract_core.transcoders.native import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, read_manifest
+
+
+def _native_release(tmp_path: Path, **kwargs: object) -> Path:
+    write_example_release(tmp_path / "release", **{"d_model": 16, "d_features": 64, **kwargs})
+    convert_release(tmp_path / "release", tmp_path / "native")
+    return tmp_path / "native"
+
+
+def _rss_anon_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def test_site_folder_holds_config_and_safetensors(tmp_path: Path) -> None:
+    native = _native_release(tmp_path, layers=(4,))
+    folder = native / "transcoder_img_4"
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    assert config["format"] == "diffract-transcoder" and config["format_version"] == 1
+    assert (config["d_model"], config["d_features"], config["dtype"]) == (16, 64, "float32")
+    assert config["site"] == {"stream": "img", "layer": 4, "model_family": "flux.1", "hook_point": "double_blocks.4.img_mlp"}
+    assert config["time_embedding"]["order"] == "sin_cos" and config["timestep_convention"] == "sigma"
+    assert config["provenance"]["source_file"] == "transcoder_img_4.pt" and len(config["provenance"]["weights_sha256"]) == 64
+    manifest = read_manifest(native)
+    assert [site["folder"] for site in manifest["sites"]] == ["sae_img_4", "sae_txt_4", "transcoder_img_4", "transcoder_txt_4"]
+
+
+def test_loading_is_lazy_and_memory_mapped(tmp_path: Path) -> None:
+    big = random_transcoder("img", 0, d_model=256, d_features=65536, time_dim=8)  # 128 MiB of fp32 dictionaries
+    save_site(tmp_path, big.config, dict(big.state_dict()))
+    del big
+    transcoders = TranscoderSet.open(tmp_path)
+    assert not transcoders.is_loaded(("img", 0))
+
+    before = _rss_anon_mib()
+    site = transcoders[("img", 0)]
+    assert float(site.W_enc.sum() + site.W_dec.sum()) == float(site.W_enc.sum() + site.W_dec.sum())  # touch every page
+    mapped_growth = _rss_anon_mib() - before
+    assert transcoders.is_loaded(("img", 0)) and transcoders[("img", 0)] is site
+    assert mapped_growth < 32, f"loading copied the weights into private memory (+{mapped_growth:.0f} MiB)"
+
+    before = _rss_anon_mib()
+    cast = load_site(tmp_path / "transcoder_img_0", dtype=torch.bfloat16)
+    assert cast.dtype == torch.bfloat16 and cast.config.dtype == "bfloat16"
+    assert _rss_anon_mib() - before > 56, "a dtype change must copy (64 MiB of bf16), so the probe above can fail"
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path: Path) -> None:
+    native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
+    weights = native / "transcoder_img_0" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-100])
+    transcoders = TranscoderSet.open(native)
+    with pytest.raises(CorruptFileError, match=r"weights.safetensors cannot be read.*truncated.*convert"):
+        transcoders[("img", 0)]
+
+
+def test_config_that_contradicts_its_tensors_is_refused(tmp_path: Path) -> None:
+    native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
+    config_path = native / "transcoder_img_0" / CONFIG_FILE
+    original = config_path.read_text()
+    config = json.loads(original)
+    config["d_features"] = 128
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ConfigMismatchError, match=r"W_enc has shape \(64, 16\).*d_features=128.*implies \(128, 16\)"):
+        load_site(native / "transcoder_img_0")
+    config["d_features"], config["dtype"] = 64, "bfloat16"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ConfigMismatchError, match="stored as float32 but config.json says dtype 'bfloat16'"):
+        load_site(native / "transcoder_img_0")
+    config_path.write_text(original[:-20])
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
+        load_site(native / "transcoder_img_0")
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    transcoder = random_transcoder("img", 0, d_model=8, d_features=16, time_dim=4)
+    tensors = dict(transcoder.state_dict())
+    tensors["W_dec"] = tensors["W_dec"][:, :7]
+    with pytest.raises(ConfigMismatchError):
+        save_site(tmp_path, transcoder.config, tensors)
+    assert list(tmp_path.iterdir()) == []
+    save_site(tmp_path, transcoder.config, dict(transcoder.state_dict()))
+    with pytest.raises(FileExistsError, match="overwrite"):
+        save_site(tmp_path, transcoder.config, dict(transcoder.state_dict()))
+    assert [p.name for p in tmp_path.iterdir()] == ["transcoder_img_0"]
+
+
+def test_missing_site_names_the_sites_held(tmp_path: Path) -> None:
+    native = _native_release(tmp_path, layers=(0, 1, 2, 5), streams=("img",))
+    transcoders = TranscoderSet.open(native)
+    with pytest.raises(SiteNotLoadedError, match=r"no transcoder for site txt:1; this set holds \[img: 0-2, 5\]"):
+        transcoders[("txt", 1)]
+    with pytest.raises(SiteNotLoadedError, match=r"lacks the requested sites \[img: 3\]; it holds \[img: 0-2, 5\]"):
+        TranscoderSet.open(native, layers=[1, 3])
+    assert TranscoderSet.open(native, layers=[1, 5]).sites == [("img", 1), ("img", 5)]
+    assert TranscoderSet.open(native, kind="sae").sites == [("img", 0), ("img", 1), ("img", 2), ("img", 5)]
+
+
+def test_only_sae_folder_says_which_kind_to_ask_for(tmp_path: Path) -> None:
+    native = _native_release(tmp_path, layers=(6,), kinds=("sae",))
+    with pytest.raises(CorruptFileError, match="holds only sae sites: pass kind='sae'"):
+        TranscoderSet.open(native)
+
+
+def test_transcoders_must_fit_the_model(tmp_path: Path) -> None:
+    transcoders = TranscoderSet.open(_native_release(tmp_path, layers=(0, 3)))
+    transcoders.check_model(hidden_size=16, depth=4)
+    with pytest.raises(DimensionMismatchError, match="d_model=16 activations but the model's hidden size is 3072"):
+        transcoders.check_model(hidden_size=3072, depth=19)
+    with pytest.raises(DimensionMismatchError, match=r"img: 3; txt: 3 are past the model's last double-stream block"):
+        transcoders.check_model(hidden_size=16, depth=3)
+
+
+def test_deepcopy_shares_weights_and_to_casts(tmp_path: Path) -> None:
+    transcoders = TranscoderSet.open(_native_release(tmp_path, layers=(0,)))
+    loaded = transcoders[("img", 0)]
+    assert copy.deepcopy({"holder": transcoders})["holder"] is transcoders
+    transcoders.to(dtype=torch.bfloat16)
+    assert loaded.dtype == torch.bfloat16 and transcoders[("txt", 0)].dtype == torch.bfloat16
+    assert transcoders.config(("txt", 0)).dtype == "bfloat16"
