@@ -145,7 +145,7 @@ def download_release(
         name = parse_release_name(repo_path)
         if progress:
             progress(done, len(paths), repo_path)
-        if is_converted(dest, name):
+        if is_converted(dest, name, dtype):
             continue
         try:
             local = hf_hub_download(

@@ -11,7 +11,16 @@ from safetensors import safe_open
 
 from ..errors import CorruptFileError, UnknownFileNameError
 from .config import TranscoderConfig
-from .native import CONFIG_FILE, WEIGHTS_FILE, file_sha256, read_site_config, save_site, site_folder_name, write_manifest
+from .native import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    file_sha256,
+    read_site_config,
+    save_site,
+    site_folder_name,
+    site_folders,
+    write_manifest,
+)
 from .release import RELEASE_NAME_HELP, ReleaseName, config_from_release, load_release_state_dict, native_tensors, parse_release_name
 
 Progress = Callable[[int, int, str], None]
@@ -62,12 +71,21 @@ def convert_file(
     return save_site(dst, config, native_tensors(state_dict, dtype), overwrite=overwrite)
 
 
-def is_converted(dst: Path, name: ReleaseName) -> bool:
-    """True if `dst` already holds a complete site converted from a file of this name."""
+def is_converted(dst: Path, name: ReleaseName, dtype: torch.dtype | None = None) -> bool:
+    """True if `dst` already holds a complete site converted from a file of this name. A site
+    stored in another dtype than the one asked for is an error, not a silent skip."""
     folder = dst / site_folder_name(name.kind, name.stream, name.layer)
     if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         return False
-    return read_site_config(folder).provenance.get("source_file") == name.file_name
+    config = read_site_config(folder)
+    if config.provenance.get("source_file") != name.file_name:
+        return False
+    if dtype is not None and config.torch_dtype != dtype:
+        raise FileExistsError(
+            f"{folder} already holds {name.file_name} as {config.dtype}, not {str(dtype).removeprefix('torch.')}; "
+            "pass overwrite=True (CLI: --overwrite) to convert it again"
+        )
+    return True
 
 
 def convert_release(
@@ -85,7 +103,7 @@ def convert_release(
     for done, (path, name) in enumerate(files.items()):
         if progress:
             progress(done, len(files), path.name)
-        if overwrite or not is_converted(dst, name):
+        if overwrite or not is_converted(dst, name, dtype):
             written.append(convert_file(path, dst, dtype=dtype, overwrite=overwrite))
         else:
             written.append(dst / site_folder_name(name.kind, name.stream, name.layer))
@@ -130,8 +148,8 @@ def inspect_path(path: Path) -> list[SiteReport]:
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
         return [_native_report(path)]
-    if path.is_dir() and any((p / CONFIG_FILE).is_file() for p in path.iterdir()):
-        return [_native_report(p) for p in sorted(path.iterdir()) if (p / CONFIG_FILE).is_file()]
+    if path.is_dir() and site_folders(path):
+        return [_native_report(p) for p in site_folders(path)]
     return [_release_report(file, name) for file, name in find_release_files(path).items()]
 
 

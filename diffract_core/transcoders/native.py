@@ -35,6 +35,12 @@ def site_folder_name(kind: str, stream: str, layer: int) -> str:
     return f"{kind}_{stream}_{layer}"
 
 
+def site_folders(root: Path) -> list[Path]:
+    """The site folders directly under a release folder. Hidden folders (staging folders of an
+    interrupted write, the Hub download cache) are never sites."""
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / CONFIG_FILE).is_file())
+
+
 def expected_shapes(config: TranscoderConfig) -> dict[str, tuple[int, ...]]:
     d_model, d_features = config.d_model, config.d_features
     embed, width = config.time_embedding.dim, config.time_embedding.mlp_width
@@ -172,7 +178,7 @@ def _slice_dtype(tensor_slice: object) -> torch.dtype:
 def write_manifest(root: Path, release: Mapping[str, object] | None = None) -> Path:
     """List every site folder under `root` (rewritten after each converted site)."""
     sites = []
-    for folder in sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file()):
+    for folder in site_folders(root):
         config = read_site_config(folder)
         sites.append(
             {

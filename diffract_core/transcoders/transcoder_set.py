@@ -9,7 +9,7 @@ import torch
 
 from ..errors import CorruptFileError, DimensionMismatchError, SiteNotLoadedError
 from .config import STREAMS, Kind, Stream, TranscoderConfig
-from .native import CONFIG_FILE, load_site, read_site_config
+from .native import load_site, read_site_config, site_folders
 from .transcoder import Transcoder
 
 SiteKey = tuple[Stream, int]
@@ -82,7 +82,7 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
             raise FileNotFoundError(f"transcoder folder {root} does not exist")
         found: dict[SiteKey, tuple[TranscoderConfig, Path]] = {}
         kinds_seen: set[str] = set()
-        for folder in sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file()):
+        for folder in site_folders(root):
             config = read_site_config(folder)
             kinds_seen.add(config.kind)
             if config.kind == kind:

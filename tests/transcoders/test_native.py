@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffract_core.errors import ConfigMismatchError, CorruptFileError, DimensionMismatchError, SiteNotLoadedError
+from diffract_core.errors import (
+    ConfigMismatchError,
+    CorruptFileError,
+    DimensionMismatchError,
+    NonFiniteWeightsError,
+    SiteNotLoadedError,
+)
 from diffract_core.quickstart import random_transcoder, write_example_release
 from diffract_core.transcoders import TranscoderSet, convert_release, load_site, save_site
 from diffract_core.transcoders.native import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, read_manifest
@@ -131,3 +137,12 @@ def test_deepcopy_shares_weights_and_to_casts(tmp_path: Path) -> None:
     transcoders.to(dtype=torch.bfloat16)
     assert loaded.dtype == torch.bfloat16 and transcoders[("txt", 0)].dtype == torch.bfloat16
     assert transcoders.config(("txt", 0)).dtype == "bfloat16"
+
+
+def test_non_finite_native_weights_are_refused_at_load(tmp_path: Path) -> None:
+    transcoder = random_transcoder("txt", 7, d_model=8, d_features=16, time_dim=4)
+    tensors = {key: value.clone() for key, value in transcoder.state_dict().items()}
+    tensors["W_dec"][5, 1] = float("nan")
+    save_site(tmp_path, transcoder.config, tensors)
+    with pytest.raises(NonFiniteWeightsError, match="transcoder_txt_7: W_dec contains NaN or Inf"):
+        TranscoderSet.open(tmp_path)[("txt", 7)]

@@ -1,0 +1,27 @@
+"""The benchmark scripts still run (at tiny sizes); their figures come from full-size runs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_transcoder_throughput_runs_and_reports_ratios() -> None:
+    args = ["--d-model", "32", "--features", "128", "--mlp-hidden", "128", "--tokens", "16", "--repeats", "1", "--k", "8"]
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "transcoder_throughput.py"), *args], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [(d, w) for d in ("fp32", "bf16") for w in ("dense", "encode", "encode_topk", "forward")]
+    assert all(r[-1].endswith("x") and float(r[-1][:-1]) > 0 for r in rows)
+
+
+def test_site_loading_memory_runs_both_loaders() -> None:
+    args = ["--d-model", "32", "--features", "256", "--tokens", "8"]
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "site_loading_memory.py"), *args], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[0] for line in out.stdout.splitlines()[2:]] == ["native", "read"]
