@@ -16,7 +16,7 @@ import multiprocessing
 import tempfile
 from pathlib import Path
 
-import safetensors.torch
+from safetensors.torch import load as deserialize_safetensors
 import torch
 
 from diffract_core.quickstart import random_transcoder
@@ -42,7 +42,7 @@ def _measure(loader: str, folder: str, tokens: int, queue: multiprocessing.Queue
     else:
         site = Path(folder) / "transcoder_img_0"
         transcoder = Transcoder(read_site_config(site), device="meta")
-        transcoder.load_state_dict(safetensors.torch.load((site / WEIGHTS_FILE).read_bytes()), assign=True)
+        transcoder.load_state_dict(deserialize_safetensors((site / WEIGHTS_FILE).read_bytes()), assign=True)
     loaded = _status_kib("RssAnon")
     with torch.inference_mode():
         transcoder.encode_topk(torch.randn(tokens, transcoder.d_model), 0.5, k=64)
