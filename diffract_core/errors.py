@@ -50,6 +50,10 @@ class FeatureIndexError(DiffractError, IndexError):
     """A feature index is outside a transcoder's dictionary."""
 
 
+class FeatureSpecError(DiffractError, ValueError):
+    """A feature spec string is not `stream:layer:feature`."""
+
+
 class HubUnavailableError(DiffractError):
     """The Hugging Face Hub could not be reached (offline mode, no network, missing files)."""
 

@@ -1,0 +1,115 @@
+"""The module that takes the place of a FLUX double-block MLP (`double_blocks.{L}.{img|txt}_mlp`).
+
+It runs the original MLP, then, through the site's transcoder: records the top-k features of the
+chosen chunks, optionally replaces the output (`replace`: transcoder output plus the per-token error
+term, equal to the MLP output to float precision; `replace_without_error`: the transcoder alone),
+and adds the steering deltas. The same class serves ComfyUI's Flux blocks and the library's
+reference model; whoever calls the diffusion model publishes the call's sigmas and chunks in the
+shared `CallContext`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import DiffractError
+from ..transcoders.transcoder import Transcoder
+from ..transcoders.transcoder_set import SiteKey
+from .recording import COND, FeatureRecording, RecordKey
+from .steering import SteeringSpec
+
+MlpMode = Literal["observe", "replace", "replace_without_error"]
+MLP_MODES: tuple[MlpMode, ...] = ("observe", "replace", "replace_without_error")
+
+
+@dataclass
+class CallContext:
+    """What the current diffusion-model call is: one sigma per batch row, and the chunk labels
+    (0 cond, 1 uncond) of the equal parts the batch is made of, in batch order."""
+
+    sigmas: torch.Tensor | None = None
+    chunks: tuple[int, ...] = (COND,)
+
+    def rows(self, batch: int) -> list[tuple[int, slice]]:
+        if self.sigmas is None:
+            raise DiffractError(
+                "a DifFRACT MLP patch ran outside a published model call: the wrapper that publishes sigma "
+                "is missing (was the patched model's wrapper removed?)"
+            )
+        if batch % len(self.chunks):
+            raise DiffractError(f"batch of {batch} rows does not split into the call's chunks {self.chunks}")
+        size = batch // len(self.chunks)
+        return [(chunk, slice(i * size, (i + 1) * size)) for i, chunk in enumerate(self.chunks)]
+
+    def __deepcopy__(self, memo: dict[int, object]) -> CallContext:
+        return self
+
+
+class PatchedMLP(nn.Module):
+    def __init__(
+        self,
+        mlp: nn.Module,
+        transcoder: Transcoder,
+        context: CallContext,
+        *,
+        mode: MlpMode = "observe",
+        recording: FeatureRecording | None = None,
+        steering: tuple[SteeringSpec, ...] = (),
+    ) -> None:
+        super().__init__()
+        if mode not in MLP_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {MLP_MODES}")
+        self.mlp = mlp
+        self.transcoder = transcoder
+        self.context = context
+        self.mode = mode
+        self.recording = recording
+        self.steering = steering
+
+    @property
+    def site(self) -> SiteKey:
+        return self.transcoder.config.site.key
+
+    def with_steering(self, spec: SteeringSpec) -> PatchedMLP:
+        """A new patch that also applies `spec` (chained steering nodes compose this way)."""
+        return PatchedMLP(
+            self.mlp, self.transcoder, self.context, mode=self.mode, recording=self.recording, steering=(*self.steering, spec)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(x)
+        recording = self.recording if self.recording is not None and self.site in self.recording.sites else None
+        if self.mode == "observe" and recording is None and not self.steering:
+            return y
+        out = y
+        for chunk, rows in self.context.rows(x.shape[0]):
+            sigma = float(self.context.sigmas[rows][0])
+            x_rows = x[rows]
+            if self.mode != "observe":
+                y_hat = self.transcoder(x_rows, sigma).to(y.dtype)
+                replaced = y_hat + (y[rows] - y_hat) if self.mode == "replace" else y_hat
+                out = _set_rows(out, rows, replaced)
+            if recording is not None and chunk in recording.chunks:
+                key = RecordKey(self.site[0], self.site[1], sigma, chunk)
+                recording.add(key, self.transcoder.encode_topk(x_rows, sigma, recording.k))
+                if recording.schedule and recording.step_of(sigma) in recording.keep_input_steps:
+                    recording.inputs[key] = x_rows.detach().to("cpu")
+            for spec in self.steering:
+                if chunk in spec.chunks:
+                    delta = spec.delta(self.transcoder, x_rows, sigma)
+                    if delta is not None:
+                        out = _set_rows(out, rows, out[rows] + delta.to(out.dtype))
+        return out
+
+
+def _set_rows(tensor: torch.Tensor, rows: slice, value: torch.Tensor) -> torch.Tensor:
+    """Out of place: the residual stream may be referenced elsewhere."""
+    if rows == slice(0, tensor.shape[0]):
+        return value
+    out = tensor.clone()
+    out[rows] = value
+    return out

@@ -1,0 +1,57 @@
+"""Patch the library's reference FLUX model for one `with` block: the standalone counterpart of
+what the ComfyUI nodes do with object patches and wrappers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from ..flux.model import Flux
+from ..transcoders.transcoder_set import SiteKey, TranscoderSet
+from .patched_mlp import CallContext, MlpMode, PatchedMLP
+from .recording import COND, FeatureRecording
+from .steering import SteeringSpec
+
+
+@contextmanager
+def patch_reference_model(
+    model: Flux,
+    transcoders: TranscoderSet,
+    *,
+    sites: Iterable[SiteKey] | None = None,
+    mode: MlpMode = "observe",
+    recording: FeatureRecording | None = None,
+    steering: Iterable[SteeringSpec] = (),
+    chunks: tuple[int, ...] = (COND,),
+) -> Iterator[CallContext]:
+    """Replace the chosen sites' MLPs (default: every site the transcoders hold) while the block
+    runs; `model(x, timestep, ...)` publishes its timesteps (= sigmas) to the patches. `chunks`
+    labels the equal parts of each batch (0 cond, 1 uncond), as ComfyUI's cond_or_uncond does."""
+    transcoders.check_model(model.config.hidden_size, model.config.depth)
+    context = CallContext(chunks=chunks)
+    steering = tuple(steering)
+    originals: dict[SiteKey, object] = {}
+
+    def publish(_module: Flux, args: tuple, kwargs: dict) -> None:
+        context.sigmas = (kwargs["timestep"] if "timestep" in kwargs else args[1]).detach()
+
+    hook = model.register_forward_pre_hook(publish, with_kwargs=True)
+    try:
+        for stream, layer in sites if sites is not None else transcoders:
+            block = model.double_blocks[layer]
+            originals[(stream, layer)] = getattr(block, f"{stream}_mlp")
+            patch = PatchedMLP(
+                originals[(stream, layer)],
+                transcoders[(stream, layer)],
+                context,
+                mode=mode,
+                recording=recording,
+                steering=steering,
+            )
+            setattr(block, f"{stream}_mlp", patch)
+        yield context
+    finally:
+        hook.remove()
+        for (stream, layer), mlp in originals.items():
+            setattr(model.double_blocks[layer], f"{stream}_mlp", mlp)
+        context.sigmas = None

@@ -1,0 +1,137 @@
+"""Recording and steering on the library's reference FLUX model (tiny, random)."""
+
+import pytest
+import torch
+
+from diffract_core.errors import DiffractError, InputShapeError
+from diffract_core.features import FeatureRef
+from diffract_core.flux import Flux, FluxConfig, init_random_
+from diffract_core.quickstart import random_transcoder
+from diffract_core.recording import COND, UNCOND, FeatureRecording, PatchedMLP, SteeringSpec, patch_reference_model
+from diffract_core.recording.patched_mlp import CallContext
+from diffract_core.transcoders import TranscoderSet
+
+SCHEDULE = (1.0, 0.75, 0.5, 0.25, 0.0)
+
+
+@pytest.fixture(scope="module")
+def model() -> Flux:
+    return init_random_(Flux(FluxConfig.tiny()), seed=0, std=0.05).eval()
+
+
+@pytest.fixture(scope="module")
+def transcoders(model: Flux) -> TranscoderSet:
+    hidden = model.config.hidden_size
+    return TranscoderSet.from_transcoders(
+        random_transcoder(stream, layer, d_model=hidden, d_features=96, time_dim=16, seed=10 * layer + (stream == "txt"))
+        for stream in ("img", "txt")
+        for layer in range(model.config.depth)
+    )
+
+
+def _inputs(model: Flux, batch: int = 1, sigma: float = 0.75) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    cfg = model.config
+    return {
+        "x": torch.randn(batch, cfg.latent_channels, 8, 12, generator=generator),
+        "timestep": torch.full((batch,), sigma),
+        "context": torch.randn(batch, 5, cfg.context_in_dim, generator=generator),
+        "y": torch.randn(batch, cfg.vec_in_dim, generator=generator),
+    }
+
+
+def _run(model: Flux, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs)
+
+
+def test_observe_is_bit_identical_and_records_topk(model: Flux, transcoders: TranscoderSet) -> None:
+    inputs = _inputs(model)
+    baseline = _run(model, inputs)
+    captured = {}
+
+    def capture(_module: torch.nn.Module, args: tuple, _output: torch.Tensor) -> None:
+        captured.setdefault("x", args[0])
+
+    hook = model.double_blocks[1].img_mlp.register_forward_hook(capture)
+    recording = FeatureRecording(sites=(("img", 1), ("txt", 0)), k=5)
+    recording.start_run(SCHEDULE)
+    with patch_reference_model(model, transcoders, recording=recording):
+        observed = _run(model, inputs)
+    hook.remove()
+    assert torch.equal(observed, baseline)
+    assert isinstance(model.double_blocks[1].img_mlp, torch.nn.Sequential), "patches are removed on exit"
+    assert recording.steps == [1]
+    codes = recording.codes(("img", 1), step=1)
+    expected = transcoders[("img", 1)].encode_topk(captured["x"], 0.75, 5)
+    assert codes.indices.shape == (1, 24, 5)
+    assert torch.equal(codes.indices.long(), expected.indices)
+    assert torch.allclose(codes.values.float(), expected.values, rtol=1e-3, atol=1e-3)  # stored as fp16
+    top = FeatureRef("img", 1, int(expected.indices[0, 7, 0]))
+    assert recording.feature_map(top, step=1)[0, 7] > 0
+
+
+def test_replace_modes(model: Flux, transcoders: TranscoderSet) -> None:
+    inputs = _inputs(model)
+    baseline = _run(model, inputs)
+    with patch_reference_model(model, transcoders, mode="replace"):
+        replaced = _run(model, inputs)
+    with patch_reference_model(model, transcoders, mode="replace_without_error"):
+        spliced = _run(model, inputs)
+    assert (replaced - baseline).abs().max() <= 1e-5 * baseline.abs().max()
+    assert (spliced - baseline).abs().max() > 1e-3, "random transcoders are unfaithful: splicing them in must show"
+
+
+def test_steering_is_delta_form(model: Flux, transcoders: TranscoderSet) -> None:
+    transcoder = transcoders[("img", 0)]
+    x = torch.randn(2, 24, model.config.hidden_size)
+    mlp = model.double_blocks[0].img_mlp
+    context = CallContext(sigmas=torch.tensor([0.5, 0.5]), chunks=(UNCOND, COND))
+    features = (FeatureRef("img", 0, 4), FeatureRef("img", 0, 17))
+    with torch.no_grad():
+        y = mlp(x)
+        z = torch.relu(transcoder.feature_preactivation(x, 0.5, [4, 17]))
+        for mode, strength, expected_codes in [("ablate", 0.0, 0 * z), ("scale", 3.0, 3 * z), ("set", 2.0, 0 * z + 2), ("add", -1.0, z - 1)]:
+            spec = SteeringSpec(features, mode, strength, chunks=frozenset({COND}))
+            out = PatchedMLP(mlp, transcoder, context, steering=(spec,))(x)
+            delta = (expected_codes - z) @ transcoder.W_dec[[4, 17]]
+            assert torch.equal(out[0], y[0]), "the uncond chunk is not steered"
+            assert torch.allclose(out[1], y[1] + delta[1], atol=1e-6), mode
+
+        noop = PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "scale", 1.0),))
+        assert torch.equal(noop(x), y)
+        outside = PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", sigma_start=0.4),))
+        assert torch.equal(outside(x), y)
+        mask = torch.zeros(24)
+        mask[5] = 1.0
+        masked = PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", token_mask=mask),))(x)
+        changed = (masked != y).any(-1)
+        assert changed[:, 5].all() and changed.sum() == 2
+
+        a, b = SteeringSpec(features[:1], "scale", 2.0), SteeringSpec(features[1:], "ablate")
+        chained = PatchedMLP(mlp, transcoder, context).with_steering(a).with_steering(b)(x)
+        both = y + (a.delta(transcoder, x, 0.5) + b.delta(transcoder, x, 0.5))
+        assert torch.allclose(chained, both, atol=1e-6)
+
+        with pytest.raises(InputShapeError, match="covers 10 image tokens but the image has 24"):
+            PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", token_mask=torch.ones(10)),))(x)
+
+
+def test_records_are_keyed_by_sigma_and_chunk(model: Flux, transcoders: TranscoderSet) -> None:
+    recording = FeatureRecording(sites=(("img", 0),), k=3, keep_input_steps=frozenset({2}))
+    recording.start_run(SCHEDULE)
+    with patch_reference_model(model, transcoders, recording=recording, chunks=(UNCOND, COND)):
+        for sigma in SCHEDULE[:-1]:
+            _run(model, _inputs(model, batch=2, sigma=sigma))
+    assert recording.steps == [0, 1, 2, 3]
+    assert {key.chunk for key in recording.records} == {COND}
+    assert [key.sigma for key in recording.inputs] == [0.5]
+    with pytest.raises(DiffractError, match="uncond chunk; recorded steps: 0, 1, 2, 3"):
+        recording.codes(("img", 0), step=1, chunk=UNCOND)
+
+
+def test_patch_outside_a_model_call_is_a_clear_error(model: Flux, transcoders: TranscoderSet) -> None:
+    recording = FeatureRecording(sites=(("img", 0),), k=3)
+    patch = PatchedMLP(model.double_blocks[0].img_mlp, transcoders[("img", 0)], CallContext(), recording=recording)
+    with pytest.raises(DiffractError, match="outside a published model call"):
+        patch(torch.randn(1, 4, model.config.hidden_size))
