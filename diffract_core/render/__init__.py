@@ -1,0 +1,14 @@
+"""Pictures and tables of a recording: feature heatmaps over the image, and ranked feature statistics."""
+
+from .heatmaps import NORMALIZE_MODES, colorize, normalize_maps, render_feature_heatmaps
+from .top_features import FeatureStat, format_table, top_features
+
+__all__ = [
+    "NORMALIZE_MODES",
+    "FeatureStat",
+    "colorize",
+    "format_table",
+    "normalize_maps",
+    "render_feature_heatmaps",
+    "top_features",
+]
