@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from diffract_core.transcoders import SiteSpec, TimeEmbeddingSpec, Transcoder, TranscoderConfig, dtype_from_name
+from diffract_core.quickstart import random_transcoder
+from diffract_core.transcoders import dtype_from_name
 
 
 def flux_mlp(d_model: int, hidden: int) -> nn.Module:
@@ -42,15 +43,6 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float
     return statistics.median(times)
 
 
-def random_transcoder(d_model: int, d_features: int, dtype: torch.dtype, device: torch.device) -> Transcoder:
-    config = TranscoderConfig(d_model=d_model, d_features=d_features, site=SiteSpec("img", 0), time_embedding=TimeEmbeddingSpec())
-    transcoder = Transcoder(config, device=device, dtype=dtype)
-    with torch.no_grad():
-        for parameter in transcoder.parameters():
-            parameter.normal_(0, 0.02)
-    return transcoder.requires_grad_(False)
-
-
 def run(args: argparse.Namespace) -> Iterator[tuple[str, str, float, float]]:
     """(dtype, what, tokens per second, time relative to the dense MLP), one case at a time."""
     device = torch.device(args.device)
@@ -58,7 +50,8 @@ def run(args: argparse.Namespace) -> Iterator[tuple[str, str, float, float]]:
         dtype = dtype_from_name(dtype_label)
         torch.manual_seed(0)
         mlp = flux_mlp(args.d_model, args.mlp_hidden).to(device=device, dtype=dtype).requires_grad_(False)
-        transcoder = random_transcoder(args.d_model, args.features, dtype, device)
+        transcoder = random_transcoder("img", 0, d_model=args.d_model, d_features=args.features)
+        transcoder = transcoder.to(device=device, dtype=dtype).requires_grad_(False)
         x = torch.randn(args.tokens, args.d_model, device=device, dtype=dtype)
         cases = {
             "encode (z and pre-activations)": lambda: transcoder.encode(x, 0.5),

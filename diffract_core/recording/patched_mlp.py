@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import DiffractError
-from ..transcoders.transcoder import Transcoder
+from ..transcoders.transcoder import SparseCodes, Transcoder
 from ..transcoders.transcoder_set import SiteKey
 from .recording import COND, FeatureRecording, RecordKey
 from .steering import SteeringSpec
@@ -89,13 +89,15 @@ class PatchedMLP(nn.Module):
         for chunk, rows in self.context.rows(x.shape[0]):
             sigma = float(self.context.sigmas[rows][0])
             x_rows = x[rows]
+            z = None
             if self.mode != "observe":
-                y_hat = self.transcoder(x_rows, sigma).to(y.dtype)
+                z, _ = self.transcoder.encode(x_rows, sigma)
+                y_hat = self.transcoder.decode(z).to(y.dtype)
                 replaced = y_hat + (y[rows] - y_hat) if self.mode == "replace" else y_hat
                 out = _set_rows(out, rows, replaced)
             if recording is not None and chunk in recording.chunks:
                 key = RecordKey(self.site[0], self.site[1], sigma, chunk)
-                recording.add(key, self.transcoder.encode_topk(x_rows, sigma, recording.k))
+                recording.add(key, self._top_codes(x_rows, sigma, recording.k, z))
                 if recording.schedule and recording.step_of(sigma) in recording.keep_input_steps:
                     recording.inputs[key] = x_rows.detach().to("cpu")
             for spec in self.steering:
@@ -104,6 +106,13 @@ class PatchedMLP(nn.Module):
                     if delta is not None:
                         out = _set_rows(out, rows, out[rows] + delta.to(out.dtype))
         return out
+
+    def _top_codes(self, x: torch.Tensor, sigma: float, k: int, z: torch.Tensor | None) -> SparseCodes:
+        """Top-k codes, from the dense codes when replace mode already computed them."""
+        if z is None:
+            return self.transcoder.encode_topk(x, sigma, k)
+        top = torch.topk(z.detach(), k, dim=-1)
+        return SparseCodes(indices=top.indices, values=top.values, d_features=self.transcoder.d_features)
 
 
 def _set_rows(tensor: torch.Tensor, rows: slice, value: torch.Tensor) -> torch.Tensor:

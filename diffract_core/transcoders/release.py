@@ -162,29 +162,30 @@ def check_finite(tensor: torch.Tensor, what: str, chunk: int = 1 << 20) -> None:
             )
 
 
+# Release key -> native key; the decoder is also transposed ([D, F] -> [F, D], one row per feature).
+NATIVE_NAMES = {
+    **{key: key for key in RELEASE_KEYS if key.startswith(("time_mlp", "mod_linear"))},
+    "encoder.weight": "W_enc",
+    "encoder.bias": "b_enc",
+    "decoder.weight": "W_dec",
+    "decoder.bias": "b_dec",
+}
+TRANSPOSED = "decoder.weight"
+
+
 def native_tensors(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """Release layout -> native layout (both dictionaries one row per feature), cast to `dtype`."""
-
-    def cast(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if dtype is None else tensor.to(dtype)
-
-    return {
-        "time_mlp.0.weight": cast(state_dict["time_mlp.0.weight"]).contiguous(),
-        "time_mlp.0.bias": cast(state_dict["time_mlp.0.bias"]).contiguous(),
-        "time_mlp.2.weight": cast(state_dict["time_mlp.2.weight"]).contiguous(),
-        "time_mlp.2.bias": cast(state_dict["time_mlp.2.bias"]).contiguous(),
-        "mod_linear.weight": cast(state_dict["mod_linear.weight"]).contiguous(),
-        "mod_linear.bias": cast(state_dict["mod_linear.bias"]).contiguous(),
-        "W_enc": cast(state_dict["encoder.weight"]).contiguous(),
-        "b_enc": cast(state_dict["encoder.bias"]).contiguous(),
-        "W_dec": cast(state_dict["decoder.weight"]).t().contiguous(),
-        "b_dec": cast(state_dict["decoder.bias"]).contiguous(),
-    }
+    """Release layout -> native layout, cast to `dtype` (cast first, so the transpose copies less)."""
+    out = {}
+    for key, native in NATIVE_NAMES.items():
+        tensor = state_dict[key] if dtype is None else state_dict[key].to(dtype)
+        out[native] = (tensor.t() if key == TRANSPOSED else tensor).contiguous()
+    return out
 
 
 def release_state_dict(native: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Native layout -> the release's state-dict layout (as the reference's nn.Module names it)."""
-    renamed = {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "b_dec": "decoder.bias"}
-    out = {renamed.get(key, key): value.detach().contiguous() for key, value in native.items() if key != "W_dec"}
-    out["decoder.weight"] = native["W_dec"].detach().t().contiguous()
-    return {key: out[key] for key in RELEASE_KEYS}
+    out = {}
+    for key, name in NATIVE_NAMES.items():
+        tensor = native[name].detach()
+        out[key] = (tensor.t() if key == TRANSPOSED else tensor).contiguous()
+    return out

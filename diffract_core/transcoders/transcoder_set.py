@@ -140,9 +140,6 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
     def __len__(self) -> int:
         return len(self._configs)
 
-    def get_site(self, stream: Stream, layer: int) -> Transcoder:
-        return self[(stream, layer)]
-
     # --- what it holds -------------------------------------------------------------------------
 
     @property

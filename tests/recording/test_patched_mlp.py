@@ -74,8 +74,14 @@ def test_observe_is_bit_identical_and_records_topk(model: Flux, transcoders: Tra
 def test_replace_modes(model: Flux, transcoders: TranscoderSet) -> None:
     inputs = _inputs(model)
     baseline = _run(model, inputs)
-    with patch_reference_model(model, transcoders, mode="replace"):
+    observed, from_replace = (FeatureRecording(sites=(("img", 1),), k=4) for _ in range(2))
+    for recording in (observed, from_replace):
+        recording.start_run(SCHEDULE)
+    with patch_reference_model(model, transcoders, recording=observed):
+        _run(model, inputs)
+    with patch_reference_model(model, transcoders, mode="replace", recording=from_replace):
         replaced = _run(model, inputs)
+    assert torch.equal(from_replace.codes(("img", 1), 1).indices, observed.codes(("img", 1), 1).indices)
     with patch_reference_model(model, transcoders, mode="replace_without_error"):
         spliced = _run(model, inputs)
     assert (replaced - baseline).abs().max() <= 1e-5 * baseline.abs().max()
