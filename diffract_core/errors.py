@@ -60,3 +60,7 @@ class HubUnavailableError(DiffractError):
 
 class InputShapeError(DiffractError):
     """Activations or latents passed to a model have the wrong shape."""
+
+
+class UnsupportedModelError(DiffractError):
+    """A model the transcoders cannot be attached to (not FLUX, or its MLPs are hidden)."""

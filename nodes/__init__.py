@@ -4,11 +4,25 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-# The node classes arrive with the node-pack issue (Load/Download Transcoders, Record Features,
-# heatmaps, steering); until then the pack registers its web folder and no nodes.
-NODES: tuple[type[io.ComfyNode], ...] = ()
+from .inspect_nodes import FeatureHeatmaps, TopFeatures
+from .record_node import RecordFeatures
+from .steer_node import SteerFeature
+from .transcoder_folders import register_transcoder_folder
+from .transcoder_nodes import DownloadTranscoders, LoadTranscoders
+
+NODES: tuple[type[io.ComfyNode], ...] = (
+    LoadTranscoders,
+    DownloadTranscoders,
+    RecordFeatures,
+    FeatureHeatmaps,
+    TopFeatures,
+    SteerFeature,
+)
 
 
 class DiffractExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.8 calls get_node_list (not on_load) when it loads the pack, after it has read
+        # extra_model_paths.yaml; registering here extends the user's `transcoders` entry.
+        register_transcoder_folder()
         return list(NODES)

@@ -6,6 +6,11 @@ term, equal to the MLP output to float precision; `replace_without_error`: the t
 and adds the steering deltas. The same class serves ComfyUI's Flux blocks and the library's
 reference model; whoever calls the diffusion model publishes the call's sigmas and chunks in the
 shared `CallContext`.
+
+The patch adopts the original MLP's children and parameters under their own names, so the model's
+state-dict keys do not change while it is in place: ComfyUI's weight patches (LoRA) and its loader
+still find `double_blocks.{L}.img_mlp.0.weight`. The transcoder is not a child module: it moves to
+the activations' device on first use, and a model-wide `.to()` never casts it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import DiffractError
+from ..spatial import Grid
 from ..transcoders.transcoder import SparseCodes, Transcoder
 from ..transcoders.transcoder_set import SiteKey
 from .recording import COND, FeatureRecording, RecordKey
@@ -28,11 +34,13 @@ MLP_MODES: tuple[MlpMode, ...] = ("observe", "replace", "replace_without_error")
 
 @dataclass
 class CallContext:
-    """What the current diffusion-model call is: one sigma per batch row, and the chunk labels
-    (0 cond, 1 uncond) of the equal parts the batch is made of, in batch order."""
+    """What the current diffusion-model call is: one sigma per batch row, the chunk labels (0 cond,
+    1 uncond) of the equal parts the batch is made of, in batch order, and the token layout."""
 
     sigmas: torch.Tensor | None = None
     chunks: tuple[int, ...] = (COND,)
+    image_grid: Grid | None = None  # (rows, cols) of image tokens
+    text_tokens: int | None = None
 
     def rows(self, batch: int) -> list[tuple[int, slice]]:
         if self.sigmas is None:
@@ -63,8 +71,15 @@ class PatchedMLP(nn.Module):
         super().__init__()
         if mode not in MLP_MODES:
             raise ValueError(f"mode {mode!r} is not one of {MLP_MODES}")
-        self.mlp = mlp
-        self.transcoder = transcoder
+        for name, child in mlp.named_children():
+            self.add_module(name, child)
+        for name, param in mlp.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, buffer in mlp.named_buffers(recurse=False):
+            self.register_buffer(name, buffer)
+        # Plain attributes, not submodules: see the module docstring.
+        object.__setattr__(self, "mlp", mlp)
+        object.__setattr__(self, "transcoder", transcoder)
         self.context = context
         self.mode = mode
         self.recording = recording
@@ -85,34 +100,44 @@ class PatchedMLP(nn.Module):
         recording = self.recording if self.recording is not None and self.site in self.recording.sites else None
         if self.mode == "observe" and recording is None and not self.steering:
             return y
+        transcoder = self._transcoder_on(x.device)
+        context = self.context
         out = y
-        for chunk, rows in self.context.rows(x.shape[0]):
-            sigma = float(self.context.sigmas[rows][0])
-            x_rows = x[rows]
+        reads_output = transcoder.config.input_point == "mlp_out"  # an SAE encodes the MLP output
+        for chunk, rows in context.rows(x.shape[0]):
+            sigma = float(context.sigmas[rows][0])
+            x_rows = y[rows] if reads_output else x[rows]
             z = None
             if self.mode != "observe":
-                z, _ = self.transcoder.encode(x_rows, sigma)
-                y_hat = self.transcoder.decode(z).to(y.dtype)
+                z, _ = transcoder.encode(x_rows, sigma)
+                y_hat = transcoder.decode(z).to(y.dtype)
                 replaced = y_hat + (y[rows] - y_hat) if self.mode == "replace" else y_hat
                 out = _set_rows(out, rows, replaced)
             if recording is not None and chunk in recording.chunks:
+                recording.note_layout(context.image_grid, context.text_tokens)
                 key = RecordKey(self.site[0], self.site[1], sigma, chunk)
-                recording.add(key, self._top_codes(x_rows, sigma, recording.k, z))
+                recording.add(key, self._top_codes(transcoder, x_rows, sigma, recording.k, z))
                 if recording.schedule and recording.step_of(sigma) in recording.keep_input_steps:
                     recording.inputs[key] = x_rows.detach().to("cpu")
             for spec in self.steering:
                 if chunk in spec.chunks:
-                    delta = spec.delta(self.transcoder, x_rows, sigma)
+                    delta = spec.delta(transcoder, x_rows, sigma, context.image_grid)
                     if delta is not None:
                         out = _set_rows(out, rows, out[rows] + delta.to(out.dtype))
         return out
 
-    def _top_codes(self, x: torch.Tensor, sigma: float, k: int, z: torch.Tensor | None) -> SparseCodes:
+    def _transcoder_on(self, device: torch.device) -> Transcoder:
+        if self.transcoder.device != device:
+            self.transcoder.to(device)
+        return self.transcoder
+
+    @staticmethod
+    def _top_codes(transcoder: Transcoder, x: torch.Tensor, sigma: float, k: int, z: torch.Tensor | None) -> SparseCodes:
         """Top-k codes, from the dense codes when replace mode already computed them."""
         if z is None:
-            return self.transcoder.encode_topk(x, sigma, k)
+            return transcoder.encode_topk(x, sigma, k)
         top = torch.topk(z.detach(), k, dim=-1)
-        return SparseCodes(indices=top.indices, values=top.values, d_features=self.transcoder.d_features)
+        return SparseCodes(indices=top.indices, values=top.values, d_features=transcoder.d_features)
 
 
 def _set_rows(tensor: torch.Tensor, rows: slice, value: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,8 @@ class FeatureRecording:
     keep_input_steps: frozenset[int] = frozenset()  # steps whose full MLP inputs are kept for tracing
     records: dict[RecordKey, list[SparseCodes]] = field(default_factory=dict)
     inputs: dict[RecordKey, torch.Tensor] = field(default_factory=dict)  # MLP inputs kept for tracing
-    complete: bool = False
+    complete: bool = False  # the last run finished (False while it runs and after an interrupt)
+    runs: int = 0  # sampling runs started so far
 
     def start_run(self, schedule: torch.Tensor | tuple[float, ...]) -> None:
         """Forget the last run's records and take the new run's sigma schedule."""
@@ -52,6 +53,17 @@ class FeatureRecording:
         self.records.clear()
         self.inputs.clear()
         self.complete = False
+        self.runs += 1
+
+    def finish_run(self) -> None:
+        self.complete = True
+
+    def note_layout(self, image_grid: tuple[int, int] | None, text_tokens: int | None) -> None:
+        """Take the token layout of the model call being recorded."""
+        if image_grid is not None:
+            self.image_grid = image_grid
+        if text_tokens is not None:
+            self.text_tokens = text_tokens
 
     def add(self, key: RecordKey, codes: SparseCodes) -> None:
         """Store one model call's codes ([batch, tokens, k]) on the CPU."""

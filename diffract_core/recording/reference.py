@@ -33,7 +33,12 @@ def patch_reference_model(
     originals: dict[SiteKey, object] = {}
 
     def publish(_module: Flux, args: tuple, kwargs: dict) -> None:
+        x = kwargs["x"] if "x" in kwargs else args[0]
+        text = kwargs["context"] if "context" in kwargs else args[2]
         context.sigmas = (kwargs["timestep"] if "timestep" in kwargs else args[1]).detach()
+        patch = model.config.patch_size
+        context.image_grid = (-(-x.shape[-2] // patch), -(-x.shape[-1] // patch))  # ComfyUI pads to whole patches
+        context.text_tokens = text.shape[1]
 
     hook = model.register_forward_pre_hook(publish, with_kwargs=True)
     try:
@@ -55,3 +60,4 @@ def patch_reference_model(
         for (stream, layer), mlp in originals.items():
             setattr(model.double_blocks[layer], f"{stream}_mlp", mlp)
         context.sigmas = None
+        context.image_grid = context.text_tokens = None

@@ -8,13 +8,14 @@ exactly the decoder-weighted change of their activations, so a setting that leav
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
-from ..errors import InputShapeError
+from ..errors import DiffractError, InputShapeError
 from ..features import FeatureRef
+from ..spatial import Grid, mask_to_token_weights
 from ..transcoders.transcoder import Transcoder
 from .recording import COND, UNCOND
 
@@ -25,15 +26,21 @@ STEER_MODES: tuple[SteerMode, ...] = ("scale", "set", "add", "ablate")
 @dataclass(frozen=True)
 class SteeringSpec:
     """Change some features' activations while sigma_end <= sigma <= sigma_start, on the chosen
-    chunks, at image tokens weighted by `token_mask` (None: every token)."""
+    chunks, at image tokens weighted by `mask` (None: every token).
+
+    The mask is a picture of the generated image ([H, W] or [1, H, W], values in [0, 1], e.g. a
+    ComfyUI MASK); it is area-averaged onto the image-token grid of each model call, so one spec
+    fits any resolution of the same aspect ratio. It applies to image-stream features only.
+    """
 
     features: tuple[FeatureRef, ...]
     mode: SteerMode
     strength: float = 1.0
     sigma_start: float = math.inf
     sigma_end: float = 0.0
-    token_mask: torch.Tensor | None = None  # [image tokens], weights in [0, 1]; image-stream features only
+    mask: torch.Tensor | None = None
     chunks: frozenset[int] = frozenset({COND, UNCOND})
+    _token_weights: dict[Grid, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.mode not in STEER_MODES:
@@ -57,20 +64,37 @@ class SteeringSpec:
             return torch.full_like(z, self.strength)
         return torch.zeros_like(z)
 
-    def delta(self, transcoder: Transcoder, x: torch.Tensor, sigma: float) -> torch.Tensor | None:
+    def token_weights(self, grid: Grid | None, tokens: int) -> torch.Tensor:
+        """The mask on the image-token grid of this call: [tokens] weights in [0, 1]."""
+        if self.mask is None:
+            raise DiffractError("this steering spec has no mask")
+        if grid is None:
+            raise DiffractError(
+                "a masked steering spec ran in a model call that did not publish its image-token grid: "
+                "patch the model through the DifFRACT nodes or patch_reference_model"
+            )
+        if grid not in self._token_weights:
+            self._token_weights[grid] = mask_to_token_weights(self.mask, grid)
+        weights = self._token_weights[grid]
+        if weights.numel() != tokens:
+            raise InputShapeError(
+                f"the steering mask covers {weights.numel()} image tokens ({grid[0]}x{grid[1]}) but the MLP saw "
+                f"{tokens}: this model appends tokens to the image (reference latents?); steer without a mask"
+            )
+        return weights
+
+    def delta(
+        self, transcoder: Transcoder, x: torch.Tensor, sigma: float, grid: Grid | None = None
+    ) -> torch.Tensor | None:
         """The change of the MLP output for input rows x ([batch, tokens, d_model]), or None when
-        this spec does not touch this site here."""
+        this spec does not touch this site here. `grid` is the call's (rows, cols) of image tokens."""
         site = transcoder.config.site.key
         index = [ref.index for ref in self.features if ref.site == site]
         if not index or self.is_noop or not self.active_at(sigma):
             return None
         z = torch.relu(transcoder.feature_preactivation(x, sigma, index))  # [batch, tokens, n]
         change = self.steered_codes(z) - z
-        if self.token_mask is not None and site[0] == "img":
-            if self.token_mask.numel() != x.shape[-2]:
-                raise InputShapeError(
-                    f"the steering mask covers {self.token_mask.numel()} image tokens but the image has "
-                    f"{x.shape[-2]}: give a mask of the generated image's size (one value per 2x2 latent patch)"
-                )
-            change = change * self.token_mask.to(change.device, change.dtype)[None, :, None]
+        if self.mask is not None and site[0] == "img":
+            weights = self.token_weights(grid, x.shape[-2])
+            change = change * weights.to(change.device, change.dtype)[None, :, None]
         return torch.matmul(change, transcoder.decoder_vectors(index))

@@ -87,3 +87,16 @@ def sample(patcher, steps: int = 3, latent=None, seed: int = 0, positive=None, n
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(patcher, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent,
                                seed=seed, disable_pbar=True)
+
+
+def transcoders(pack, patcher, d_features: int = 256, seed: int = 0):
+    """Random transcoders (the pack's own TranscoderSet) for every double-block MLP of `patcher`'s model."""
+    import importlib
+
+    quickstart = importlib.import_module(pack.__name__ + ".diffract_core.quickstart")
+    core = pack.diffract_core
+    cfg = patcher.model.model_config.unet_config
+    made = [quickstart.random_transcoder(stream, layer, d_model=cfg["hidden_size"], d_features=d_features,
+                                              seed=seed + 2 * layer + (stream == "txt"))
+            for layer in range(cfg["depth"]) for stream in ("img", "txt")]
+    return core.transcoders.TranscoderSet.from_transcoders(made)

@@ -92,7 +92,7 @@ def test_steering_is_delta_form(model: Flux, transcoders: TranscoderSet) -> None
     transcoder = transcoders[("img", 0)]
     x = torch.randn(2, 24, model.config.hidden_size, generator=torch.Generator().manual_seed(5))
     mlp = model.double_blocks[0].img_mlp
-    context = CallContext(sigmas=torch.tensor([0.5, 0.5]), chunks=(UNCOND, COND))
+    context = CallContext(sigmas=torch.tensor([0.5, 0.5]), chunks=(UNCOND, COND), image_grid=(4, 6))
     features = (FeatureRef("img", 0, 4), FeatureRef("img", 0, 17))
     with torch.no_grad():
         y = mlp(x)
@@ -109,9 +109,9 @@ def test_steering_is_delta_form(model: Flux, transcoders: TranscoderSet) -> None
         outside = PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", sigma_start=0.4),))
         assert torch.equal(outside(x), y)
         token = int((z > 0).any(-1).all(0).nonzero()[0])  # a token where a steered feature fires in both rows
-        mask = torch.zeros(24)
-        mask[token] = 1.0
-        masked = PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", token_mask=mask),))(x)
+        mask = torch.zeros(4 * 16, 6 * 16)  # a picture of the image: 16 px per token
+        mask[token // 6 * 16 : token // 6 * 16 + 16, token % 6 * 16 : token % 6 * 16 + 16] = 1.0
+        masked = PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", mask=mask),))(x)
         changed = (masked != y).any(-1)
         assert changed[:, token].all() and changed.sum() == 2
 
@@ -120,8 +120,12 @@ def test_steering_is_delta_form(model: Flux, transcoders: TranscoderSet) -> None
         both = y + (a.delta(transcoder, x, 0.5) + b.delta(transcoder, x, 0.5))
         assert torch.allclose(chained, both, atol=1e-6)
 
-        with pytest.raises(InputShapeError, match="covers 10 image tokens but the image has 24"):
-            PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", token_mask=torch.ones(10)),))(x)
+        with pytest.raises(InputShapeError, match="a different aspect ratio"):
+            PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", mask=torch.ones(64, 64)),))(x)
+        with pytest.raises(InputShapeError, match="covers 24 image tokens .* but the MLP saw 30"):
+            PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", mask=mask),))(
+                torch.randn(2, 30, model.config.hidden_size)
+            )
 
 
 def test_records_are_keyed_by_sigma_and_chunk(model: Flux, transcoders: TranscoderSet) -> None:

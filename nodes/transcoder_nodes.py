@@ -1,0 +1,111 @@
+"""Load Transcoders (local files only) and Download Transcoders from Hub (the only node that
+touches the network)."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..diffract_core.hub import DEFAULT_REPO_ID, SAE_FOLDER, TRANSCODER_FOLDER, HubRelease, download_release
+from ..diffract_core.sites import LAYERS_HELP, parse_layers
+from ..diffract_core.transcoders.config import dtype_from_name
+from ..diffract_core.transcoders.transcoder_set import TranscoderSet
+from .node_types import CATEGORY, STREAM_CHOICES, Transcoders, streams_of
+from .progress import NodeProgress
+from .transcoder_folders import download_destination, release_folder, release_folders
+
+DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _dtype(choice: str) -> torch.dtype | None:
+    """None keeps the dtype on disk; `auto` also keeps it, except fp32 weights on a CUDA device run in bf16."""
+    if choice != "auto":
+        return dtype_from_name(_DTYPES[choice])
+    import comfy.model_management
+
+    return torch.bfloat16 if comfy.model_management.get_torch_device().type == "cuda" else None
+
+
+def _cast(transcoders: TranscoderSet, choice: str) -> TranscoderSet:
+    dtype = _dtype(choice)
+    stored = {transcoders.config(site).torch_dtype for site in transcoders}
+    if dtype is None or (choice == "auto" and stored != {torch.float32}):
+        return transcoders
+    return transcoders.to(dtype=dtype)
+
+
+class LoadTranscoders(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffractLoadTranscoders",
+            display_name="Load Transcoders (DifFRACT)",
+            category=CATEGORY,
+            description="Open a converted transcoder release from models/transcoders/. Weights load lazily, "
+            "memory-mapped, when a site is first used. Reads local files only.",
+            inputs=[
+                io.Combo.Input("release", options=sorted(release_folders()), tooltip="a folder under models/transcoders/"),
+                io.Combo.Input("streams", options=list(STREAM_CHOICES), default="img+txt"),
+                io.String.Input("layers", default="all", tooltip=LAYERS_HELP),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(DTYPE_CHOICES),
+                    default="auto",
+                    tooltip="auto: as stored, but fp32 files run in bf16 on a CUDA device",
+                ),
+                io.Combo.Input("kind", options=["transcoder", "sae"], default="transcoder"),
+            ],
+            outputs=[Transcoders.Output(display_name="TRANSCODERS")],
+        )
+
+    @classmethod
+    def execute(cls, release: str, streams: str, layers: str, dtype: str, kind: str) -> io.NodeOutput:
+        transcoders = TranscoderSet.open(
+            release_folder(release), kind=kind, streams=streams_of(streams), layers=parse_layers(layers)
+        )
+        return io.NodeOutput(_cast(transcoders, dtype))
+
+
+class DownloadTranscoders(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffractDownloadTranscoders",
+            display_name="Download Transcoders from Hub",
+            category=CATEGORY,
+            description="Download released transcoders from the Hugging Face Hub into models/transcoders/<folder>/ "
+            "and convert them to safetensors once; sites already there are not fetched again.",
+            inputs=[
+                io.String.Input("repo_id", default=DEFAULT_REPO_ID),
+                io.Combo.Input("hub_folder", options=[TRANSCODER_FOLDER, SAE_FOLDER], default=TRANSCODER_FOLDER),
+                io.String.Input("folder", default="DifFRACT", tooltip="the local folder name under models/transcoders/"),
+                io.Combo.Input("streams", options=list(STREAM_CHOICES), default="img+txt"),
+                io.String.Input("layers", default="all", tooltip=LAYERS_HELP),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(DTYPE_CHOICES),
+                    default="auto",
+                    tooltip="dtype the files are stored in (auto: as released, fp32); bf16 halves the disk size",
+                ),
+            ],
+            outputs=[Transcoders.Output(display_name="TRANSCODERS")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(
+        cls, repo_id: str, hub_folder: str, folder: str, streams: str, layers: str, dtype: str
+    ) -> io.NodeOutput:
+        dest = download_destination(folder)
+        progress = NodeProgress(1, node_id=cls.hidden.unique_id)
+        stored = None if dtype == "auto" else dtype_from_name(_DTYPES[dtype])
+        transcoders = download_release(
+            dest,
+            release=HubRelease(repo_id.strip(), hub_folder),
+            streams=streams_of(streams),
+            layers=parse_layers(layers),
+            dtype=stored,
+            progress=lambda done, total, _name: progress.update(done, total),
+        )
+        return io.NodeOutput(_cast(transcoders, "auto"))
