@@ -54,6 +54,7 @@ class FeatureHeatmaps(io.ComfyNode):
                 io.Int.Input("batch_index", default=0, min=0, max=4096),
             ],
             outputs=[io.Image.Output(display_name="IMAGE"), io.Mask.Output(display_name="MASK")],
+            is_output_node=True,  # shows its overlays in the node even with nothing connected
         )
 
     @classmethod
@@ -107,6 +108,7 @@ class TopFeatures(io.ComfyNode):
                 io.String.Input("prompt", optional=True, multiline=True, default="", tooltip="the prompt the text was encoded from"),
             ],
             outputs=[io.String.Output(display_name="table")],
+            is_output_node=True,  # shows its table in the node even with nothing connected
         )
 
     @classmethod

@@ -6,7 +6,8 @@ under any python: ComfyUI only ever runs in subprocesses under COMFYUI_PYTHON.
 
 Fixtures:
   pack_dir          the repo root, i.e. our custom-node pack
-  comfy_nodes_dir   a temporary custom_nodes folder holding `diffract_comfyui -> repo root`
+  comfy_nodes_dir   a temporary custom_nodes folder holding `diffract_comfyui -> repo root` and
+                    `diffract_test_helpers -> helper_pack/` (test-only nodes: tiny FLUX, conditioning)
   comfy_run         comfy_run(script, load="pack") -> CompletedProcess: runs a Python snippet in
                     ComfyUI's interpreter (cwd COMFYUI_DIR), after harness_boot.py has done the
                     main.py-style setup and loaded our pack with `nodes.load_custom_node`
@@ -41,6 +42,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 PACK_DIR = HERE.parents[1]  # tests/comfyui -> tests -> repo root
 PACK_NAME = "diffract_comfyui"  # the folder name users get from the registry / git clone
+HELPER_PACK_NAME = "diffract_test_helpers"  # helper_pack/: a tiny FLUX loader and friends, for the server tests
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", "")
 RESULT_MARKER = "@@HARNESS_RESULT@@"  # same as harness_boot.RESULT_MARKER
@@ -97,6 +99,7 @@ def comfy_nodes_dir(tmp_path_factory) -> Path:
     _check_env()
     d = tmp_path_factory.mktemp("custom_nodes")
     (d / PACK_NAME).symlink_to(PACK_DIR, target_is_directory=True)
+    (d / HELPER_PACK_NAME).symlink_to(HERE / "helper_pack", target_is_directory=True)
     return d
 
 

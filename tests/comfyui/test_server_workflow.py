@@ -1,0 +1,95 @@
+"""An API-format workflow posted to a real ComfyUI server runs our nodes end to end; a bad input
+stops with a message that says what to change, and the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from diffract_core.quickstart import write_example_release
+from diffract_core.transcoders.convert import convert_release
+
+
+def _workflow(features: str) -> dict:
+    return {
+        "1": {"class_type": "DiffractTestTinyFlux", "inputs": {"seed": 0}},
+        "2": {"class_type": "DiffractLoadTranscoders",
+              "inputs": {"release": "tiny", "streams": "img+txt", "layers": "all", "dtype": "auto", "kind": "transcoder"}},
+        "3": {"class_type": "DiffractRecordFeatures",
+              "inputs": {"model": ["1", 0], "transcoders": ["2", 0], "sites": "all", "top_k": 8, "mode": "observe",
+                         "record": "cond", "keep_inputs_at_steps": ""}},
+        "4": {"class_type": "DiffractSteerFeature",
+              "inputs": {"model": ["3", 0], "transcoders": ["2", 0], "features": features, "mode": "scale",
+                         "strength": 2.0, "start_percent": 0.0, "end_percent": 1.0, "apply_to": "cond+uncond"}},
+        "5": {"class_type": "DiffractTestConditioning", "inputs": {"seed": 1, "tokens": 8}},
+        "6": {"class_type": "DiffractTestConditioning", "inputs": {"seed": 2, "tokens": 8}},
+        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "8": {"class_type": "KSampler",
+              "inputs": {"model": ["4", 0], "seed": 0, "steps": 4, "cfg": 1.0, "sampler_name": "euler",
+                         "scheduler": "simple", "positive": ["5", 0], "negative": ["6", 0], "latent_image": ["7", 0],
+                         "denoise": 1.0}},
+        "9": {"class_type": "DiffractTestLatentToImage", "inputs": {"samples": ["8", 0]}},
+        "10": {"class_type": "DiffractFeatureHeatmaps",
+               "inputs": {"recording": ["3", 1], "image": ["9", 0], "features": "img:1:3 img:0:5", "steps": "all",
+                          "opacity": 0.6, "normalize": "per_feature", "chunk": "cond", "batch_index": 0}},
+        "11": {"class_type": "DiffractTopFeatures",
+               "inputs": {"recording": ["3", 1], "samples": ["8", 0], "streams": "img+txt", "layers": "all",
+                          "steps": "all", "rows": 10, "chunk": "cond", "batch_index": 0}},
+    }
+
+
+def _post(server, prompt: dict) -> str:
+    body = json.dumps({"prompt": prompt, "client_id": "diffract-tests"}).encode()
+    request = urllib.request.Request(server.url + "/prompt", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["prompt_id"]
+
+
+def _wait(server, prompt_id: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        history = server.get_json(f"/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            return history[prompt_id]
+        if prompt_id in history and history[prompt_id].get("status", {}).get("status_str") == "error":
+            return history[prompt_id]
+        time.sleep(0.5)
+    pytest.fail(f"prompt {prompt_id} did not finish in {timeout}s\n{server.log()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def tiny_release(comfy_server, tmp_path_factory) -> Path:
+    made = tmp_path_factory.mktemp("release")
+    write_example_release(made, layers=(0, 1), kinds=("transcoder",), d_model=64, d_features=64)
+    dest = comfy_server.models_dir / "transcoders" / "tiny"
+    convert_release(made, dest)
+    return dest
+
+
+def test_api_workflow_runs_our_nodes_end_to_end(comfy_server, tiny_release):
+    entry = _wait(comfy_server, _post(comfy_server, _workflow("img:1:3")))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    outputs = entry["outputs"]
+    heatmaps = outputs["10"]
+    assert len(heatmaps["images"]) == 8  # 2 features x 4 steps
+    assert heatmaps["diffract_heatmaps"][0]["sigmas"] == [1.0, 0.75, 0.5, 0.25]
+    top = outputs["11"]
+    rows = top["diffract_top_features"][0]["rows"]
+    assert len(rows) == 10 and top["text"][0].startswith("feature")
+    assert {row["feature"].split(":")[0] for row in rows} <= {"img", "txt"}
+
+
+def test_a_bad_feature_stops_the_node_with_the_fix_and_the_server_keeps_serving(comfy_server, tiny_release):
+    entry = _wait(comfy_server, _post(comfy_server, _workflow("img:1:64")))
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert error["node_type"] == "DiffractSteerFeature"
+    assert "feature img:1:64 is out of range" in error["exception_message"]
+    assert "0..63" in error["exception_message"]
+    assert comfy_server.alive() and "KSampler" in comfy_server.get_json("/object_info")
+    again = _wait(comfy_server, _post(comfy_server, _workflow("img:1:4")))
+    assert again["status"]["status_str"] == "success"
