@@ -25,3 +25,15 @@ def test_site_loading_memory_runs_both_loaders() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert [line.split()[0] for line in out.stdout.splitlines()[2:]] == ["native", "read"]
+
+
+def test_recording_overhead_runs_every_mode() -> None:
+    args = ["--hidden", "32", "--heads", "2", "--depth", "2", "--single", "1", "--features", "64", "--pixels", "64",
+            "--text-tokens", "4", "--steps", "2", "--k", "4", "--repeats", "1"]
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "recording_overhead.py"), *args], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines[2:5]] == ["plain", "recording", "recording"]
+    assert lines[5].startswith("recording size:")
