@@ -93,3 +93,24 @@ def test_a_bad_feature_stops_the_node_with_the_fix_and_the_server_keeps_serving(
     assert comfy_server.alive() and "KSampler" in comfy_server.get_json("/object_info")
     again = _wait(comfy_server, _post(comfy_server, _workflow("img:1:4")))
     assert again["status"]["status_str"] == "success"
+
+
+def test_example_workflows_are_templates_that_fit_the_servers_nodes(comfy_server, pack_dir):
+    """Every template is listed by /workflow_templates, and each node's widget values fit the
+    server's own /object_info (core nodes included), so the template opens without errors."""
+    templates = comfy_server.get_json("/workflow_templates")
+    names = sorted(p.stem for p in (pack_dir / "example_workflows").glob("*.json"))
+    assert sorted(templates["diffract_comfyui"]) == names
+    object_info = comfy_server.get_json("/object_info")
+    widget_types = {"STRING", "INT", "FLOAT", "BOOLEAN", "COMBO"}
+    for name in names:
+        workflow = json.loads((pack_dir / "example_workflows" / f"{name}.json").read_text())
+        for node in workflow["nodes"]:
+            info = object_info[node["type"]]["input"]
+            count = 0
+            for section in ("required", "optional"):
+                for spec in info.get(section, {}).values():
+                    kind, options = spec[0], spec[1] if len(spec) > 1 else {}
+                    if isinstance(kind, list) or kind in widget_types:
+                        count += 1 + bool(options.get("control_after_generate"))
+            assert len(node["widgets_values"]) == count, (name, node["type"])
