@@ -85,6 +85,11 @@ class PatchedMLP(nn.Module):
         self.recording = recording
         self.steering = steering
 
+    def __getitem__(self, index: int) -> nn.Module:
+        """Index like the MLP it stands in for (FLUX's MLP is an nn.Sequential): code that reads
+        `img_mlp[0].weight` keeps working while the patch is in place."""
+        return self.mlp[index]
+
     @property
     def site(self) -> SiteKey:
         return self.transcoder.config.site.key

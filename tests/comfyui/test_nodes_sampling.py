@@ -112,3 +112,36 @@ hb.emit(dict(raised=raised, complete=rec.complete, steps=rec.steps, sigmas_clear
     assert r["raised"] and not r["complete"] and r["steps"] == [0, 1] and r["sigmas_cleared"]
     assert r["after"] and r["original_mlp"] == "Sequential"
     assert r["rerun_same"] and r["complete_after_rerun"]
+
+
+def test_lora_patched_and_low_precision_models(comfy_run):
+    """A LoRA-style weight patch on a patched MLP still applies (the patch keeps the parameter
+    names), and bf16, fp16 and fp8 (bf16 compute) FLUX weights record bit-identically and steer."""
+    proc = comfy_run(SETUP + """
+import comfy.model_patcher, comfy.supported_models
+lora = patcher.clone()
+w = lora.model.diffusion_model.double_blocks[1].img_mlp[0].weight
+lora.add_patches({"diffusion_model.double_blocks.1.img_mlp.0.weight": (torch.randn_like(w) * 0.05,)}, 1.0)
+plain, with_lora = run(patcher), run(lora)
+observed = nodes.RecordFeatures.execute(lora, tcs, "all", 8, "observe", "cond", "").args[0]
+replaced = nodes.RecordFeatures.execute(lora, tcs, "all", 8, "replace", "cond", "").args[0]
+out = dict(lora_changes=not torch.equal(plain, with_lora), lora_observe=torch.equal(run(observed), with_lora),
+           lora_replace=float((run(replaced) - with_lora).abs().max() / with_lora.abs().max()))
+for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp8", torch.float8_e4m3fn)):
+    model_config = comfy.supported_models.FluxSchnell(patcher.model.model_config.unet_config)
+    model_config.set_inference_dtype(dtype, torch.bfloat16 if name == "fp8" else None)
+    model = model_config.get_model({})
+    model.load_model_weights({k: v.float() for k, v in patcher.model.diffusion_model.state_dict().items()}, "")
+    low = comfy.model_patcher.ModelPatcher(model, load_device=patcher.load_device, offload_device=patcher.offload_device)
+    base = run(low)
+    recorded, rec = nodes.RecordFeatures.execute(low, tcs, "all", 8, "observe", "cond", "").args
+    same = torch.equal(run(recorded), base)
+    steered = nodes.SteerFeature.execute(low, tcs, "img:1:5 img:0:3", "scale", 4.0, 0.0, 1.0, "cond+uncond").args[0]
+    out[name] = dict(same=same, complete=rec.complete, steered=not torch.equal(run(steered), base),
+                     weights=str(model.diffusion_model.double_blocks[0].img_mlp[0].weight.dtype))
+hb.emit(out)
+""")
+    r = proc.result
+    assert r["lora_changes"] and r["lora_observe"] and r["lora_replace"] <= 1e-5
+    for name, dtype in (("bf16", "torch.bfloat16"), ("fp16", "torch.float16"), ("fp8", "torch.float8_e4m3fn")):
+        assert r[name] == dict(same=True, complete=True, steered=True, weights=dtype), (name, r[name])
