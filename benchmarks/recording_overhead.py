@@ -12,8 +12,6 @@ PatchedMLP the ComfyUI nodes install. Defaults fit a CPU; `--flux` runs FLUX.1's
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -22,6 +20,8 @@ from diffract_core.flux import Flux, FluxConfig, init_random_
 from diffract_core.quickstart import random_transcoder
 from diffract_core.recording import FeatureRecording, patch_reference_model
 from diffract_core.transcoders import TranscoderSet, dtype_from_name
+
+from timing import timed
 
 RELEASED_SITES = 34  # img and txt at layers 0-15 and 18
 MIB = 2**20
@@ -44,22 +44,6 @@ def sampler(model: Flux, args: argparse.Namespace, device: torch.device, dtype: 
         return x
 
     return run
-
-
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

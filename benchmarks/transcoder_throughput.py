@@ -10,9 +10,7 @@ when the absolute numbers are not. Weights are random (speed does not depend on 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -20,27 +18,11 @@ from torch import nn
 from diffract_core.quickstart import random_transcoder
 from diffract_core.transcoders import dtype_from_name
 
+from timing import timed
+
 
 def flux_mlp(d_model: int, hidden: int) -> nn.Module:
     return nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d_model))
-
-
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median seconds per call after one warm-up call."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run(args: argparse.Namespace) -> Iterator[tuple[str, str, float, float]]:
