@@ -74,15 +74,9 @@ class Schema:
 
 
 class ComfyNode:
+    """Subclasses define the classmethods define_schema() and execute(**inputs)."""
+
     hidden: Any = None
-
-    @classmethod
-    def define_schema(cls) -> Schema:
-        raise NotImplementedError
-
-    @classmethod
-    def execute(cls, **kwargs: Any) -> NodeOutput:
-        raise NotImplementedError
 
 
 class NodeOutput:
