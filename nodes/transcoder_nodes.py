@@ -3,36 +3,29 @@ touches the network)."""
 
 from __future__ import annotations
 
+import comfy.model_management
 import torch
 from comfy_api.latest import io
 
 from ..diffract_core.hub import DEFAULT_REPO_ID, SAE_FOLDER, TRANSCODER_FOLDER, HubRelease, download_release
 from ..diffract_core.sites import LAYERS_HELP, parse_layers
-from ..diffract_core.transcoders.config import dtype_from_name
 from ..diffract_core.transcoders.transcoder_set import TranscoderSet
 from .node_types import CATEGORY, STREAM_CHOICES, Transcoders, streams_of
 from .progress import NodeProgress
 from .transcoder_folders import download_destination, release_folder, release_folders
 
 DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def _dtype(choice: str) -> torch.dtype | None:
-    """None keeps the dtype on disk; `auto` also keeps it, except fp32 weights on a CUDA device run in bf16."""
+def _runtime_dtype(transcoders: TranscoderSet, choice: str) -> TranscoderSet:
+    """The chosen dtype; `auto` keeps the stored one, except fp32 weights on a CUDA device run in bf16."""
     if choice != "auto":
-        return dtype_from_name(_DTYPES[choice])
-    import comfy.model_management
-
-    return torch.bfloat16 if comfy.model_management.get_torch_device().type == "cuda" else None
-
-
-def _cast(transcoders: TranscoderSet, choice: str) -> TranscoderSet:
-    dtype = _dtype(choice)
+        return transcoders.to(dtype=_DTYPES[choice])
     stored = {transcoders.config(site).torch_dtype for site in transcoders}
-    if dtype is None or (choice == "auto" and stored != {torch.float32}):
-        return transcoders
-    return transcoders.to(dtype=dtype)
+    if stored == {torch.float32} and comfy.model_management.get_torch_device().type == "cuda":
+        return transcoders.to(dtype=torch.bfloat16)
+    return transcoders
 
 
 class LoadTranscoders(io.ComfyNode):
@@ -64,7 +57,7 @@ class LoadTranscoders(io.ComfyNode):
         transcoders = TranscoderSet.open(
             release_folder(release), kind=kind, streams=streams_of(streams), layers=parse_layers(layers)
         )
-        return io.NodeOutput(_cast(transcoders, dtype))
+        return io.NodeOutput(_runtime_dtype(transcoders, dtype))
 
 
 class DownloadTranscoders(io.ComfyNode):
@@ -99,13 +92,12 @@ class DownloadTranscoders(io.ComfyNode):
     ) -> io.NodeOutput:
         dest = download_destination(folder)
         progress = NodeProgress(1, node_id=cls.hidden.unique_id)
-        stored = None if dtype == "auto" else dtype_from_name(_DTYPES[dtype])
         transcoders = download_release(
             dest,
             release=HubRelease(repo_id.strip(), hub_folder),
             streams=streams_of(streams),
             layers=parse_layers(layers),
-            dtype=stored,
+            dtype=_DTYPES.get(dtype),
             progress=lambda done, total, _name: progress.update(done, total),
         )
-        return io.NodeOutput(_cast(transcoders, "auto"))
+        return io.NodeOutput(_runtime_dtype(transcoders, "auto"))
