@@ -9,12 +9,15 @@ Every DifFRACT node that changes a MODEL goes through `record_features` or `stee
 - one `OUTER_SAMPLE` wrapper resets the recordings for each sampling run and marks them complete
   only when the run ends normally, and one `DIFFUSION_MODEL` wrapper publishes each model call's
   sigmas, cond/uncond chunks and token layout. Both are added with `add_wrapper_with_key`, next to
-  whatever other packs added.
+  whatever other packs added;
+- for recordings that keep call inputs (for Trace Circuit), the DIFFUSION_MODEL wrapper puts a
+  forward pre-hook on `double_blocks[0]` for the duration of that one call and removes it after.
 
 ComfyUI surface used: `ModelPatcher.clone`, `.model_options`, `.add_object_patch`,
 `.get_model_object`, `.add_wrapper_with_key`, `.get_wrappers`, `.model` (its `model_config`);
 `comfy.patcher_extension.WrappersMP.OUTER_SAMPLE` / `.DIFFUSION_MODEL` and the wrappers' calling
-convention (`executor(*args, **kwargs)`, `executor.class_obj` = the guider); the model's
+convention (`executor(*args, **kwargs)`, `executor.class_obj` = the guider, or the diffusion model
+for DIFFUSION_MODEL); the keyword call `double_blocks[i](img=, txt=, vec=, pe=, attn_mask=)`; the model's
 `model_sampling.percent_to_sigma`; `transformer_options["sigmas"]` and `["cond_or_uncond"]`.
 """
 
@@ -29,6 +32,7 @@ from comfy.patcher_extension import WrappersMP
 
 from ..diffract_core.errors import UnsupportedModelError
 from ..diffract_core.recording import COND, CallContext, FeatureRecording, MlpMode, PatchedMLP, SteeringSpec
+from ..diffract_core.recording.call_inputs import keep_call_inputs
 from ..diffract_core.transcoders.transcoder_set import SiteKey, TranscoderSet
 
 KEY = "diffract"
@@ -194,10 +198,34 @@ def publish_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     patch = int(getattr(executor.class_obj, "patch_size", 2))
     context.image_grid = (-(-x.shape[-2] // patch), -(-x.shape[-1] // patch))  # Flux pads to whole patches
     context.text_tokens = int(text.shape[1])
+    control = kwargs.get("control", args[6] if len(args) > 7 else None)
+    hook = _keep_inputs_hook(executor.class_obj, state, control)
     try:
         return executor(*args, **kwargs)
     finally:
+        if hook is not None:
+            hook.remove()
         _clear(context)
+
+
+def _keep_inputs_hook(diffusion_model: Any, state: DiffractState, control: Any) -> Any:
+    """For recordings that keep call inputs: a pre-hook on the first double block for this call
+    only (removed when the call returns), which copies the block's inputs for Trace Circuit."""
+    keeping = [r for r in state.recordings if r.keep_input_steps]
+    if not keeping:
+        return None
+    if control is not None:
+        for recording in keeping:
+            recording.skipped = "a ControlNet adds to the residual stream between blocks, which tracing cannot replay"
+        return None
+
+    def keep(_block: Any, args: tuple, kwargs: dict) -> None:
+        for recording in keeping:
+            keep_call_inputs(
+                recording, state.context, kwargs["img"], kwargs["txt"], kwargs["vec"], kwargs["pe"], kwargs.get("attn_mask")
+            )
+
+    return diffusion_model.double_blocks[0].register_forward_pre_hook(keep, with_kwargs=True)
 
 
 def _row_sigmas(sigmas: torch.Tensor | None, timestep: torch.Tensor, chunks: int) -> torch.Tensor:

@@ -39,7 +39,7 @@ class RecordFeatures(io.ComfyNode):
                 io.String.Input(
                     "keep_inputs_at_steps",
                     default="",
-                    tooltip="steps (e.g. 0, 2) whose full MLP inputs are kept for Trace Circuit; empty: none",
+                    tooltip="steps (e.g. 0, 2) whose model inputs are kept for Trace Circuit; empty: none",
                 ),
             ],
             outputs=[io.Model.Output(display_name="MODEL"), Recording.Output(display_name="FEATURE_RECORDING")],

@@ -122,8 +122,6 @@ class PatchedMLP(nn.Module):
                 recording.note_layout(context.image_grid, context.text_tokens)
                 key = RecordKey(self.site[0], self.site[1], sigma, chunk)
                 recording.add(key, self._top_codes(transcoder, x_rows, sigma, recording.k, z))
-                if recording.schedule and recording.step_of(sigma) in recording.keep_input_steps:
-                    recording.inputs[key] = x_rows.detach().to("cpu")
             for spec in self.steering:
                 if chunk in spec.chunks:
                     delta = spec.delta(transcoder, x_rows, sigma, context.image_grid)

@@ -8,6 +8,7 @@ sigma and chunk, and sigmas map to step indices through the run's own sigma sche
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from ..errors import DiffractError, SiteNotLoadedError
 from ..features import FeatureRef
 from ..transcoders.transcoder import SparseCodes
 from ..transcoders.transcoder_set import SiteKey, describe_sites
+
+if TYPE_CHECKING:
+    from .call_inputs import CallInputs
 
 COND, UNCOND = 0, 1
 
@@ -41,9 +45,10 @@ class FeatureRecording:
     schedule: tuple[float, ...] = ()  # the run's sigmas, first to last (the final 0 included)
     image_grid: tuple[int, int] | None = None  # (rows, cols) of image tokens
     text_tokens: int | None = None
-    keep_input_steps: frozenset[int] = frozenset()  # steps whose full MLP inputs are kept for tracing
+    keep_input_steps: frozenset[int] = frozenset()  # steps whose model-call inputs are kept for tracing
     records: dict[RecordKey, list[SparseCodes]] = field(default_factory=dict)
-    inputs: dict[RecordKey, torch.Tensor] = field(default_factory=dict)  # MLP inputs kept for tracing
+    calls: dict[tuple[float, int], CallInputs] = field(default_factory=dict)  # (sigma, chunk) -> inputs
+    skipped: str | None = None  # why the last run's call inputs could not be kept
     complete: bool = False  # the last run finished (False while it runs and after an interrupt)
     runs: int = 0  # sampling runs started so far
 
@@ -51,7 +56,8 @@ class FeatureRecording:
         """Forget the last run's records and take the new run's sigma schedule."""
         self.schedule = tuple(float(s) for s in torch.as_tensor(schedule).flatten().tolist())
         self.records.clear()
-        self.inputs.clear()
+        self.calls.clear()
+        self.skipped = None
         self.complete = False
         self.runs += 1
 
@@ -109,7 +115,28 @@ class FeatureRecording:
     @property
     def nbytes(self) -> int:
         total = sum(c.indices.nbytes + c.values.nbytes for calls in self.records.values() for c in calls)
-        return total + sum(t.nbytes for t in self.inputs.values())
+        return total + sum(call.nbytes for call in self.calls.values())
+
+    def call_inputs(self, step: int, chunk: int = COND) -> CallInputs:
+        """The kept inputs of the model call at `step` for `chunk` (the first call of that step)."""
+        for sigma, kept_chunk in sorted(self.calls, key=lambda key: -key[0]):
+            if kept_chunk == chunk and self.step_of(sigma) == step:
+                return self.calls[(sigma, kept_chunk)]
+        kept = sorted({self.step_of(sigma) for sigma, c in self.calls if c == chunk})
+        label = "cond" if chunk == COND else "uncond"
+        if not self.runs:
+            raise DiffractError("this recording has not seen a sampling run yet: sample with the MODEL of Record Features first")
+        if self.skipped is not None:
+            raise DiffractError(f"Record Features could not keep the model inputs: {self.skipped}")
+        if step not in self.keep_input_steps:
+            raise DiffractError(
+                f"Record Features did not keep the model inputs of step {step}: add {step} to its keep_inputs_at_steps "
+                f"(now: {', '.join(map(str, sorted(self.keep_input_steps))) or 'empty'}) and sample again"
+            )
+        raise DiffractError(
+            f"no kept inputs for step {step} of the {label} chunk (kept: {', '.join(map(str, kept)) or 'none'}): "
+            f"record the {label} chunk, and let the sampler reach step {step}"
+        )
 
     def __deepcopy__(self, memo: dict[int, object]) -> FeatureRecording:
         # Shared between ComfyUI clones of a patched model: the run writes to this very object.

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from ..flux.model import Flux
 from ..transcoders.transcoder_set import SiteKey, TranscoderSet
+from .call_inputs import keep_call_inputs
 from .patched_mlp import CallContext, MlpMode, PatchedMLP
 from .recording import COND, FeatureRecording
 from .steering import SteeringSpec
@@ -25,7 +26,8 @@ def patch_reference_model(
     chunks: tuple[int, ...] = (COND,),
 ) -> Iterator[CallContext]:
     """Replace the chosen sites' MLPs (default: every site the transcoders hold) while the block
-    runs; `model(x, timestep, ...)` publishes its timesteps (= sigmas) to the patches. `chunks`
+    runs; `model(x, timestep, ...)` publishes its timesteps (= sigmas) to the patches, and the first
+    double block's inputs are kept for the recording's `keep_input_steps`. `chunks`
     labels the equal parts of each batch (0 cond, 1 uncond), as ComfyUI's cond_or_uncond does."""
     transcoders.check_model(model.config.hidden_size, model.config.depth)
     context = CallContext(chunks=chunks)
@@ -40,7 +42,14 @@ def patch_reference_model(
         context.image_grid = (-(-x.shape[-2] // patch), -(-x.shape[-1] // patch))  # ComfyUI pads to whole patches
         context.text_tokens = text.shape[1]
 
-    hook = model.register_forward_pre_hook(publish, with_kwargs=True)
+    def keep_inputs(_block: object, args: tuple, kwargs: dict) -> None:
+        if recording is not None:
+            keep_call_inputs(recording, context, kwargs["img"], kwargs["txt"], kwargs["vec"], kwargs["pe"])
+
+    hooks = [
+        model.register_forward_pre_hook(publish, with_kwargs=True),
+        model.double_blocks[0].register_forward_pre_hook(keep_inputs, with_kwargs=True),
+    ]
     try:
         for stream, layer in sites if sites is not None else transcoders:
             block = model.double_blocks[layer]
@@ -56,7 +65,8 @@ def patch_reference_model(
             setattr(block, f"{stream}_mlp", patch)
         yield context
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         for (stream, layer), mlp in originals.items():
             setattr(model.double_blocks[layer], f"{stream}_mlp", mlp)
         context.sigmas = None

@@ -16,8 +16,10 @@ def test_records_the_chosen_sites_and_keeps_inputs_of_chosen_steps(pack, patcher
     assert recording.sites == (("img", 0), ("img", 1)) and recording.k == 5
     assert torch.equal(sampler(model), baseline)
     assert recording.complete and recording.steps == [0, 1, 2, 3]
-    assert sorted((key.layer, key.sigma) for key in recording.inputs) == [(0, 0.75), (1, 0.75)]
-    assert recording.inputs[next(iter(recording.inputs))].shape == (1, 24, 64)
+    assert list(recording.calls) == [(0.75, 0)]
+    kept = recording.call_inputs(1)
+    assert kept.img.shape == (1, 24, 64) and kept.vec.shape == (1, 64) and kept.image_grid == (4, 6)
+    assert not model.get_model_object("diffusion_model").double_blocks[0]._forward_pre_hooks
     assert recording.codes(("img", 1), 3).indices.shape == (1, 24, 5)
 
 

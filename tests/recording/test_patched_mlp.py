@@ -136,7 +136,12 @@ def test_records_are_keyed_by_sigma_and_chunk(model: Flux, transcoders: Transcod
             _run(model, _inputs(model, batch=2, sigma=sigma))
     assert recording.steps == [0, 1, 2, 3]
     assert {key.chunk for key in recording.records} == {COND}
-    assert [key.sigma for key in recording.inputs] == [0.5]
+    assert list(recording.calls) == [(0.5, COND)]
+    kept = recording.call_inputs(2)
+    assert kept.img.shape == (1, 24, model.config.hidden_size) and kept.txt.shape == (1, 5, model.config.hidden_size)
+    assert kept.image_grid == (4, 6) and kept.sigma == 0.5
+    with pytest.raises(DiffractError, match="did not keep the model inputs of step 1: add 1 to its keep_inputs_at_steps"):
+        recording.call_inputs(1)
     with pytest.raises(DiffractError, match="uncond chunk; recorded steps: 0, 1, 2, 3"):
         recording.codes(("img", 0), step=1, chunk=UNCOND)
 

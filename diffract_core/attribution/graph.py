@@ -1,0 +1,250 @@
+"""Attribution graphs: nodes, sparse edges, influence, pruning and circuit-tracer's scores.
+
+Nodes are transcoder features (stream, layer, feature, step) with their per-position activations
+kept, one error node per MLP site (what its transcoder does not explain), one "rest" node per site
+(features that are active there but not in the graph), one input node per stream, one bias node
+(every constant: encoder and decoder biases, FiLM and modulation shifts, attention biases) and the
+target. Edges point from source to target and carry the direct effect; every expanded node's
+incoming edges sum to its value.
+
+Influence, pruning and the replacement / completeness scores follow circuit-tracer: the adjacency
+matrix has one row per target node, rows are normalised by their total |weight|, and a node's
+influence is the sum over paths of products of normalised weights to the target. The bias node
+counts with the inputs (an explained, constant source); error and rest nodes are the unexplained part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..transcoders.config import Stream
+
+NodeKind = Literal["feature", "error", "rest", "input", "bias", "target"]
+NODE_KINDS: tuple[NodeKind, ...] = ("feature", "error", "rest", "input", "bias", "target")
+UNEXPLAINED: tuple[NodeKind, ...] = ("error", "rest")
+TERMINAL: tuple[NodeKind, ...] = ("input", "bias")
+
+
+@dataclass
+class CircuitNode:
+    kind: NodeKind
+    step: int
+    stream: Stream | None = None
+    layer: int | None = None
+    feature: int | None = None
+    value: float = 0.0  # features: summed activation; target: its value; sources: their total effect on the target
+    positions: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    activations: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # per position, aligned with positions
+    label: str = ""
+
+    @property
+    def id(self) -> str:
+        if self.kind in ("feature", "target"):
+            return f"{self.kind}:{self.stream}:{self.layer}:{self.feature}@{self.step}"
+        if self.kind in ("error", "rest"):
+            return f"{self.kind}:{self.stream}:{self.layer}@{self.step}"
+        if self.kind == "input":
+            return f"input:{self.stream}@{self.step}"
+        return f"bias@{self.step}"
+
+    @property
+    def feature_spec(self) -> str | None:
+        """`img:12:40684` for feature and target nodes."""
+        if self.feature is None:
+            return None
+        return f"{self.stream}:{self.layer}:{self.feature}"
+
+    def describe(self) -> str:
+        if self.kind == "feature":
+            return f"{self.feature_spec} (step {self.step})"
+        if self.kind == "target":
+            return f"target {self.label or self.feature_spec}"
+        if self.kind == "error":
+            return f"{self.stream} L{self.layer} error"
+        if self.kind == "rest":
+            return f"{self.stream} L{self.layer} other features"
+        if self.kind == "input":
+            return f"{self.stream} input"
+        return "biases"
+
+
+@dataclass(frozen=True)
+class Pruned:
+    node_mask: torch.Tensor  # [N] bool
+    edge_mask: torch.Tensor  # [E] bool
+    influence: torch.Tensor  # [N] each node's influence on the target (the target itself: 1)
+
+
+@dataclass
+class CircuitGraph:
+    nodes: list[CircuitNode]
+    edge_sources: torch.Tensor  # [E] long, node indices
+    edge_targets: torch.Tensor  # [E] long
+    edge_weights: torch.Tensor  # [E] float64
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.edge_sources = self.edge_sources.long()
+        self.edge_targets = self.edge_targets.long()
+        self.edge_weights = self.edge_weights.double()
+
+    # --- structure -------------------------------------------------------------------------------
+
+    @property
+    def target_index(self) -> int:
+        return next(i for i, node in enumerate(self.nodes) if node.kind == "target")
+
+    @property
+    def target(self) -> CircuitNode:
+        return self.nodes[self.target_index]
+
+    def indices(self, *kinds: NodeKind) -> list[int]:
+        return [i for i, node in enumerate(self.nodes) if node.kind in kinds]
+
+    def features(self) -> list[CircuitNode]:
+        return [node for node in self.nodes if node.kind == "feature"]
+
+    def adjacency(self, edge_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, N] float64: row = target node, column = source node."""
+        n = len(self.nodes)
+        matrix = torch.zeros(n, n, dtype=torch.float64)
+        keep = slice(None) if edge_mask is None else edge_mask
+        matrix.index_put_((self.edge_targets[keep], self.edge_sources[keep]), self.edge_weights[keep], accumulate=True)
+        return matrix
+
+    def incoming(self, index: int) -> float:
+        return float(self.edge_weights[self.edge_targets == index].sum())
+
+    def expanded(self) -> list[int]:
+        """Nodes whose incoming edges were computed: the target and every feature."""
+        return self.indices("feature", "target")
+
+    def conservation(self) -> torch.Tensor:
+        """|value - sum(incoming edges)| / |value| of every expanded node (in `expanded()` order)."""
+        residuals = []
+        for index in self.expanded():
+            value = self.nodes[index].value
+            residuals.append(abs(value - self.incoming(index)) / max(abs(value), 1e-12))
+        return torch.tensor(residuals, dtype=torch.float64)
+
+    def target_weights(self) -> torch.Tensor:
+        weights = torch.zeros(len(self.nodes), dtype=torch.float64)
+        weights[self.target_index] = 1.0
+        return weights
+
+    # --- influence, pruning, scores --------------------------------------------------------------
+
+    def influence(self, edge_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Each node's total normalised influence on the target (circuit-tracer's node influence)."""
+        return compute_influence(normalize_rows(self.adjacency(edge_mask)), self.target_weights())
+
+    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:
+        """circuit-tracer's pruning: keep the nodes holding `node_threshold` of the total influence and
+        the edges holding `edge_threshold` of the edge influence, then drop nodes left without an
+        outgoing edge (features and error nodes) or an incoming edge (features). The target, inputs
+        and bias always stay."""
+        for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        adjacency = self.adjacency()
+        weights = self.target_weights()
+        influence = compute_influence(normalize_rows(adjacency), weights)
+        node_mask = influence >= find_threshold(influence, node_threshold)
+        always = torch.tensor([node.kind in ("target", *TERMINAL) for node in self.nodes])
+        node_mask |= always
+        pruned = adjacency.clone()
+        pruned[~node_mask] = 0
+        pruned[:, ~node_mask] = 0
+        normalized = normalize_rows(pruned)
+        edge_scores = normalized * (compute_influence(normalized, weights) + weights)[:, None]
+        keep = edge_scores >= find_threshold(edge_scores.flatten(), edge_threshold)
+        keep &= pruned != 0
+        features = torch.tensor([node.kind == "feature" for node in self.nodes])
+        needs_out = torch.tensor([node.kind in ("feature", *UNEXPLAINED) for node in self.nodes])
+        while True:
+            before = node_mask.clone()
+            keep[~node_mask] = False
+            keep[:, ~node_mask] = False
+            node_mask &= ~needs_out | keep.any(0)
+            node_mask &= ~features | keep.any(1)
+            node_mask |= always
+            if torch.equal(before, node_mask):
+                break
+        edge_mask = keep[self.edge_targets, self.edge_sources]
+        full = influence.clone()
+        full[self.target_index] = 1.0
+        return Pruned(node_mask, edge_mask, full)
+
+    def scores(self) -> tuple[float, float]:
+        """(replacement score, completeness score) as circuit-tracer defines them."""
+        normalized = normalize_rows(self.adjacency())
+        weights = self.target_weights()
+        influence = compute_influence(normalized, weights)
+        unexplained = self.indices(*UNEXPLAINED)
+        explained = float(influence[self.indices(*TERMINAL)].sum())
+        lost = float(influence[unexplained].sum())
+        replacement = explained / (explained + lost) if explained + lost > 0 else 0.0
+        non_error = 1 - normalized[:, unexplained].sum(-1)
+        output_influence = influence + weights
+        completeness = float((non_error * output_influence).sum() / output_influence.sum())
+        return replacement, completeness
+
+    def subgraph(self, pruned: Pruned) -> CircuitGraph:
+        """The graph with only the kept nodes and edges (indices renumbered)."""
+        kept = torch.nonzero(pruned.node_mask).flatten()
+        renumber = torch.full((len(self.nodes),), -1, dtype=torch.long)
+        renumber[kept] = torch.arange(len(kept))
+        mask = pruned.edge_mask & pruned.node_mask[self.edge_sources] & pruned.node_mask[self.edge_targets]
+        return CircuitGraph(
+            [self.nodes[i] for i in kept.tolist()],
+            renumber[self.edge_sources[mask]],
+            renumber[self.edge_targets[mask]],
+            self.edge_weights[mask],
+            dict(self.metadata),
+        )
+
+
+def normalize_rows(matrix: torch.Tensor) -> torch.Tensor:
+    normalized = matrix.abs()
+    return normalized / normalized.sum(dim=1, keepdim=True).clamp(min=1e-10)
+
+
+def compute_influence(normalized: torch.Tensor, weights: torch.Tensor, max_iter: int = 1000) -> torch.Tensor:
+    """weights @ (A + A^2 + ...), summed until the paths run out (the graph is acyclic)."""
+    current = weights @ normalized
+    influence = current.clone()
+    for _ in range(max_iter):
+        if not current.any():
+            return influence
+        current = current @ normalized
+        influence += current
+    raise RuntimeError(f"influence did not converge in {max_iter} iterations: the graph has a cycle")
+
+
+def find_threshold(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The score above which the kept scores hold `threshold` of the total."""
+    ordered = torch.sort(scores.flatten(), descending=True).values
+    total = ordered.sum()
+    if total <= 0:
+        return ordered[0] if len(ordered) else torch.tensor(0.0)
+    cumulative = torch.cumsum(ordered, dim=0) / total
+    index = min(int(torch.searchsorted(cumulative, torch.tensor(threshold, dtype=cumulative.dtype))), len(ordered) - 1)
+    return ordered[index]
+
+
+def edge_list(rows: Iterable[tuple[int, int, float]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sources, targets, weights) tensors from (source, target, weight) triples."""
+    sources, targets, weights = [], [], []
+    for source, target, weight in rows:
+        sources.append(source)
+        targets.append(target)
+        weights.append(weight)
+    return (
+        torch.tensor(sources, dtype=torch.long),
+        torch.tensor(targets, dtype=torch.long),
+        torch.tensor(weights, dtype=torch.float64),
+    )

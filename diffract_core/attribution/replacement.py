@@ -1,0 +1,458 @@
+"""The local replacement model of one traced FLUX call, and its exact adjoint.
+
+Replaying the double blocks from the kept inputs (one sigma, one chunk, one image) fixes every
+non-linearity at its value in that call: attention probabilities (from the call's queries and keys),
+LayerNorm denominators, modulation and gates (functions of `vec` alone), and the MLP outputs. Each
+MLP output is split into sources: its top transcoder features (`z * W_dec`), an error term (the
+rest of the output, exact) and the decoder bias. What remains is affine in the sources, so a
+feature's pre-activation is exactly `sum(sources' edges) + bias`.
+
+`attribute(rows)` runs the transposed map by hand, for many target rows at once: attention's
+transpose reuses one recomputation of the probabilities for every row, and nothing is evaluated
+above a row's own layer. `attribute_autograd` gets the same edges with one forward and one
+autograd backward per row (the reference method); the two agree to float precision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..errors import DiffractError, UnsupportedModelError
+from ..recording.call_inputs import CallInputs
+from ..transcoders.config import STREAMS, Stream
+from ..transcoders.transcoder import Transcoder
+from ..transcoders.transcoder_set import SiteKey, TranscoderSet
+from .blocks import Affine, LinearReader, StreamWeights, check_double_block, read_plain_linear, read_stream
+
+_MEMORY_CHUNK = 1 << 26  # elements per temporary (256 MB in fp32)
+
+MlpEdit = Callable[[int, SiteKey, torch.Tensor, torch.Tensor], torch.Tensor]  # (layer, site, x, y) -> y
+
+
+def _center(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm's centering; it is its own transpose."""
+    return x - x.mean(dim=-1, keepdim=True)
+
+
+def _rms(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * scale
+
+
+def _rope(x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    pairs = x.reshape(*x.shape[:-1], -1, 1, 2)
+    out = pe[..., 0] * pairs[..., 0] + pe[..., 1] * pairs[..., 1]
+    return out.reshape(*x.shape)
+
+
+@dataclass(frozen=True)
+class StreamConstants:
+    """One stream's frozen quantities in one block (batch 1)."""
+
+    shift1: torch.Tensor  # [1, 1, D]
+    scale1: torch.Tensor
+    gate1: torch.Tensor
+    shift2: torch.Tensor
+    scale2: torch.Tensor
+    gate2: torch.Tensor
+    inv1: torch.Tensor  # [1, S, 1] 1 / sqrt(var + eps) of norm1's input
+    inv2: torch.Tensor  # same for norm2
+
+
+@dataclass(frozen=True)
+class LayerConstants:
+    streams: dict[Stream, StreamConstants]
+    query: torch.Tensor  # [1, H, S_txt + S_img, d], RMS-normed and rotated
+    key: torch.Tensor
+    value: dict[Stream, Affine]  # the value rows of qkv
+    proj: dict[Stream, Affine]
+
+
+@dataclass
+class SiteSources:
+    """One MLP output y = sum_k values[p, k] * W_dec[indices[p, k]] + decoder_bias + error[p]."""
+
+    site: SiteKey
+    indices: torch.Tensor  # [S, k] long
+    values: torch.Tensor  # [S, k], 0 in unused slots
+    error: torch.Tensor  # [S, D]: the MLP output minus the kept features and the decoder bias
+    decoder_bias: torch.Tensor  # [D] (zero where no transcoder covers the site)
+    transcoder: Transcoder | None
+    dropped_fraction: float = 0.0  # share of sum |z| beyond the kept features (folded into the error)
+
+    def output(self) -> torch.Tensor:
+        """The MLP output the sources add up to: [1, S, D]."""
+        return (self.decoder_bias + self.error + self.feature_part())[None]
+
+    def feature_part(self) -> torch.Tensor:
+        if self.transcoder is None or self.indices.shape[-1] == 0:
+            return torch.zeros_like(self.error)
+        decoder = self.transcoder.W_dec.to(self.error)
+        return torch.einsum("sk,skd->sd", self.values, decoder[self.indices])
+
+
+@dataclass(frozen=True)
+class TargetRow:
+    """A linear read-out of one stream's MLP input x at `layer`: sum_p weights[p] * (direction . x[p]).
+
+    A transcoder feature's pre-activation is this read-out plus a constant: its direction is
+    W_enc[i] * (1 + scale(sigma)), the rest (b_enc, W_enc . shift(sigma)) is `constant` per unit weight."""
+
+    stream: Stream
+    layer: int
+    weights: torch.Tensor  # [S_stream], how much each position counts
+    direction: torch.Tensor  # [D]
+    constant: float = 0.0  # added per unit of weight: value = sum_p w_p (direction . x_p + constant)
+
+
+@dataclass
+class RowEdges:
+    """Direct effects on one target row of every source below it.
+
+    `features[site]` is [S, k] (the effect of each kept feature at each position, aligned with the
+    site's `indices`); `errors[site]` and `inputs[stream]` are per position."""
+
+    features: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
+    errors: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[Stream, torch.Tensor] = field(default_factory=dict)
+
+    def total(self) -> float:
+        parts = [*self.features.values(), *self.errors.values(), *self.inputs.values()]
+        return float(sum(part.double().sum() for part in parts))
+
+
+class ReplacementModel:
+    """The frozen, linearised double blocks 0..`last_layer` of one traced call."""
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        transcoders: TranscoderSet,
+        call: CallInputs,
+        *,
+        last_layer: int,
+        read_linear: LinearReader = read_plain_linear,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        max_active: int = 128,
+        keep_inputs_of: Iterable[int] = (),
+    ) -> None:
+        if call.batch != 1:
+            raise DiffractError(f"trace one image at a time: these call inputs hold {call.batch}; pick one with .row(i)")
+        if not 0 <= last_layer < len(blocks):
+            raise DiffractError(f"layer {last_layer} is past this model's {len(blocks)} double blocks (0..{len(blocks) - 1})")
+        if max_active < 1:
+            raise DiffractError(f"max_active must be at least 1, got {max_active}")
+        self.blocks = blocks
+        self.transcoders = transcoders
+        self.read_linear = read_linear
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else call.img.device
+        self.sigma = call.sigma
+        self.last_layer = last_layer
+        self.max_active = max_active
+        self.num_heads = int(getattr(blocks[0], "num_heads"))
+        self.hidden = int(call.img.shape[-1])
+        self.inputs: dict[Stream, torch.Tensor] = {
+            "img": call.img.to(self.device, dtype),
+            "txt": call.txt.to(self.device, dtype),
+        }
+        self.vec = call.vec.to(self.device, dtype)
+        self.pe = call.pe.to(self.device, dtype)
+        self.layers: list[LayerConstants] = []
+        self.sites: dict[SiteKey, SiteSources] = {}
+        self.mlp_inputs: dict[SiteKey, torch.Tensor] = {}  # clean MLP inputs of the layers in keep_inputs_of
+        self.forward_passes = 0
+        self.backward_passes = 0
+        for index in range(last_layer + 1):
+            check_double_block(blocks[index], index)
+        self._clean_forward(set(keep_inputs_of) | {last_layer})
+        self._zero_inputs = self.linear_forward(
+            {stream: torch.zeros_like(h) for stream, h in self.inputs.items()},
+            {site: src.decoder_bias.expand_as(src.error)[None] for site, src in self.sites.items()},
+        )
+
+    # --- shapes ----------------------------------------------------------------------------------
+
+    def tokens(self, stream: Stream) -> int:
+        return self.inputs[stream].shape[1]
+
+    def transcoder_at(self, site: SiteKey) -> Transcoder:
+        transcoder = self.transcoders.get(site) if site in self.transcoders else None
+        if transcoder is None or transcoder.config.kind != "transcoder":
+            raise DiffractError(
+                f"no transcoder covers {site[0]}:{site[1]}: targets and expanded features need a transcoder "
+                "(an SAE reads the MLP output, which the replacement model holds fixed)"
+            )
+        return transcoder
+
+    # --- the clean pass: constants and sources ---------------------------------------------------
+
+    def _stream_weights(self, index: int) -> dict[Stream, StreamWeights]:
+        return {s: read_stream(self.blocks[index], s, self.dtype, self.device, self.read_linear) for s in STREAMS}
+
+    @torch.no_grad()
+    def _clean_forward(self, keep_layers: set[int]) -> None:
+        def observe(index: int, site: SiteKey, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if index in keep_layers:
+                self.mlp_inputs[site] = x
+            if index < self.last_layer:
+                self.sites[site] = self._split_sources(site, x[0], y[0])
+            return y
+
+        self.real_forward(observe, keep_constants=True)
+
+    @torch.no_grad()
+    def real_forward(self, edit: MlpEdit | None = None, *, keep_constants: bool = False) -> dict[SiteKey, torch.Tensor]:
+        """The blocks as the model runs them (nothing frozen) on the traced call's inputs; `edit` sees
+        each MLP's input and output and returns the output to use. Returns every MLP input."""
+        h = dict(self.inputs)
+        silu_vec = F.silu(self.vec)[:, None, :]
+        xs: dict[SiteKey, torch.Tensor] = {}
+        for index in range(self.last_layer + 1):
+            weights = self._stream_weights(index)
+            mods = {s: weights[s].modulation(silu_vec).chunk(6, dim=-1) for s in STREAMS}
+            inv1 = {s: torch.rsqrt(h[s].var(-1, unbiased=False, keepdim=True) + weights[s].norm1_eps) for s in STREAMS}
+            qkv = {}
+            for s in STREAMS:
+                shift1, scale1 = mods[s][0], mods[s][1]
+                a = (1 + scale1) * (_center(h[s]) * inv1[s]) + shift1
+                q, k, v = rearrange(weights[s].qkv(a), "B L (K H D) -> K B H L D", K=3, H=self.num_heads)
+                qkv[s] = (_rms(q, weights[s].query_scale), _rms(k, weights[s].key_scale), v)
+            query = _rope(torch.cat((qkv["txt"][0], qkv["img"][0]), dim=2), self.pe)
+            key = _rope(torch.cat((qkv["txt"][1], qkv["img"][1]), dim=2), self.pe)
+            value = torch.cat((qkv["txt"][2], qkv["img"][2]), dim=2)
+            attended = self._attend(query, key, value)
+            split = {"txt": attended[:, : self.tokens("txt")], "img": attended[:, self.tokens("txt") :]}
+            constants: dict[Stream, StreamConstants] = {}
+            for s in STREAMS:
+                shift1, scale1, gate1, shift2, scale2, gate2 = mods[s]
+                h[s] = h[s] + gate1 * weights[s].proj(split[s])
+                inv2 = torch.rsqrt(h[s].var(-1, unbiased=False, keepdim=True) + weights[s].norm2_eps)
+                x = (1 + scale2) * (_center(h[s]) * inv2) + shift2
+                xs[(s, index)] = x
+                y = weights[s].mlp_out(F.gelu(weights[s].mlp_in(x), approximate="tanh"))
+                if edit is not None:
+                    y = edit(index, (s, index), x, y)
+                h[s] = h[s] + gate2 * y
+                constants[s] = StreamConstants(shift1, scale1, gate1, shift2, scale2, gate2, inv1[s], inv2)
+            if keep_constants:
+                self.layers.append(
+                    LayerConstants(
+                        constants,
+                        query,
+                        key,
+                        {s: weights[s].value(self.hidden) for s in STREAMS},
+                        {s: weights[s].proj for s in STREAMS},
+                    )
+                )
+        self.forward_passes += 1
+        return xs
+
+    def _split_sources(self, site: SiteKey, x: torch.Tensor, y: torch.Tensor) -> SiteSources:
+        transcoder = self.transcoders.get(site) if site in self.transcoders else None
+        if transcoder is None or transcoder.config.kind != "transcoder":
+            empty = torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
+            return SiteSources(site, empty, y.new_zeros(x.shape[0], 0), y, torch.zeros_like(y[0]), None)
+        if transcoder.device != x.device:
+            transcoder.to(x.device)
+        z, _ = transcoder.encode(x.to(transcoder.dtype), self.sigma)
+        z = z.to(self.dtype)
+        k = min(self.max_active, z.shape[-1])
+        top = torch.topk(z, k, dim=-1)
+        total = float(z.sum())
+        dropped = 0.0 if total == 0 else max(0.0, 1.0 - float(top.values.sum()) / total)
+        sources = SiteSources(site, top.indices, top.values, y, transcoder.b_dec.detach().to(y), transcoder, dropped)
+        sources.error = y - sources.feature_part() - sources.decoder_bias
+        return sources
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Frozen-probability attention: softmax(q k^T / sqrt(d)) applied to `value` [R, H, S, d]."""
+        out = torch.empty_like(value)
+        for rows, probs in self._probabilities(query, key, value.shape[0]):
+            out[:, :, rows] = torch.matmul(probs, value)
+        return rearrange(out, "B H L D -> B L (H D)")
+
+    def _attend_transposed(self, layer: LayerConstants, grad: torch.Tensor) -> torch.Tensor:
+        """P^T grad for grad [R, H, S, d]: the value gradient of frozen attention."""
+        out = torch.zeros_like(grad)
+        for rows, probs in self._probabilities(layer.query, layer.key, grad.shape[0]):
+            out += torch.matmul(probs.transpose(-1, -2), grad[:, :, rows])
+        return out
+
+    def _probabilities(self, query: torch.Tensor, key: torch.Tensor, rows: int) -> Iterable[tuple[slice, torch.Tensor]]:
+        heads, length, dim = query.shape[1], query.shape[2], query.shape[3]
+        step = max(1, _MEMORY_CHUNK // (heads * length * max(1, rows)))
+        scale = 1.0 / math.sqrt(dim)
+        for start in range(0, length, step):
+            chunk = slice(start, min(length, start + step))
+            logits = torch.matmul(query[:, :, chunk], key.transpose(-1, -2)) * scale
+            yield chunk, torch.softmax(logits.float(), dim=-1).to(self.dtype)
+
+    # --- the linearised forward ------------------------------------------------------------------
+
+    def linear_forward(
+        self, inputs: dict[Stream, torch.Tensor], mlp_outputs: dict[SiteKey, torch.Tensor]
+    ) -> dict[SiteKey, torch.Tensor]:
+        """MLP inputs x at every (stream, layer) up to `last_layer`, for given block-0 inputs
+        ([R, S, D] per stream) and MLP outputs ([R or 1, S, D] per site below `last_layer`);
+        differentiable in both. With the traced call's own values it reproduces that call."""
+        h = dict(inputs)
+        silu_vec = F.silu(self.vec)[:, None, :]
+        xs: dict[SiteKey, torch.Tensor] = {}
+        for index, layer in enumerate(self.layers):
+            values = []
+            for s in ("txt", "img"):
+                c = layer.streams[s]
+                a = (1 + c.scale1) * (_center(h[s]) * c.inv1) + c.shift1
+                values.append(rearrange(layer.value[s](a), "B L (H D) -> B H L D", H=self.num_heads))
+            attended = self._attend(layer.query, layer.key, torch.cat(values, dim=2))
+            split = {"txt": attended[:, : self.tokens("txt")], "img": attended[:, self.tokens("txt") :]}
+            for s in STREAMS:
+                c = layer.streams[s]
+                h[s] = h[s] + c.gate1 * layer.proj[s](split[s])
+                xs[(s, index)] = (1 + c.scale2) * (_center(h[s]) * c.inv2) + c.shift2
+                if index < self.last_layer:
+                    h[s] = h[s] + c.gate2 * mlp_outputs[(s, index)]
+        self.forward_passes += 1
+        return xs
+
+    def source_outputs(self) -> dict[SiteKey, torch.Tensor]:
+        """Every MLP output below `last_layer` as its sources add it up: [1, S, D] per site."""
+        return {site: src.output() for site, src in self.sites.items()}
+
+    # --- targets ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def feature_row(self, stream: Stream, layer: int, feature: int, weights: torch.Tensor) -> TargetRow:
+        """The read-out whose value is sum_p weights[p] * pre-activation of `feature` at position p."""
+        transcoder = self.transcoder_at((stream, layer))
+        sigma = torch.tensor([self.sigma], device=transcoder.device)
+        scale, shift = transcoder.film(sigma)
+        encoder = transcoder.W_enc[feature].detach().float()
+        direction = (encoder * (1 + scale[0])).to(self.device, self.dtype)
+        constant = float(encoder @ shift[0] + transcoder.b_enc[feature].detach().float())
+        return TargetRow(stream, layer, weights.to(self.device, self.dtype), direction, constant)
+
+    def value(self, row: TargetRow, xs: dict[SiteKey, torch.Tensor] | None = None) -> torch.Tensor:
+        """The row's value on MLP inputs `xs` ([R, S, D]; default: the traced call's)."""
+        x = self.mlp_inputs[(row.stream, row.layer)] if xs is None else xs[(row.stream, row.layer)]
+        return torch.einsum("rsd,d,s->r", x, row.direction, row.weights) + row.constant * row.weights.sum()
+
+    def bias(self, row: TargetRow) -> float:
+        """The row's value with every source at zero: what no edge explains (biases, shifts)."""
+        return float(self.value(row, self._zero_inputs)[0])
+
+    # --- edges: the hand-written transpose, many rows per pass -----------------------------------
+
+    @torch.no_grad()
+    def attribute(self, rows: Sequence[TargetRow]) -> list[RowEdges]:
+        """Direct effects of every source on every row, in one backward pass."""
+        if not rows:
+            return []
+        for row in rows:
+            self._check_row(row)
+        order = sorted(range(len(rows)), key=lambda i: -rows[i].layer)
+        ordered = [rows[i] for i in order]
+        layers = torch.tensor([row.layer for row in ordered])
+        grads = {s: torch.zeros(len(rows), self.tokens(s), self.hidden, dtype=self.dtype, device=self.device) for s in STREAMS}
+        edges = [RowEdges() for _ in rows]
+        for index in range(max(row.layer for row in rows), -1, -1):
+            layer = self.layers[index]
+            above = int((layers > index).sum())  # rows reading a later layer: a prefix of `ordered`
+            if above:
+                for s in STREAMS:
+                    grad_y = layer.streams[s].gate2 * grads[s][:above]
+                    self._site_edges((s, index), grad_y, edges, order)
+            for r, row in enumerate(ordered):
+                if row.layer == index:
+                    c = layer.streams[row.stream]
+                    seed = (1 + c.scale2[0]) * (row.weights[:, None] * row.direction[None, :])
+                    grads[row.stream][r] += _center(c.inv2[0] * seed)
+            live = int((layers >= index).sum())
+            self._block_transposed(layer, {s: g[:live] for s, g in grads.items()})
+        for s in STREAMS:
+            contribution = (grads[s] * self.inputs[s]).sum(-1)
+            for r, original in enumerate(order):
+                edges[original].inputs[s] = contribution[r]
+        self.backward_passes += 1
+        return edges
+
+    def _check_row(self, row: TargetRow) -> None:
+        if not 0 <= row.layer <= self.last_layer:
+            raise DiffractError(f"target layer {row.layer} is outside the traced blocks 0..{self.last_layer}")
+        if row.weights.shape != (self.tokens(row.stream),):
+            raise DiffractError(f"target weights of shape {tuple(row.weights.shape)} do not fit the {self.tokens(row.stream)} {row.stream} tokens")
+
+    def _block_transposed(self, layer: LayerConstants, grads: dict[Stream, torch.Tensor]) -> None:
+        """In place: gradients at a block's output -> at its input (MLP outputs are constants)."""
+        value_grads = []
+        for s in ("txt", "img"):
+            c = layer.streams[s]
+            attended = torch.matmul(c.gate1 * grads[s], layer.proj[s].weight)  # d/d(attention output)
+            value_grads.append(rearrange(attended, "B L (H D) -> B H L D", H=self.num_heads))
+        grad_value = self._attend_transposed(layer, torch.cat(value_grads, dim=2))
+        split = {"txt": grad_value[:, :, : self.tokens("txt")], "img": grad_value[:, :, self.tokens("txt") :]}
+        for s in STREAMS:
+            c = layer.streams[s]
+            grad_a = torch.matmul(rearrange(split[s], "B H L D -> B L (H D)"), layer.value[s].weight)
+            grads[s] += _center(c.inv1 * ((1 + c.scale1) * grad_a))
+
+    def _site_edges(self, site: SiteKey, grad_y: torch.Tensor, edges: list[RowEdges], order: list[int]) -> None:
+        """Edges from one MLP's sources to the first len(grad_y) rows (in `order`)."""
+        sources = self.sites[site]
+        error = (grad_y * sources.error).sum(-1)
+        features = self._feature_effects(sources, grad_y)
+        for r in range(grad_y.shape[0]):
+            edges[order[r]].errors[site] = error[r]
+            edges[order[r]].features[site] = features[r]
+
+    def _feature_effects(self, sources: SiteSources, grad_y: torch.Tensor) -> torch.Tensor:
+        """values[p, k] * (grad_y[r, p] . W_dec[indices[p, k]]): [R, S, k]."""
+        tokens, k = sources.indices.shape
+        out = grad_y.new_zeros(grad_y.shape[0], tokens, k)
+        if sources.transcoder is None or k == 0:
+            return out
+        decoder = sources.transcoder.W_dec.detach()
+        step = max(1, _MEMORY_CHUNK // (k * self.hidden))
+        for start in range(0, tokens, step):
+            chunk = slice(start, min(tokens, start + step))
+            vectors = decoder[sources.indices[chunk]].to(self.dtype)  # [c, k, D]
+            out[:, chunk] = torch.einsum("rcd,ckd->rck", grad_y[:, chunk], vectors) * sources.values[chunk]
+        return out
+
+    # --- the same edges by autograd, one row per forward and backward -----------------------------
+
+    def attribute_autograd(self, row: TargetRow) -> RowEdges:
+        self._check_row(row)
+        inputs = {s: h.clone().requires_grad_(True) for s, h in self.inputs.items()}
+        outputs = {site: out.clone().requires_grad_(True) for site, out in self.source_outputs().items()}
+        xs = self.linear_forward(inputs, outputs)
+        value = self.value(row, xs).sum()
+        below = [site for site in outputs if site[1] < row.layer]
+        grads = torch.autograd.grad(value, [inputs["img"], inputs["txt"], *(outputs[s] for s in below)], allow_unused=True)
+        self.backward_passes += 1
+        edges = RowEdges()
+        for s, grad in zip(("img", "txt"), grads[:2]):
+            edges.inputs[s] = (grad[0] * self.inputs[s][0]).sum(-1).detach()
+        for site, grad_out in zip(below, grads[2:]):
+            grad_y = (grad_out if grad_out is not None else torch.zeros_like(outputs[site])).detach()
+            sources = self.sites[site]
+            edges.errors[site] = (grad_y[0] * sources.error).sum(-1)
+            edges.features[site] = self._feature_effects(sources, grad_y)[0]
+        return edges
+
+
+def check_same_model(blocks: Sequence[nn.Module], transcoders: TranscoderSet) -> None:
+    """Refuse transcoders whose width does not match the blocks'."""
+    hidden = getattr(blocks[0], "hidden_size", None)
+    if hidden is not None and hidden != transcoders.d_model:
+        raise UnsupportedModelError(
+            f"the model's hidden size is {hidden} but the transcoders expect {transcoders.d_model}: load transcoders for this model"
+        )
