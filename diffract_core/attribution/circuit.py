@@ -11,6 +11,7 @@ from torch import nn
 from ..recording.call_inputs import CallInputs
 from ..transcoders.transcoder_set import TranscoderSet
 from .blocks import LinearReader, read_plain_linear
+from .faithfulness import check_faithfulness
 from .graph import CircuitGraph
 from .replacement import ReplacementModel
 from .targets import TargetSpec, resolve_target
@@ -33,8 +34,12 @@ def trace_circuit(
     max_active: int = 128,
     text_tokens: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
+    check_top_k: int = 0,
 ) -> CircuitGraph:
-    """The attribution graph of `target` in the call `call` (one image, one sigma, one chunk)."""
+    """The attribution graph of `target` in the call `call` (one image, one sigma, one chunk).
+
+    `check_top_k` > 0 also ablates that many of the most influential features in the real blocks
+    and stores how well the graph predicted the target's changes (metadata["faithfulness"])."""
     model = ReplacementModel(
         blocks, transcoders, call, last_layer=target.layer, read_linear=read_linear, dtype=dtype, device=device,
         max_active=max_active,
@@ -78,4 +83,6 @@ def trace_circuit(
             "note": SCHEMA_NOTE,
         }
     )
+    if check_top_k > 0:
+        graph.metadata["faithfulness"] = check_faithfulness(model, graph, root.row, check_top_k).to_dict()
     return graph

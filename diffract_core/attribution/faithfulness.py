@@ -1,0 +1,123 @@
+"""Does the graph predict what ablating its features does to the real model?
+
+For each of the graph's most influential features, the traced call is re-run through the real
+blocks (live attention, LayerNorm and MLPs) with that feature removed from its MLP output in delta
+form, y' = y - W_dec[f] * z_f(x), at the positions where it fires; the change of the target is
+compared with the graph's prediction: the feature's effect summed over all paths of the graph, with
+each downstream feature's edges scaled by how much of its activity changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .graph import CircuitGraph
+from .replacement import ReplacementModel, TargetRow
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    features: list[str]  # node ids, most influential first
+    measured: list[float]  # change of the target in the real model
+    predicted: list[float]  # the graph's prediction over all paths
+    direct: list[float]  # the direct edge alone
+    spearman: float
+    mean_relative_error: float
+    spearman_direct: float
+    mean_relative_error_direct: float
+    forward_passes: int
+
+    def to_dict(self) -> dict:
+        return {key: getattr(self, key) for key in self.__dataclass_fields__}
+
+
+def predicted_ablation_effects(graph: CircuitGraph) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total, direct) predicted change of the target when each feature node is removed, [N].
+
+    Removing feature j changes a downstream feature a by A[a, j]; a change d_b of feature b moves a
+    by A[a, b] * d_b / value_b (b's edges scale with its activity). The sum over paths is
+    (I - M)^-1 applied to the first-order changes, with M[a, b] = A[a, b] / value_b."""
+    adjacency = graph.adjacency()
+    n = len(graph.nodes)
+    values = torch.tensor([node.value for node in graph.nodes], dtype=torch.float64)
+    features = torch.tensor([node.kind == "feature" for node in graph.nodes])
+    scale = torch.where(features & (values.abs() > 0), 1.0 / values.abs().clamp(min=1e-30), torch.zeros_like(values))
+    propagate = adjacency * scale[None, :] * features[None, :]
+    target = graph.target_index
+    total_map = torch.linalg.solve(torch.eye(n, dtype=torch.float64) - propagate, torch.eye(n, dtype=torch.float64))
+    first_order = -adjacency * features[None, :]  # column j: first-order changes when j is removed
+    total = (total_map @ first_order)[target]
+    direct = first_order[target]
+    return total, direct
+
+
+@torch.no_grad()
+def check_faithfulness(model: ReplacementModel, graph: CircuitGraph, root: TargetRow, top_k: int = 10) -> Faithfulness:
+    """Ablate the `top_k` most influential feature nodes one at a time in the real blocks."""
+    influence = graph.influence()
+    feature_indices = graph.indices("feature")
+    ranked = sorted(feature_indices, key=lambda i: -float(influence[i]))[:top_k]
+    total, direct = predicted_ablation_effects(graph)
+    clean = float(model.value(root, model.real_forward())[0])
+    measured = []
+    for index in ranked:
+        node = graph.nodes[index]
+        site = (node.stream, node.layer)
+        transcoder = model.transcoder_at(site)
+        positions = node.positions.to(model.device)
+        decoder = transcoder.W_dec[node.feature].detach().to(model.device, model.dtype)
+
+        def ablate(_layer: int, at: tuple, x: torch.Tensor, y: torch.Tensor, site=site, positions=positions, decoder=decoder, node=node) -> torch.Tensor:
+            if at != site:
+                return y
+            z = torch.relu(transcoder.feature_preactivation(x[0, positions].to(transcoder.dtype), model.sigma, node.feature))
+            y = y.clone()
+            y[0, positions] -= z.to(y.dtype)[:, None] * decoder[None, :]
+            return y
+
+        measured.append(float(model.value(root, model.real_forward(ablate))[0]) - clean)
+    predicted = [float(total[i]) for i in ranked]
+    direct_only = [float(direct[i]) for i in ranked]
+    return Faithfulness(
+        features=[graph.nodes[i].id for i in ranked],
+        measured=measured,
+        predicted=predicted,
+        direct=direct_only,
+        spearman=spearman(predicted, measured),
+        mean_relative_error=mean_relative_error(predicted, measured),
+        spearman_direct=spearman(direct_only, measured),
+        mean_relative_error_direct=mean_relative_error(direct_only, measured),
+        forward_passes=len(ranked) + 1,
+    )
+
+
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks with ties averaged."""
+    order = torch.argsort(values)
+    ranks = torch.empty_like(values)
+    ranks[order] = torch.arange(len(values), dtype=values.dtype)
+    for value in torch.unique(values):
+        tied = values == value
+        if int(tied.sum()) > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (nan for fewer than two points or a constant side)."""
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = _ranks(torch.tensor(a, dtype=torch.float64)), _ranks(torch.tensor(b, dtype=torch.float64))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denominator if denominator > 0 else float("nan")
+
+
+def mean_relative_error(predicted: list[float], measured: list[float]) -> float:
+    """mean |predicted - measured| / |measured| over the measured changes that are not zero."""
+    pairs = [(p, m) for p, m in zip(predicted, measured) if abs(m) > 1e-12]
+    if not pairs:
+        return float("nan")
+    return sum(abs(p - m) / abs(m) for p, m in pairs) / len(pairs)

@@ -1,0 +1,277 @@
+"""Circuits as JSON: our versioned schema (strictly validated on load, since shared graphs come
+from strangers: plain `json`, no eval, no pickle), and the circuit-tracer / Neuronpedia graph shape
+so their viewers can open ours."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DiffractError
+from ..transcoders.config import STREAMS
+from .graph import NODE_KINDS, CircuitGraph, CircuitNode
+
+FORMAT = "diffract-circuit"
+VERSION = 1
+MAX_FILE_BYTES = 512 * 1024 * 1024
+MAX_NODES = 200_000
+MAX_EDGES = 20_000_000
+MAX_POSITIONS = 1_000_000
+
+
+class CircuitFileError(DiffractError):
+    """A circuit file that is not a valid DifFRACT circuit."""
+
+
+# --- ours ----------------------------------------------------------------------------------------
+
+
+def graph_to_dict(graph: CircuitGraph) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "metadata": graph.metadata,
+        "nodes": [_node_to_dict(node) for node in graph.nodes],
+        "edges": {
+            "source": graph.edge_sources.tolist(),
+            "target": graph.edge_targets.tolist(),
+            "weight": graph.edge_weights.tolist(),
+        },
+    }
+
+
+def _node_to_dict(node: CircuitNode) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "kind": node.kind,
+        "step": node.step,
+        "stream": node.stream,
+        "layer": node.layer,
+        "feature": node.feature,
+        "value": node.value,
+        "positions": node.positions.tolist(),
+        "activations": [round(v, 6) for v in node.activations.tolist()],
+        "label": node.label,
+    }
+
+
+def save_graph(graph: CircuitGraph, path: str | os.PathLike[str]) -> Path:
+    """Write atomically: a failed write leaves any existing file as it was."""
+    path = Path(path)
+    text = json.dumps(graph_to_dict(graph), allow_nan=False, separators=(",", ":"))
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_graph(path: str | os.PathLike[str]) -> CircuitGraph:
+    path = Path(path)
+    if not path.is_file():
+        raise CircuitFileError(f"no circuit file at {path.name}: pick a .json file saved by Save Circuit")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise CircuitFileError(f"{path.name} is {path.stat().st_size / 2**20:.0f} MiB, more than a circuit file can be ({MAX_FILE_BYTES // 2**20} MiB)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CircuitFileError(f"{path.name} is not valid JSON ({exc}): it is not a circuit file") from None
+    return graph_from_dict(data, source=path.name)
+
+
+def _refuse_constant(name: str) -> float:
+    raise CircuitFileError(f"the file holds {name}, which is not a number a circuit can contain")
+
+
+def graph_from_dict(data: Any, source: str = "the circuit") -> CircuitGraph:
+    """Validate every field and build the graph; any problem raises CircuitFileError naming it."""
+    check = _Checker(source)
+    check.that(isinstance(data, dict), "is not a JSON object")
+    check.that(data.get("format") == FORMAT, f'is not a DifFRACT circuit (its "format" is {data.get("format")!r}, expected {FORMAT!r})')
+    version = data.get("version")
+    check.that(isinstance(version, int) and not isinstance(version, bool), '"version" is missing or not an integer')
+    check.that(version <= VERSION, f"was written by a newer DifFRACT (circuit version {version}, this one reads {VERSION}): update the pack")
+    check.that(version >= 1, f"has an unknown circuit version {version}")
+    unknown = set(data) - {"format", "version", "metadata", "nodes", "edges"}
+    check.that(not unknown, f"has unknown top-level keys {sorted(unknown)}")
+    metadata = data.get("metadata")
+    check.that(isinstance(metadata, dict), '"metadata" must be an object')
+    _check_json_values(metadata, check, "metadata", depth=0)
+    check.metadata(metadata)
+    raw_nodes = data.get("nodes")
+    check.that(isinstance(raw_nodes, list) and 0 < len(raw_nodes) <= MAX_NODES, f'"nodes" must be a list of 1..{MAX_NODES} nodes')
+    nodes = [_node_from_dict(raw, i, check) for i, raw in enumerate(raw_nodes)]
+    ids = [node.id for node in nodes]
+    check.that(len(set(ids)) == len(ids), "has two nodes with the same id")
+    targets = [node for node in nodes if node.kind == "target"]
+    check.that(len(targets) == 1, f"must have exactly one target node, has {len(targets)}")
+    edges = data.get("edges")
+    check.that(isinstance(edges, dict) and set(edges) == {"source", "target", "weight"}, '"edges" must be an object with "source", "target" and "weight" lists')
+    columns = [edges[name] for name in ("source", "target", "weight")]
+    check.that(all(isinstance(column, list) for column in columns), "edge columns must be lists")
+    check.that(len({len(column) for column in columns}) == 1, "edge columns have different lengths")
+    check.that(len(columns[0]) <= MAX_EDGES, f"has more than {MAX_EDGES} edges")
+    for name, column in zip(("source", "target"), columns[:2]):
+        check.that(all(_is_int(i) and 0 <= i < len(nodes) for i in column), f"edge {name}s must be node indices 0..{len(nodes) - 1}")
+    check.that(all(_is_number(w) for w in columns[2]), "edge weights must be finite numbers")
+    dtype = {"dtype": torch.long}
+    return CircuitGraph(
+        nodes,
+        torch.tensor(columns[0], **dtype),
+        torch.tensor(columns[1], **dtype),
+        torch.tensor(columns[2], dtype=torch.float64),
+        metadata,
+    )
+
+
+def _node_from_dict(raw: Any, index: int, check: _Checker) -> CircuitNode:
+    where = f"node {index}"
+    check.that(isinstance(raw, dict), f"{where} is not an object")
+    allowed = {"id", "kind", "step", "stream", "layer", "feature", "value", "positions", "activations", "label"}
+    check.that(not set(raw) - allowed, f"{where} has unknown keys {sorted(set(raw) - allowed)}")
+    kind = raw.get("kind")
+    check.that(kind in NODE_KINDS, f"{where} has kind {kind!r}, not one of {', '.join(NODE_KINDS)}")
+    check.that(_is_int(raw.get("step")) and raw["step"] >= 0, f"{where} needs a step (integer >= 0)")
+    stream, layer, feature = raw.get("stream"), raw.get("layer"), raw.get("feature")
+    if kind != "bias":
+        check.that(stream in STREAMS, f"{where} ({kind}) needs a stream, one of {STREAMS}")
+    if kind in ("feature", "target", "error", "rest"):
+        check.that(_is_int(layer) and 0 <= layer < 1000, f"{where} ({kind}) needs a layer (integer 0..999)")
+    if kind in ("feature", "target"):
+        check.that(_is_int(feature) and 0 <= feature < 2**31, f"{where} ({kind}) needs a feature index (integer >= 0)")
+    check.that(_is_number(raw.get("value", 0.0)), f"{where} value must be a finite number")
+    positions, activations = raw.get("positions", []), raw.get("activations", [])
+    check.that(isinstance(positions, list) and isinstance(activations, list) and len(positions) == len(activations) <= MAX_POSITIONS,
+               f"{where} positions and activations must be lists of equal length")
+    check.that(all(_is_int(p) and 0 <= p < MAX_POSITIONS for p in positions), f"{where} positions must be token indices")
+    check.that(all(_is_number(a) for a in activations), f"{where} activations must be finite numbers")
+    label = raw.get("label", "")
+    check.that(isinstance(label, str) and len(label) <= 500, f"{where} label must be a string of at most 500 characters")
+    node = CircuitNode(
+        kind,
+        raw["step"],
+        stream if kind != "bias" else None,
+        layer if kind in ("feature", "target", "error", "rest") else None,
+        feature if kind in ("feature", "target") else None,
+        float(raw.get("value", 0.0)),
+        torch.tensor(positions, dtype=torch.long),
+        torch.tensor(activations, dtype=torch.float32),
+        label,
+    )
+    if "id" in raw:
+        check.that(raw["id"] == node.id, f"{where} id {raw['id']!r} does not match its fields ({node.id!r})")
+    return node
+
+
+class _Checker:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def that(self, condition: bool, problem: str) -> None:
+        if not condition:
+            raise CircuitFileError(f"{self.source} {problem}; it cannot be loaded as a circuit")
+
+    def metadata(self, metadata: dict) -> None:
+        self.that(_is_int(metadata.get("step")) and metadata["step"] >= 0, 'metadata needs "step" (integer >= 0)')
+        self.that(_is_number(metadata.get("sigma")), 'metadata needs "sigma" (a number)')
+        grid = metadata.get("image_grid")
+        self.that(grid is None or (isinstance(grid, list) and len(grid) == 2 and all(_is_int(v) and v > 0 for v in grid)),
+                  'metadata "image_grid" must be null or [rows, cols]')
+        tokens = metadata.get("text_tokens")
+        self.that(isinstance(tokens, list) and all(isinstance(t, str) for t in tokens), 'metadata needs "text_tokens" (a list of strings)')
+        self.that(_is_int(metadata.get("image_tokens")) and metadata["image_tokens"] >= 0, 'metadata needs "image_tokens" (integer)')
+
+
+def _check_json_values(value: Any, check: _Checker, where: str, depth: int) -> None:
+    check.that(depth <= 8, f"{where} is nested too deeply")
+    if isinstance(value, dict):
+        check.that(all(isinstance(key, str) for key in value), f"{where} has non-string keys")
+        for key, item in value.items():
+            _check_json_values(item, check, f"{where}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_values(item, check, where, depth + 1)
+    else:
+        check.that(value is None or isinstance(value, (str, bool, int)) or _is_number(value), f"{where} holds a non-JSON value")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --- circuit-tracer / Neuronpedia ----------------------------------------------------------------
+
+
+def neuronpedia_graph(graph: CircuitGraph, slug: str, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> dict[str, Any]:
+    """The graph in the JSON shape of circuit-tracer's `create_graph_files` (metadata, qParams, nodes,
+    links). Positions become context columns: text tokens keep theirs, the image is one extra
+    column; a node sits at its strongest position. Layers are 1-based rows, "E" the inputs, and the
+    target is the "logit" node on top. The pruned graph is exported."""
+    pruned = graph.prune(node_threshold, edge_threshold)
+    text_tokens = list(graph.metadata.get("text_tokens", []))
+    image_column = len(text_tokens)
+    prompt_tokens = [*text_tokens, "[image]"]
+    top_layer = max((node.layer or 0) for node in graph.nodes) + 2
+    exported: dict[int, dict[str, Any]] = {}
+    for index in torch.nonzero(pruned.node_mask).flatten().tolist():
+        node = graph.nodes[index]
+        column = image_column if node.stream == "img" else _strongest_position(node)
+        influence = float(pruned.influence[index])
+        if node.kind == "feature":
+            row = {"node_id": f"{node.layer + 1}_{node.feature}_{column}", "feature": _pair(node), "layer": str(node.layer + 1),
+                   "feature_type": "cross layer transcoder", "clerp": f"{node.stream} L{node.layer} #{node.feature}"}
+        elif node.kind in ("error", "rest"):
+            row = {"node_id": f"{node.layer + 1}_-{1 if node.kind == 'error' else 2}{'0' if node.stream == 'img' else '1'}_{column}",
+                   "feature": -1, "layer": str(node.layer + 1), "feature_type": "mlp reconstruction error", "clerp": node.describe()}
+        elif node.kind in ("input", "bias"):
+            column = image_column if node.stream == "img" else 0
+            tag = "bias" if node.kind == "bias" else node.stream
+            row = {"node_id": f"E_{tag}_{column}", "feature": column, "layer": "E", "feature_type": "embedding", "clerp": node.describe()}
+        else:
+            row = {"node_id": f"{top_layer}_{node.feature}_{column}", "feature": _pair(node), "layer": str(top_layer),
+                   "feature_type": "logit", "is_target_logit": True, "token_prob": 1.0,
+                   "clerp": f'Target "{node.label or node.feature_spec}" (p=1.000)'}
+        row.setdefault("is_target_logit", False)
+        row.setdefault("token_prob", 0.0)
+        row.update({"ctx_idx": column, "run_idx": 0, "reverse_ctx_idx": 0, "jsNodeId": row["node_id"],
+                    "influence": None if node.kind == "target" else influence, "activation": node.value})
+        exported[index] = row
+    links = [
+        {"source": exported[s]["node_id"], "target": exported[t]["node_id"], "weight": w}
+        for s, t, w, keep in zip(graph.edge_sources.tolist(), graph.edge_targets.tolist(), graph.edge_weights.tolist(), pruned.edge_mask.tolist())
+        if keep and s in exported and t in exported
+    ]
+    return {
+        "metadata": {"slug": slug, "scan": "diffract-flux", "transcoder_list": [], "prompt_tokens": prompt_tokens,
+                     "prompt": " ".join(text_tokens), "node_threshold": node_threshold, "schema_version": 1},
+        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "nodes": list(exported.values()),
+        "links": links,
+    }
+
+
+def _strongest_position(node: CircuitNode) -> int:
+    if len(node.positions) == 0:
+        return 0
+    return int(node.positions[int(torch.argmax(node.activations.abs()))])
+
+
+def _pair(node: CircuitNode) -> int:
+    """A unique feature number per (stream, layer, feature), as circuit-tracer's Cantor pairing."""
+    x = 2 * (node.layer or 0) + (node.stream == "txt")
+    y = node.feature or 0
+    return (x + y) * (x + y + 1) // 2 + y
