@@ -4,6 +4,9 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import circuit_store
+from .circuit_files import LoadCircuit, SaveCircuit
+from .circuit_nodes import SteerCircuit, TraceCircuit
 from .inspect_nodes import FeatureHeatmaps, TopFeatures
 from .record_node import RecordFeatures
 from .steer_node import SteerFeature
@@ -17,12 +20,21 @@ NODES: tuple[type[io.ComfyNode], ...] = (
     FeatureHeatmaps,
     TopFeatures,
     SteerFeature,
+    TraceCircuit,
+    SteerCircuit,
+    SaveCircuit,
+    LoadCircuit,
 )
+
+_route_registered = False
 
 
 class DiffractExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         # ComfyUI 0.8 calls get_node_list (not on_load) when it loads the pack, after it has read
         # extra_model_paths.yaml; registering here extends the user's `transcoders` entry.
+        global _route_registered
         register_transcoder_folder()
+        if not _route_registered:
+            _route_registered = circuit_store.register_route()
         return list(NODES)

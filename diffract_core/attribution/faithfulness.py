@@ -9,6 +9,7 @@ each downstream feature's edges scaled by how much of its activity changes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,12 @@ class Faithfulness:
     forward_passes: int
 
     def to_dict(self) -> dict:
-        return {key: getattr(self, key) for key in self.__dataclass_fields__}
+        """JSON-ready (an undefined correlation becomes None)."""
+        return {key: _finite_or_none(getattr(self, key)) for key in self.__dataclass_fields__}
+
+
+def _finite_or_none(value: object) -> object:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def predicted_ablation_effects(graph: CircuitGraph) -> tuple[torch.Tensor, torch.Tensor]:

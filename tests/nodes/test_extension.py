@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 
-def test_the_six_nodes_and_their_permanent_ids(pack, models_dir) -> None:
+def test_the_nodes_and_their_permanent_ids(pack, models_dir) -> None:
     import folder_paths
 
     extension = asyncio.run(pack.comfy_entrypoint())
@@ -18,6 +18,10 @@ def test_the_six_nodes_and_their_permanent_ids(pack, models_dir) -> None:
         "DiffractFeatureHeatmaps": "Feature Heatmaps",
         "DiffractTopFeatures": "Top Features",
         "DiffractSteerFeature": "Steer Feature",
+        "DiffractTraceCircuit": "Trace Circuit",
+        "DiffractSteerCircuit": "Steer Circuit",
+        "DiffractSaveCircuit": "Save Circuit",
+        "DiffractLoadCircuit": "Load Circuit",
     }
     assert {schema.category for schema in schemas.values()} == {"DifFRACT"}
     assert "transcoders" in folder_paths.folder_names_and_paths, "listing the nodes registers the model folder"

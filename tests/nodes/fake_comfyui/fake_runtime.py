@@ -49,10 +49,12 @@ class ModelPatcher:
         self.model_options: dict[str, Any] = {"transformer_options": {}}
         self.object_patches: dict[str, Any] = {}
         self.wrappers: dict[str, dict[str, list[Any]]] = {}
+        self.load_device = torch.device("cpu")
 
     def clone(self) -> ModelPatcher:
         n = ModelPatcher.__new__(ModelPatcher)
         n.model = self.model
+        n.load_device = self.load_device
         n.model_options = copy.deepcopy(self.model_options)
         n.object_patches = self.object_patches.copy()
         n.wrappers = {t: {k: list(v) for k, v in keyed.items()} for t, keyed in self.wrappers.items()}
