@@ -93,7 +93,7 @@ class SiteSources:
     def feature_part(self) -> torch.Tensor:
         if self.transcoder is None or self.indices.shape[-1] == 0:
             return torch.zeros_like(self.error)
-        decoder = self.transcoder.W_dec.to(self.error)
+        decoder = self.transcoder.W_dec.detach().to(self.error)
         return torch.einsum("sk,skd->sd", self.values, decoder[self.indices])
 
 

@@ -1,0 +1,55 @@
+"""Influence, pruning and scores on a hand-built graph, checked against the definitions."""
+
+from __future__ import annotations
+
+import torch
+
+from diffract_core.attribution.graph import CircuitGraph, CircuitNode, edge_list
+
+
+def _graph() -> CircuitGraph:
+    #  input -> f0 -> f1 -> target, error -> target, bias -> f1
+    nodes = [
+        CircuitNode("feature", 0, "img", 0, 1, value=2.0),
+        CircuitNode("feature", 0, "txt", 1, 2, value=3.0),
+        CircuitNode("error", 0, "img", 1),
+        CircuitNode("input", 0, "img"),
+        CircuitNode("bias", 0),
+        CircuitNode("target", 0, "img", 2, 5, value=4.0),
+    ]
+    edges = [(3, 0, 2.0), (0, 1, 2.5), (4, 1, 0.5), (1, 5, 3.0), (2, 5, 1.0)]
+    return CircuitGraph(nodes, *edge_list(edges))
+
+
+def test_conservation_and_adjacency() -> None:
+    graph = _graph()
+    assert graph.conservation().tolist() == [0.0, 0.0, 0.0]
+    adjacency = graph.adjacency()
+    assert adjacency[5, 1] == 3.0 and adjacency[1, 0] == 2.5 and adjacency.sum() == 9.0
+
+
+def test_influence_sums_normalised_paths() -> None:
+    influence = _graph().influence()
+    # target's inputs: f1 3/4, error 1/4; f1's: f0 2.5/3, bias 0.5/3; f0's: input 1
+    assert torch.allclose(influence, torch.tensor([0.75 * 2.5 / 3, 0.75, 0.25, 0.75 * 2.5 / 3, 0.75 * 0.5 / 3, 0.0], dtype=torch.float64))
+
+
+def test_scores_follow_circuit_tracer() -> None:
+    replacement, completeness = _graph().scores()
+    explained = 0.75 * 2.5 / 3 + 0.75 * 0.5 / 3  # input + bias
+    assert abs(replacement - explained / (explained + 0.25)) < 1e-12
+    # only the target has an error input (a quarter of it); weights: influence + target weight
+    influence = _graph().influence() + torch.tensor([0, 0, 0, 0, 0, 1.0], dtype=torch.float64)
+    expected = float(((1 - torch.tensor([0, 0, 0, 0, 0, 0.25], dtype=torch.float64)) * influence).sum() / influence.sum())
+    assert abs(completeness - expected) < 1e-12
+
+
+def test_pruning_keeps_the_influential_path_and_always_the_terminals() -> None:
+    graph = _graph()
+    everything = graph.prune(node_threshold=1.0, edge_threshold=1.0)
+    assert everything.node_mask.all() and everything.edge_mask.all()
+    tight = graph.prune(node_threshold=0.5, edge_threshold=0.5)
+    kept = {graph.nodes[i].id for i in torch.nonzero(tight.node_mask).flatten().tolist()}
+    assert {"input:img@0", "bias@0", "target:img:2:5@0", "feature:txt:1:2@0"} <= kept
+    sub = graph.subgraph(tight)
+    assert len(sub.nodes) == int(tight.node_mask.sum()) and sub.target.kind == "target"

@@ -1,0 +1,70 @@
+"""Whole graphs: every node conserves, batching changes nothing, the budget and the target modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffract_core.attribution import ReplacementModel, TargetSpec, TraceSettings, trace_circuit
+from diffract_core.errors import DiffractError
+
+
+@pytest.fixture(scope="module")
+def graph(model, transcoders, call):
+    return trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 3, 7), step=1,
+                         settings=TraceSettings(max_feature_nodes=60, batch_size=8))
+
+
+def test_every_expanded_node_conserves_in_fp32(graph) -> None:
+    residuals = graph.conservation()
+    assert len(residuals) == len(graph.features()) + 1
+    assert float(residuals.max()) < 1e-5
+    assert graph.metadata["conservation"]["max_relative_residual"] == pytest.approx(float(residuals.max()))
+    bias = graph.indices("bias")[0]
+    assert any(int(s) == bias for s in graph.edge_sources), "constants enter through the bias node"
+
+
+def test_nodes_keep_positions_and_ids_do_not_collide(graph) -> None:
+    ids = [node.id for node in graph.nodes]
+    assert len(set(ids)) == len(ids)
+    kinds = {node.kind for node in graph.nodes}
+    assert {"feature", "error", "input", "bias", "target"} <= kinds
+    for node in graph.features():
+        assert len(node.positions) == len(node.activations) > 0
+        assert float(node.activations.sum()) == pytest.approx(node.value, rel=1e-5)
+    assert graph.target.positions.tolist() and graph.target.label.startswith("img:3:7 at image token")
+    assert graph.metadata["passes"]["forward"] == 2
+    assert len(graph.features()) == 60
+
+
+def test_batched_graph_equals_the_one_row_per_pass_graph(model, transcoders, call, graph) -> None:
+    single = trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 3, 7), step=1,
+                           settings=TraceSettings(max_feature_nodes=60, batch_size=8, per_row=True))
+    assert [n.id for n in single.nodes] == [n.id for n in graph.nodes]
+    assert single.metadata["passes"]["backward"] == 61 and single.metadata["passes"]["forward"] == 2 + 61
+    assert graph.metadata["passes"]["backward"] < 20
+    order = lambda g: torch.argsort(g.edge_targets * 10_000 + g.edge_sources)  # noqa: E731
+    torch.testing.assert_close(single.edge_weights[order(single)], graph.edge_weights[order(graph)], rtol=1e-6, atol=1e-7)
+
+
+def test_region_and_position_targets(model, transcoders, call) -> None:
+    mask = torch.zeros(64, 96)
+    mask[:32, :] = 1.0  # the top half: image-token rows 0 and 1 of 4
+    region = trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 2, None, "strongest_in_region", region=mask),
+                           step=1, settings=TraceSettings(max_feature_nodes=20))
+    assert max(region.target.positions.tolist()) < 12
+    assert float(region.conservation().max()) < 1e-5
+    at = trace_circuit(model.double_blocks, transcoders, call, TargetSpec("txt", 2, 5, "position", position=3), step=1,
+                       settings=TraceSettings(max_feature_nodes=5))
+    assert at.target.positions.tolist() == [3] and at.target.label == "txt:2:5 at txt token 3"
+    with pytest.raises(DiffractError, match="outside the 5 txt tokens"):
+        trace_circuit(model.double_blocks, transcoders, call, TargetSpec("txt", 2, 5, "position", position=9), step=1)
+    corner = torch.zeros(64, 96)
+    corner[:16, :16] = 1.0  # image token 0 only
+    lrm = ReplacementModel(model.double_blocks, transcoders, call, last_layer=2)
+    z, _ = transcoders[("img", 2)].encode(lrm.mlp_inputs[("img", 2)][0, :1], call.sigma)
+    silent, strongest = int(torch.nonzero(z[0] == 0)[0]), int(torch.argmax(z[0]))
+    with pytest.raises(DiffractError, match=f"does not fire inside the region at this step; the strongest feature there is img:2:{strongest}"):
+        trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 2, silent, "region", region=corner), step=1)
+    with pytest.raises(DiffractError, match="needs a MASK region"):
+        TargetSpec("img", 2, 3, "region")
