@@ -37,3 +37,14 @@ def test_recording_overhead_runs_every_mode() -> None:
     lines = out.stdout.splitlines()
     assert [line.split()[0] for line in lines[2:5]] == ["plain", "recording", "recording"]
     assert lines[5].startswith("recording size:")
+
+
+def test_attribution_speed_compares_both_algorithms() -> None:
+    args = ["--hidden", "64", "--depth", "3", "--features", "256", "--pixels", "128", "--text-tokens", "8", "--nodes", "12"]
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "attribution_speed.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[2].startswith("batched transpose") and lines[3].startswith("one target per pass")
+    assert lines[4].startswith("same nodes in both graphs: True")

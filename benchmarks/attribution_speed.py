@@ -1,0 +1,149 @@
+"""Time per attribution graph: the batched transpose (many target rows per backward pass) against
+the reference method (one forward and one autograd backward per expanded node), on the same model,
+call and target, in one process; with passes counted, the graph's size and peak memory.
+
+The model is the library's reference FLUX with random weights and random transcoders on every
+double-block MLP. Defaults fit a CPU; `--flux` uses FLUX.1's dimensions (hidden 3072, 19 double
+blocks, F = 49152, a 1024 px image, 256 text tokens), which wants a GPU.
+
+    python benchmarks/attribution_speed.py
+    python benchmarks/attribution_speed.py --flux --nodes 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import torch
+
+from diffract_core.attribution import TargetSpec, TraceSettings, trace_circuit
+from diffract_core.flux import Flux, FluxConfig, init_random_
+from diffract_core.quickstart import random_transcoder
+from diffract_core.recording import FeatureRecording, patch_reference_model
+from diffract_core.transcoders import TranscoderSet
+
+MIB = 2**20
+
+
+class PeakMemory:
+    """Peak memory above the start of a `with` block: CUDA allocator stats, or RSS sampled on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = _rss()
+            self.running = True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, _rss() - self.start)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak = max(self.peak, _rss() - self.start)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flux", action="store_true", help="FLUX.1 dimensions (overrides the size options)")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--features", type=int, default=2048)
+    parser.add_argument("--pixels", type=int, default=256, help="image side: pixels // 16 tokens per side")
+    parser.add_argument("--text-tokens", type=int, default=32)
+    parser.add_argument("--nodes", type=int, default=200, help="expanded feature budget")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-active", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    if args.flux:
+        args.hidden, args.heads, args.depth, args.features = 3072, 24, 19, 49152
+        args.pixels, args.text_tokens = 1024, 256
+    device = torch.device(args.device)
+    head_dim = args.hidden // args.heads
+    axes = (16, 56, 56) if head_dim == 128 else (head_dim - 2 * (head_dim // 8 * 3), head_dim // 8 * 3, head_dim // 8 * 3)
+    config = FluxConfig(
+        in_channels=64, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=args.hidden,
+        num_heads=args.heads, depth=args.depth, depth_single_blocks=1, axes_dim=axes,
+    )
+    model = init_random_(Flux(config), seed=0, std=0.02).to(device).eval().requires_grad_(False)
+    transcoders = TranscoderSet.from_transcoders(
+        random_transcoder(stream, layer, d_model=args.hidden, d_features=args.features, seed=layer)
+        for layer in range(args.depth)
+        for stream in ("img", "txt")
+    ).to(device=device)
+    for transcoder in transcoders.values():
+        transcoder.requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    latent = args.pixels // 8
+    inputs = {
+        "x": torch.randn(1, config.latent_channels, latent, latent, generator=generator).to(device),
+        "timestep": torch.full((1,), 0.75, device=device),
+        "context": torch.randn(1, args.text_tokens, config.context_in_dim, generator=generator).to(device),
+        "y": torch.randn(1, config.vec_in_dim, generator=generator).to(device),
+    }
+    recording = FeatureRecording(sites=tuple(transcoders.sites), k=8, keep_input_steps=frozenset({1}))
+    recording.start_run((1.0, 0.75, 0.5, 0.25, 0.0))
+    with torch.no_grad(), patch_reference_model(model, transcoders, recording=recording):
+        model(**inputs)
+    call = recording.call_inputs(1)
+    target = TargetSpec("img", args.depth - 1, 0, "argmax")
+    print(
+        f"device={args.device} threads={torch.get_num_threads()} fp32 hidden={args.hidden} double blocks={args.depth} "
+        f"F={args.features} image tokens={(args.pixels // 16) ** 2} text tokens={args.text_tokens} "
+        f"target={target.stream}:{target.layer}:{target.feature} budget={args.nodes} max_active={args.max_active}"
+    )
+    print(f"{'algorithm':34} {'seconds':>9} {'time/batched':>12} {'fwd':>5} {'bwd':>5} {'nodes':>6} {'edges':>8} {'peak MiB':>9} {'max resid':>10}")
+    results = {}
+    for name, settings in (
+        ("batched transpose", TraceSettings(max_feature_nodes=args.nodes, batch_size=args.batch_size)),
+        ("one target per pass (autograd)", TraceSettings(max_feature_nodes=args.nodes, per_row=True)),
+    ):
+        with PeakMemory(device) as memory:
+            started = time.perf_counter()
+            graph = trace_circuit(model.double_blocks, transcoders, call, target, step=1, settings=settings,
+                                  device=device, max_active=args.max_active)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+        results[name] = (seconds, graph)
+        base = results["batched transpose"][0]
+        passes = graph.metadata["passes"]
+        print(
+            f"{name:34} {seconds:9.2f} {seconds / base:11.2f}x {passes['forward']:5d} {passes['backward']:5d} "
+            f"{len(graph.nodes):6d} {graph.edge_weights.numel():8d} {memory.peak / MIB:9.1f} "
+            f"{graph.metadata['conservation']['max_relative_residual']:10.1e}",
+            flush=True,
+        )
+    batched, single = results["batched transpose"][1], results["one target per pass (autograd)"][1]
+    same = [n.id for n in batched.nodes] == [n.id for n in single.nodes]
+    pruned = batched.subgraph(batched.prune())
+    print(f"same nodes in both graphs: {same}; pruned graph: {len(pruned.nodes)} nodes, {pruned.edge_weights.numel()} edges")
+
+
+if __name__ == "__main__":
+    main()
