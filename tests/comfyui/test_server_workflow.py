@@ -114,3 +114,39 @@ def test_example_workflows_are_templates_that_fit_the_servers_nodes(comfy_server
                     if isinstance(kind, list) or kind in widget_types:
                         count += 1 + bool(options.get("control_after_generate"))
             assert len(node["widgets_values"]) == count, (name, node["type"])
+
+
+def _circuit_workflow() -> dict:
+    workflow = _workflow("img:1:3")
+    workflow["3"]["inputs"]["keep_inputs_at_steps"] = "1"
+    workflow["12"] = {"class_type": "DiffractTraceCircuit",
+                      "inputs": {"model": ["3", 0], "recording": ["3", 1], "transcoders": ["2", 0], "samples": ["8", 0],
+                                 "target": "img:1:3", "target_mode": "argmax", "position": 0, "step": 1, "chunk": "cond",
+                                 "batch_index": 0, "max_feature_nodes": 20, "node_threshold": 0.8, "edge_threshold": 0.98,
+                                 "batch_size": 16, "max_active": 32, "faithfulness_checks": 3, "prompt": ""}}
+    workflow["13"] = {"class_type": "DiffractSaveCircuit",
+                      "inputs": {"circuit": ["12", 0], "filename_prefix": "diffract/test", "format": "diffract"}}
+    workflow["14"] = {"class_type": "DiffractSteerCircuit",
+                      "inputs": {"model": ["3", 0], "transcoders": ["2", 0], "circuit": ["12", 0], "mode": "ablate",
+                                 "strength": 0.0, "nodes": "top 5", "steps": "traced step", "apply_to": "cond+uncond"}}
+    workflow["15"] = dict(workflow["8"], inputs=dict(workflow["8"]["inputs"], model=["14", 0]))
+    workflow["16"] = {"class_type": "DiffractTestLatentToImage", "inputs": {"samples": ["15", 0]}}
+    return workflow
+
+
+def test_trace_save_and_steer_a_circuit_through_the_server(comfy_server, tiny_release):
+    entry = _wait(comfy_server, _post(comfy_server, _circuit_workflow()))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    outputs = entry["outputs"]
+    (payload,) = outputs["12"]["diffract_circuit"]
+    assert payload["target"]["feature"] == "img:1:3" and payload["features"] <= 20
+    assert payload["conservation"]["max_relative_residual"] < 1e-5
+    assert len(outputs["12"]["images"]) == 1
+    graph = comfy_server.get_json(payload["url"])
+    assert graph["format"] == "diffract-circuit" and len(graph["nodes"]) == payload["nodes"]
+    (saved,) = outputs["13"]["text"]
+    assert saved.startswith("diffract/test_") and (comfy_server.run_dir / "output" / saved).is_file()
+    assert comfy_server.get("/diffract/circuit/" + "0" * 32)[0] == 404
+    assert comfy_server.get("/diffract/circuit/not-an-id")[0] == 400
+    assert comfy_server.get("/diffract/circuit/..%2F..%2Fetc%2Fpasswd")[0] in (400, 404)
+    assert comfy_server.alive()
