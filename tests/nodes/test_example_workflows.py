@@ -23,7 +23,6 @@ def test_workflow_is_consistent_and_matches_our_schemas(pack, models_dir, path: 
     pack.nodes.transcoder_folders.register_transcoder_folder()
     schemas = {node.define_schema().node_id: node.define_schema() for node in pack.nodes.NODES}
     ours = [node for node in nodes.values() if node["type"].startswith("Diffract")]
-    assert {node["type"] for node in ours} >= {"DiffractLoadTranscoders", "DiffractRecordFeatures", "DiffractFeatureHeatmaps", "DiffractTopFeatures", "DiffractSteerFeature"}
     for node in ours:
         schema = schemas[node["type"]]
         widgets = [spec for spec in schema.inputs if spec.io_type in WIDGET_TYPES]
@@ -34,3 +33,11 @@ def test_workflow_is_consistent_and_matches_our_schemas(pack, models_dir, path: 
                 assert value in spec.options, (node["type"], spec.id, value)
         assert {i["name"]: i["type"] for i in node["inputs"]} == sockets, node["type"]
         assert [o["type"] for o in node["outputs"]] == [o.io_type for o in schema.outputs], node["type"]
+
+
+def test_the_templates_together_show_the_pack() -> None:
+    used = {node["type"] for path in WORKFLOWS for node in json.loads(path.read_text())["nodes"]}
+    assert used >= {
+        "DiffractLoadTranscoders", "DiffractRecordFeatures", "DiffractFeatureHeatmaps", "DiffractTopFeatures",
+        "DiffractSteerFeature", "DiffractTraceCircuit", "DiffractSteerCircuit", "DiffractSaveCircuit",
+    }
