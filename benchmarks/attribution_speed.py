@@ -19,10 +19,12 @@ import time
 import torch
 
 from diffract_core.attribution import TargetSpec, TraceSettings, trace_circuit
-from diffract_core.flux import Flux, FluxConfig, init_random_
+from diffract_core.flux import Flux, init_random_
 from diffract_core.quickstart import random_transcoder
 from diffract_core.recording import FeatureRecording, patch_reference_model
 from diffract_core.transcoders import TranscoderSet
+
+from flux_sizes import FLUX1, flux_config
 
 MIB = 2**20
 
@@ -81,15 +83,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.flux:
-        args.hidden, args.heads, args.depth, args.features = 3072, 24, 19, 49152
-        args.pixels, args.text_tokens = 1024, 256
+        vars(args).update({k: v for k, v in FLUX1.items() if k != "single"})
     device = torch.device(args.device)
-    head_dim = args.hidden // args.heads
-    axes = (16, 56, 56) if head_dim == 128 else (head_dim - 2 * (head_dim // 8 * 3), head_dim // 8 * 3, head_dim // 8 * 3)
-    config = FluxConfig(
-        in_channels=64, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=args.hidden,
-        num_heads=args.heads, depth=args.depth, depth_single_blocks=1, axes_dim=axes,
-    )
+    config = flux_config(args.hidden, args.heads, args.depth, single=1)
     model = init_random_(Flux(config), seed=0, std=0.02).to(device).eval().requires_grad_(False)
     transcoders = TranscoderSet.from_transcoders(
         random_transcoder(stream, layer, d_model=args.hidden, d_features=args.features, seed=layer)

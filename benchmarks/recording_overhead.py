@@ -16,11 +16,12 @@ from collections.abc import Callable
 
 import torch
 
-from diffract_core.flux import Flux, FluxConfig, init_random_
+from diffract_core.flux import Flux, init_random_
 from diffract_core.quickstart import random_transcoder
 from diffract_core.recording import FeatureRecording, patch_reference_model
 from diffract_core.transcoders import TranscoderSet, dtype_from_name
 
+from flux_sizes import FLUX1, flux_config
 from timing import timed
 
 RELEASED_SITES = 34  # img and txt at layers 0-15 and 18
@@ -63,15 +64,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.flux:
-        args.hidden, args.heads, args.depth, args.single, args.features = 3072, 24, 19, 38, 49152
-        args.pixels, args.text_tokens = 1024, 256
+        vars(args).update(FLUX1)
     device, dtype = torch.device(args.device), dtype_from_name(args.dtype)
-    head_dim = args.hidden // args.heads
-    axes = (16, 56, 56) if head_dim == 128 else (head_dim - 2 * (head_dim // 8 * 3), head_dim // 8 * 3, head_dim // 8 * 3)
-    config = FluxConfig(
-        in_channels=64, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=args.hidden,
-        num_heads=args.heads, depth=args.depth, depth_single_blocks=args.single, axes_dim=axes,
-    )
+    config = flux_config(args.hidden, args.heads, args.depth, args.single)
     model = init_random_(Flux(config), seed=0, std=0.02).to(device, dtype).eval().requires_grad_(False)
     transcoders = TranscoderSet.from_transcoders(
         random_transcoder(stream, layer, d_model=args.hidden, d_features=args.features, seed=layer)

@@ -27,7 +27,7 @@ from ..diffract_core.transcoders.transcoder_set import TranscoderSet
 from . import circuit_store
 from .inspect_nodes import token_labels
 from .model_patching import check_flux, steer_features
-from .node_types import CATEGORY, CHUNK_CHOICES, Circuit, Recording, Transcoders
+from .node_types import AFTER_SAMPLING, CATEGORY, CHUNK_CHOICES, Circuit, Recording, Transcoders
 from .progress import NodeProgress
 
 CHUNKS = {"cond": 0, "uncond": 1}
@@ -67,7 +67,7 @@ class TraceCircuit(io.ComfyNode):
                 io.Model.Input("model", tooltip="the MODEL output of Record Features"),
                 Recording.Input("recording", tooltip="from Record Features, with the step in keep_inputs_at_steps"),
                 Transcoders.Input("transcoders"),
-                io.Latent.Input("samples", tooltip="the sampler's output: makes this node run after sampling"),
+                io.Latent.Input("samples", tooltip=AFTER_SAMPLING),
                 io.String.Input("target", default="img:12:0", tooltip=TARGET_SPEC_HELP),
                 io.Combo.Input("target_mode", options=list(TARGET_MODES), default="argmax", tooltip=TARGET_HELP),
                 io.Int.Input("position", default=0, min=0, max=1_000_000, tooltip="token index for position targets (image tokens row by row)"),

@@ -14,7 +14,7 @@ from ..diffract_core.recording import FeatureRecording
 from ..diffract_core.render import NORMALIZE_MODES, FeatureStat, format_table, render_feature_heatmaps, top_features
 from ..diffract_core.sites import LAYERS_HELP, parse_layers, parse_steps
 from ..diffract_core.spatial import mask_to_token_weights
-from .node_types import CATEGORY, STREAM_CHOICES, Recording, streams_of
+from .node_types import AFTER_SAMPLING, CATEGORY, STREAM_CHOICES, Recording, streams_of
 
 CHUNKS = {"cond": 0, "uncond": 1}
 STEPS_HELP = "steps like 0, 2-3, or all"
@@ -96,7 +96,7 @@ class TopFeatures(io.ComfyNode):
             "outside it (or by peak activation without a region), text features per prompt token.",
             inputs=[
                 Recording.Input("recording"),
-                io.Latent.Input("samples", tooltip="the sampler's output: makes this node run after sampling"),
+                io.Latent.Input("samples", tooltip=AFTER_SAMPLING),
                 io.Combo.Input("streams", options=list(STREAM_CHOICES), default="img+txt"),
                 io.String.Input("layers", default="all", tooltip=LAYERS_HELP),
                 io.String.Input("steps", default="all", tooltip=STEPS_HELP),

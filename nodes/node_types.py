@@ -8,6 +8,7 @@ Transcoders = io.Custom("TRANSCODERS")  # diffract_core TranscoderSet
 Recording = io.Custom("FEATURE_RECORDING")  # diffract_core FeatureRecording
 Circuit = io.Custom("CIRCUIT")  # diffract_core CircuitGraph
 
+AFTER_SAMPLING = "the sampler's output: makes this node run after sampling"
 STREAM_CHOICES = ("img+txt", "img", "txt")
 CHUNK_CHOICES = {"cond": frozenset({0}), "uncond": frozenset({1}), "cond+uncond": frozenset({0, 1})}
 
