@@ -17,14 +17,13 @@ import threading
 import time
 
 import torch
+from flux_sizes import FLUX1, flux_config
 
 from diffract_core.attribution import TargetSpec, TraceSettings, trace_circuit
 from diffract_core.flux import Flux, init_random_
 from diffract_core.quickstart import random_transcoder
 from diffract_core.recording import FeatureRecording, patch_reference_model
 from diffract_core.transcoders import TranscoderSet
-
-from flux_sizes import FLUX1, flux_config
 
 MIB = 2**20
 

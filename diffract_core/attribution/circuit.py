@@ -27,7 +27,7 @@ def trace_circuit(
     target: TargetSpec,
     *,
     step: int,
-    settings: TraceSettings = TraceSettings(),
+    settings: TraceSettings | None = None,
     read_linear: LinearReader = read_plain_linear,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
@@ -40,6 +40,7 @@ def trace_circuit(
 
     `check_top_k` > 0 also ablates that many of the most influential features in the real blocks
     and stores how well the graph predicted the target's changes (metadata["faithfulness"])."""
+    settings = settings or TraceSettings()
     model = ReplacementModel(
         blocks, transcoders, call, last_layer=target.layer, read_linear=read_linear, dtype=dtype, device=device,
         max_active=max_active,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .graph import CircuitGraph
-from .replacement import ReplacementModel, TargetRow
+from .graph import CircuitGraph, CircuitNode
+from .replacement import MlpEdit, ReplacementModel, TargetRow
 
 
 @dataclass(frozen=True)
@@ -69,21 +69,7 @@ def check_faithfulness(model: ReplacementModel, graph: CircuitGraph, root: Targe
     clean = float(model.value(root, model.real_forward())[0])
     measured = []
     for index in ranked:
-        node = graph.nodes[index]
-        site = (node.stream, node.layer)
-        transcoder = model.transcoder_at(site)
-        positions = node.positions.to(model.device)
-        decoder = transcoder.W_dec[node.feature].detach().to(model.device, model.dtype)
-
-        def ablate(_layer: int, at: tuple, x: torch.Tensor, y: torch.Tensor, site=site, positions=positions, decoder=decoder, node=node) -> torch.Tensor:
-            if at != site:
-                return y
-            z = torch.relu(transcoder.feature_preactivation(x[0, positions].to(transcoder.dtype), model.sigma, node.feature))
-            y = y.clone()
-            y[0, positions] -= z.to(y.dtype)[:, None] * decoder[None, :]
-            return y
-
-        measured.append(float(model.value(root, model.real_forward(ablate))[0]) - clean)
+        measured.append(float(model.value(root, model.real_forward(_ablation(model, graph.nodes[index])))[0]) - clean)
     predicted = [float(total[i]) for i in ranked]
     direct_only = [float(direct[i]) for i in ranked]
     return Faithfulness(
@@ -97,6 +83,24 @@ def check_faithfulness(model: ReplacementModel, graph: CircuitGraph, root: Targe
         mean_relative_error_direct=mean_relative_error(direct_only, measured),
         forward_passes=len(ranked) + 1,
     )
+
+
+def _ablation(model: ReplacementModel, node: CircuitNode) -> MlpEdit:
+    """Remove `node`'s feature from its MLP's output at its positions: y - W_dec[f] * z_f(x)."""
+    site = (node.stream, node.layer)
+    transcoder = model.transcoder_at(site)
+    positions = node.positions.to(model.device)
+    decoder = transcoder.W_dec[node.feature].detach().to(model.device, model.dtype)
+
+    def ablate(_layer: int, at: tuple, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if at != site:
+            return y
+        z = torch.relu(transcoder.feature_preactivation(x[0, positions].to(transcoder.dtype), model.sigma, node.feature))
+        y = y.clone()
+        y[0, positions] -= z.to(y.dtype)[:, None] * decoder[None, :]
+        return y
+
+    return ablate
 
 
 def _ranks(values: torch.Tensor) -> torch.Tensor:

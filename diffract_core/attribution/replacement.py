@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..errors import DiffractError, UnsupportedModelError
+from ..errors import DiffractError
 from ..recording.call_inputs import CallInputs
 from ..transcoders.config import STREAMS, Stream
 from ..transcoders.transcoder import Transcoder
@@ -157,7 +157,7 @@ class ReplacementModel:
         self.sigma = call.sigma
         self.last_layer = last_layer
         self.max_active = max_active
-        self.num_heads = int(getattr(blocks[0], "num_heads"))
+        self.num_heads = int(blocks[0].num_heads)
         self.hidden = int(call.img.shape[-1])
         self.inputs: dict[Stream, torch.Tensor] = {
             "img": call.img.to(self.device, dtype),
@@ -304,7 +304,6 @@ class ReplacementModel:
         ([R, S, D] per stream) and MLP outputs ([R or 1, S, D] per site below `last_layer`);
         differentiable in both. With the traced call's own values it reproduces that call."""
         h = dict(inputs)
-        silu_vec = F.silu(self.vec)[:, None, :]
         xs: dict[SiteKey, torch.Tensor] = {}
         for index, layer in enumerate(self.layers):
             values = []
@@ -448,11 +447,3 @@ class ReplacementModel:
             edges.features[site] = self._feature_effects(sources, grad_y)[0]
         return edges
 
-
-def check_same_model(blocks: Sequence[nn.Module], transcoders: TranscoderSet) -> None:
-    """Refuse transcoders whose width does not match the blocks'."""
-    hidden = getattr(blocks[0], "hidden_size", None)
-    if hidden is not None and hidden != transcoders.d_model:
-        raise UnsupportedModelError(
-            f"the model's hidden size is {hidden} but the transcoders expect {transcoders.d_model}: load transcoders for this model"
-        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -60,22 +60,13 @@ class RootTarget:
     weights: torch.Tensor  # their weights
 
 
-@dataclass
-class TraceStats:
-    forward_passes: int = 0
-    backward_passes: int = 0
-    rows: int = 0
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-
 ProgressCallback = Callable[[int, int], None]  # (features expanded, budget)
 
 
 class CircuitTracer:
-    def __init__(self, model: ReplacementModel, settings: TraceSettings = TraceSettings()) -> None:
+    def __init__(self, model: ReplacementModel, settings: TraceSettings | None = None) -> None:
         self.model = model
-        self.settings = settings
+        self.settings = settings or TraceSettings()
         self._rows: list[_Row] = []
         self._root_edges: RowEdges | None = None
 

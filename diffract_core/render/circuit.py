@@ -100,8 +100,11 @@ def _legend(draw: ImageDraw.ImageDraw, graph: CircuitGraph, font: ImageFont.Imag
     scores = meta.get("scores", {})
     lines = [
         f"circuit of {target}  (step {meta.get('step', '?')}, sigma {meta.get('sigma', float('nan')):.3f})",
-        f"{len(graph.features())} features, {len(graph.edge_weights)} edges;  replacement {scores.get('replacement', float('nan')):.2f}, "
-        f"completeness {scores.get('completeness', float('nan')):.2f};  text stream left, image stream right",
+        (
+            f"{len(graph.features())} features, {len(graph.edge_weights)} edges;  replacement "
+            f"{scores.get('replacement', float('nan')):.2f}, completeness {scores.get('completeness', float('nan')):.2f};  "
+            "text stream left, image stream right"
+        ),
     ]
     for i, line in enumerate(lines):
         draw.text((10, 8 + 16 * i), line, fill=(20, 20, 20), font=font)

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from diffract_core.attribution import TargetSpec, TraceSettings, trace_circuit
-from diffract_core.attribution.serialize import CircuitFileError, graph_from_dict, graph_to_dict, load_graph, neuronpedia_graph, save_graph
+from diffract_core.attribution.serialize import (
+    CircuitFileError,
+    graph_from_dict,
+    graph_to_dict,
+    load_graph,
+    neuronpedia_graph,
+    save_graph,
+)
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def test_batched_graph_equals_the_one_row_per_pass_graph(model, transcoders, cal
     assert [n.id for n in single.nodes] == [n.id for n in graph.nodes]
     assert single.metadata["passes"]["backward"] == 61 and single.metadata["passes"]["forward"] == 2 + 61
     assert graph.metadata["passes"]["backward"] < 20
-    order = lambda g: torch.argsort(g.edge_targets * 10_000 + g.edge_sources)  # noqa: E731
+    order = lambda g: torch.argsort(g.edge_targets * 10_000 + g.edge_sources)
     torch.testing.assert_close(single.edge_weights[order(single)], graph.edge_weights[order(graph)], rtol=1e-6, atol=1e-7)
 
 

@@ -42,7 +42,7 @@ def traced(pack, patcher, transcoders, sampler):
 
 
 def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack, traced) -> None:
-    _, recording, output = traced
+    output = traced[2]
     graph, picture = output.args
     assert graph.metadata["step"] == 1 and graph.metadata["sigma"] == 0.75
     assert graph.metadata["target"]["feature"] == "img:1:7"
