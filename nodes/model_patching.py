@@ -198,7 +198,7 @@ def publish_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     patch = int(getattr(executor.class_obj, "patch_size", 2))
     context.image_grid = (-(-x.shape[-2] // patch), -(-x.shape[-1] // patch))  # Flux pads to whole patches
     context.text_tokens = int(text.shape[1])
-    control = kwargs.get("control", args[6] if len(args) > 7 else None)
+    control = kwargs.get("control", args[6] if len(args) > 6 else None)
     hook = _keep_inputs_hook(executor.class_obj, state, control)
     try:
         return executor(*args, **kwargs)

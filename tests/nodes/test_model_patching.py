@@ -141,3 +141,22 @@ def test_models_the_transcoders_cannot_read_are_refused(pack, core, flux, patche
     with pytest.raises(errors.DimensionMismatchError, match="past the model's last double-stream block"):
         mp.record_features(patcher, deep, deep.sites, _recording(core, deep.sites))
     assert patcher.object_patches == {} and patcher.wrappers == {}
+
+
+def test_kept_inputs_are_refused_with_the_reason_under_a_controlnet(pack, core, flux, patcher, transcoders) -> None:
+    import fake_runtime
+
+    model, recording = fake_runtime.run_node(
+        pack.nodes.RecordFeatures, model=patcher, transcoders=transcoders, keep_inputs_at_steps="0"
+    ).args
+    state = model.model_options["transformer_options"][pack.nodes.model_patching.KEY]
+    recording.start_run(torch.tensor([1.0, 0.5, 0.0]))
+    calls = []
+    run = fake_runtime.WrapperExecutor(lambda *args, **kwargs: calls.append(args), flux, [pack.nodes.model_patching.publish_call_wrapper])
+    x, context = torch.zeros(1, 4, 8, 12), torch.zeros(1, 5, 48)
+    options = {pack.nodes.model_patching.KEY: state, "cond_or_uncond": [0], "sigmas": torch.tensor([1.0])}
+    # Flux._forward(x, timestep, context, y, guidance, ref_latents, control, transformer_options)
+    run(x, torch.tensor([1.0]), context, None, None, None, {"input": []}, transformer_options=options)
+    assert calls and not flux.double_blocks[0]._forward_pre_hooks
+    with pytest.raises(core.errors.DiffractError, match="could not keep the model inputs: a ControlNet adds to the residual"):
+        recording.call_inputs(0)

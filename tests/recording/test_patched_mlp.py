@@ -151,3 +151,21 @@ def test_patch_outside_a_model_call_is_a_clear_error(model: Flux, transcoders: T
     patch = PatchedMLP(model.double_blocks[0].img_mlp, transcoders[("img", 0)], CallContext(), recording=recording)
     with pytest.raises(DiffractError, match="outside a published model call"):
         patch(torch.randn(1, 4, model.config.hidden_size))
+
+
+def test_kept_inputs_refuse_masked_attention(model: Flux) -> None:
+    from diffract_core.errors import UnsupportedModelError
+    from diffract_core.recording.call_inputs import keep_call_inputs
+
+    recording = FeatureRecording(sites=(("img", 0),), k=3, keep_input_steps=frozenset({0}))
+    recording.start_run(SCHEDULE)
+    context = CallContext(sigmas=torch.tensor([1.0]))
+    img, txt, vec = torch.zeros(1, 4, 64), torch.zeros(1, 2, 64), torch.zeros(1, 64)
+    pe = torch.zeros(1, 1, 6, 16, 2, 2)
+    with pytest.raises(UnsupportedModelError, match="attention mask"):
+        keep_call_inputs(recording, context, img, txt, vec, pe, attn_mask=torch.ones(6, 6))
+    with pytest.raises(UnsupportedModelError, match="no plain conditioning vector"):
+        keep_call_inputs(recording, context, img, txt, (vec, vec), pe)
+    keep_call_inputs(recording, context, img, txt, vec, pe)
+    img += 1  # ComfyUI's blocks add to their inputs in place; the kept copy must not move
+    assert float(recording.call_inputs(0).img.abs().max()) == 0.0
