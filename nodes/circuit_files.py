@@ -9,8 +9,6 @@ ComfyUI surface used: `folder_paths.get_output_directory`, `folder_paths.get_sav
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..diffract_core.attribution.graph import CircuitGraph
-from ..diffract_core.attribution.serialize import CircuitFileError, load_graph, neuronpedia_graph, save_graph
+from ..diffract_core.attribution.serialize import CircuitFileError, load_graph, save_graph, save_neuronpedia
 from . import circuit_store
 from .node_types import CATEGORY, Circuit
 
@@ -78,10 +76,7 @@ class SaveCircuit(io.ComfyNode):
         name = f"{filename}_{counter:05}_{suffix}"
         path = Path(folder) / name
         if format == "neuronpedia":
-            data = neuronpedia_graph(circuit, slug=Path(name).stem, **_thresholds(circuit))
-            temporary = path.with_name(f".{name}.tmp")
-            temporary.write_text(json.dumps(data, allow_nan=False), encoding="utf-8")
-            os.replace(temporary, path)
+            save_neuronpedia(circuit, path, Path(name).stem, **_thresholds(circuit))
         else:
             save_graph(circuit, path)
         relative = path.relative_to(output).as_posix()

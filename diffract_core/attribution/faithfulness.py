@@ -66,7 +66,7 @@ def check_faithfulness(model: ReplacementModel, graph: CircuitGraph, root: Targe
     feature_indices = graph.indices("feature")
     ranked = sorted(feature_indices, key=lambda i: -float(influence[i]))[:top_k]
     total, direct = predicted_ablation_effects(graph)
-    clean = float(model.value(root, model.real_forward())[0])
+    clean = float(model.value(root)[0])  # the clean pass already ran the real blocks
     measured = []
     for index in ranked:
         measured.append(float(model.value(root, model.real_forward(_ablation(model, graph.nodes[index])))[0]) - clean)
@@ -81,7 +81,7 @@ def check_faithfulness(model: ReplacementModel, graph: CircuitGraph, root: Targe
         mean_relative_error=mean_relative_error(predicted, measured),
         spearman_direct=spearman(direct_only, measured),
         mean_relative_error_direct=mean_relative_error(direct_only, measured),
-        forward_passes=len(ranked) + 1,
+        forward_passes=len(ranked),
     )
 
 

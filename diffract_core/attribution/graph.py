@@ -116,20 +116,16 @@ class CircuitGraph:
         matrix.index_put_((self.edge_targets[keep], self.edge_sources[keep]), self.edge_weights[keep], accumulate=True)
         return matrix
 
-    def incoming(self, index: int) -> float:
-        return float(self.edge_weights[self.edge_targets == index].sum())
-
     def expanded(self) -> list[int]:
         """Nodes whose incoming edges were computed: the target and every feature."""
         return self.indices("feature", "target")
 
     def conservation(self) -> torch.Tensor:
         """|value - sum(incoming edges)| / |value| of every expanded node (in `expanded()` order)."""
-        residuals = []
-        for index in self.expanded():
-            value = self.nodes[index].value
-            residuals.append(abs(value - self.incoming(index)) / max(abs(value), 1e-12))
-        return torch.tensor(residuals, dtype=torch.float64)
+        incoming = torch.zeros(len(self.nodes), dtype=torch.float64).index_add_(0, self.edge_targets, self.edge_weights)
+        expanded = self.expanded()
+        values = torch.tensor([self.nodes[i].value for i in expanded], dtype=torch.float64)
+        return (values - incoming[expanded]).abs() / values.abs().clamp(min=1e-12)
 
     def target_weights(self) -> torch.Tensor:
         weights = torch.zeros(len(self.nodes), dtype=torch.float64)

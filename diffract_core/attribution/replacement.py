@@ -183,9 +183,14 @@ class ReplacementModel:
     def tokens(self, stream: Stream) -> int:
         return self.inputs[stream].shape[1]
 
+    def _transcoder_or_none(self, site: SiteKey) -> Transcoder | None:
+        """The site's transcoder; None where none is loaded or it is an SAE (no features to trace)."""
+        transcoder = self.transcoders.get(site)
+        return transcoder if transcoder is not None and transcoder.config.kind == "transcoder" else None
+
     def transcoder_at(self, site: SiteKey) -> Transcoder:
-        transcoder = self.transcoders.get(site) if site in self.transcoders else None
-        if transcoder is None or transcoder.config.kind != "transcoder":
+        transcoder = self._transcoder_or_none(site)
+        if transcoder is None:
             raise DiffractError(
                 f"no transcoder covers {site[0]}:{site[1]}: targets and expanded features need a transcoder "
                 "(an SAE reads the MLP output, which the replacement model holds fixed)"
@@ -228,8 +233,7 @@ class ReplacementModel:
             query = _rope(torch.cat((qkv["txt"][0], qkv["img"][0]), dim=2), self.pe)
             key = _rope(torch.cat((qkv["txt"][1], qkv["img"][1]), dim=2), self.pe)
             value = torch.cat((qkv["txt"][2], qkv["img"][2]), dim=2)
-            attended = self._attend(query, key, value)
-            split = {"txt": attended[:, : self.tokens("txt")], "img": attended[:, self.tokens("txt") :]}
+            split = self._split_joint(self._attend(query, key, value), dim=1)
             constants: dict[Stream, StreamConstants] = {}
             for s in STREAMS:
                 shift1, scale1, gate1, shift2, scale2, gate2 = mods[s]
@@ -256,8 +260,8 @@ class ReplacementModel:
         return xs
 
     def _split_sources(self, site: SiteKey, x: torch.Tensor, y: torch.Tensor) -> SiteSources:
-        transcoder = self.transcoders.get(site) if site in self.transcoders else None
-        if transcoder is None or transcoder.config.kind != "transcoder":
+        transcoder = self._transcoder_or_none(site)
+        if transcoder is None:
             empty = torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
             return SiteSources(site, empty, y.new_zeros(x.shape[0], 0), y, torch.zeros_like(y[0]), None)
         if transcoder.device != x.device:
@@ -271,6 +275,11 @@ class ReplacementModel:
         sources = SiteSources(site, top.indices, top.values, y, transcoder.b_dec.detach().to(y), transcoder, dropped)
         sources.error = y - sources.feature_part() - sources.decoder_bias
         return sources
+
+    def _split_joint(self, joint: torch.Tensor, dim: int) -> dict[Stream, torch.Tensor]:
+        """The [txt | img] joint sequence along `dim`, split by stream."""
+        text = self.tokens("txt")
+        return {"txt": joint.narrow(dim, 0, text), "img": joint.narrow(dim, text, joint.shape[dim] - text)}
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Frozen-probability attention: softmax(q k^T / sqrt(d)) applied to `value` [R, H, S, d]."""
@@ -311,8 +320,7 @@ class ReplacementModel:
                 c = layer.streams[s]
                 a = (1 + c.scale1) * (_center(h[s]) * c.inv1) + c.shift1
                 values.append(rearrange(layer.value[s](a), "B L (H D) -> B H L D", H=self.num_heads))
-            attended = self._attend(layer.query, layer.key, torch.cat(values, dim=2))
-            split = {"txt": attended[:, : self.tokens("txt")], "img": attended[:, self.tokens("txt") :]}
+            split = self._split_joint(self._attend(layer.query, layer.key, torch.cat(values, dim=2)), dim=1)
             for s in STREAMS:
                 c = layer.streams[s]
                 h[s] = h[s] + c.gate1 * layer.proj[s](split[s])
@@ -396,8 +404,7 @@ class ReplacementModel:
             c = layer.streams[s]
             attended = torch.matmul(c.gate1 * grads[s], layer.proj[s].weight)  # d/d(attention output)
             value_grads.append(rearrange(attended, "B L (H D) -> B H L D", H=self.num_heads))
-        grad_value = self._attend_transposed(layer, torch.cat(value_grads, dim=2))
-        split = {"txt": grad_value[:, :, : self.tokens("txt")], "img": grad_value[:, :, self.tokens("txt") :]}
+        split = self._split_joint(self._attend_transposed(layer, torch.cat(value_grads, dim=2)), dim=2)
         for s in STREAMS:
             c = layer.streams[s]
             grad_a = torch.matmul(rearrange(split[s], "B H L D -> B L (H D)"), layer.value[s].weight)
@@ -405,12 +412,16 @@ class ReplacementModel:
 
     def _site_edges(self, site: SiteKey, grad_y: torch.Tensor, edges: list[RowEdges], order: list[int]) -> None:
         """Edges from one MLP's sources to the first len(grad_y) rows (in `order`)."""
-        sources = self.sites[site]
-        error = (grad_y * sources.error).sum(-1)
-        features = self._feature_effects(sources, grad_y)
+        error, features = self._site_effects(site, grad_y)
         for r in range(grad_y.shape[0]):
             edges[order[r]].errors[site] = error[r]
             edges[order[r]].features[site] = features[r]
+
+    def _site_effects(self, site: SiteKey, grad_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per position, the effect of the site's error term ([R, S]) and of each kept feature
+        ([R, S, k]) on rows whose gradient at the MLP output is `grad_y` [R, S, D]."""
+        sources = self.sites[site]
+        return (grad_y * sources.error).sum(-1), self._feature_effects(sources, grad_y)
 
     def _feature_effects(self, sources: SiteSources, grad_y: torch.Tensor) -> torch.Tensor:
         """values[p, k] * (grad_y[r, p] . W_dec[indices[p, k]]): [R, S, k]."""
@@ -442,8 +453,7 @@ class ReplacementModel:
             edges.inputs[s] = (grad[0] * self.inputs[s][0]).sum(-1).detach()
         for site, grad_out in zip(below, grads[2:]):
             grad_y = (grad_out if grad_out is not None else torch.zeros_like(outputs[site])).detach()
-            sources = self.sites[site]
-            edges.errors[site] = (grad_y[0] * sources.error).sum(-1)
-            edges.features[site] = self._feature_effects(sources, grad_y)[0]
+            error, features = self._site_effects(site, grad_y)
+            edges.errors[site], edges.features[site] = error[0], features[0]
         return edges
 

@@ -62,9 +62,17 @@ def _node_to_dict(node: CircuitNode) -> dict[str, Any]:
 
 
 def save_graph(graph: CircuitGraph, path: str | os.PathLike[str]) -> Path:
+    return _write_json(graph_to_dict(graph), Path(path))
+
+
+def save_neuronpedia(graph: CircuitGraph, path: str | os.PathLike[str], slug: str, **thresholds: float) -> Path:
+    """The graph in the circuit-tracer / Neuronpedia viewer shape (see `neuronpedia_graph`)."""
+    return _write_json(neuronpedia_graph(graph, slug, **thresholds), Path(path))
+
+
+def _write_json(data: dict[str, Any], path: Path) -> Path:
     """Write atomically: a failed write leaves any existing file as it was."""
-    path = Path(path)
-    text = json.dumps(graph_to_dict(graph), allow_nan=False, separators=(",", ":"))
+    text = json.dumps(data, allow_nan=False, separators=(",", ":"))
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:

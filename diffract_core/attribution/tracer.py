@@ -69,6 +69,7 @@ class CircuitTracer:
         self.settings = settings or TraceSettings()
         self._rows: list[_Row] = []
         self._root_edges: RowEdges | None = None
+        self._positions: dict[SourceKey, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def trace(self, root: RootTarget, *, step: int, progress: ProgressCallback | None = None) -> CircuitGraph:
         started = time.perf_counter()
@@ -106,12 +107,15 @@ class CircuitTracer:
 
     def _feature_positions(self, key: SourceKey) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions, activations) where a feature fires among its site's kept features."""
+        if key in self._positions:
+            return self._positions[key]
         _, stream, layer, feature = key
         sources = self.model.sites[(stream, layer)]
         hits = (sources.indices == feature) & (sources.values > 0)
         activations = (sources.values * hits).sum(-1)
         positions = torch.nonzero(hits.any(-1)).flatten()
-        return positions, activations[positions]
+        self._positions[key] = (positions, activations[positions])
+        return self._positions[key]
 
     def _feature_row(self, key: SourceKey) -> TargetRow:
         _, stream, layer, feature = key

@@ -51,7 +51,7 @@ def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack
     assert 0 < features <= 40
     # the clean and the zero-source forward; the target's row, then rows in batches of 16
     assert graph.metadata["passes"] == {"forward": 2, "backward": 1 + -(-features // 16)}
-    assert graph.metadata["faithfulness"]["forward_passes"] == 6  # clean + 5 ablations
+    assert graph.metadata["faithfulness"]["forward_passes"] == 5  # one per ablated feature
     assert picture.shape == (1, 768, 1024, 3) and 0 <= float(picture.min()) and float(picture.max()) <= 1
     (payload,) = output.ui["diffract_circuit"]
     assert len(json.dumps(payload)) < 8000
