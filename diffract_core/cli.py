@@ -1,4 +1,5 @@
-"""`python -m diffract_core COMMAND`: convert, inspect, download, quickstart."""
+"""`python -m diffract_core COMMAND`: convert, inspect, download, quickstart, and harvest, train,
+evaluate, sweep (transcoder training, each from a config file)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def parse_layers(text: str) -> list[int]:
     return layers
 
 
-def _dtype(text: str):  # noqa: ANN202 - argparse type hook
+def _dtype(text: str):
     try:
         return dtype_from_name(text)
     except ValueError as exc:
@@ -79,6 +80,79 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
         print(f"  {label}: worst {errors[worst]:.2e} ({worst}) over {len(errors)} sites")
 
 
+def _load_config(args: argparse.Namespace):
+    from .training.config_file import load_run_config
+
+    return load_run_config(args.config)
+
+
+class _Bar:
+    """A tqdm progress bar on stderr, fed by the training callbacks."""
+
+    def __init__(self, description: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=description, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def steps(self, done: int, total: int, metrics: dict[str, float]) -> None:
+        if done < self.bar.n or self.bar.total != total:  # a new run (sweep) or the first call
+            self.bar.reset(total=total)
+            self.bar.update(done - 1)
+        if metrics:
+            self.bar.set_postfix(nmse=f"{metrics['nmse']:.4f}", l0=f"{metrics['l0']:.1f}",
+                                 dead=f"{metrics['dead_fraction']:.3f}", refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def prompts(self, done: int, total: int) -> None:
+        self.steps(done, total, {})
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def cmd_harvest(args: argparse.Namespace) -> None:
+    from .training.runs import run_harvest
+
+    config = _load_config(args)
+    bar = _Bar("harvest (prompts)")
+    report = run_harvest(config, progress=bar.prompts)
+    bar.close()
+    print(f"harvested into {config.data} in {report.seconds:.1f} s; buffers {report.reserved_bytes / 2**20:.1f} MiB "
+          f"of the {report.ram_cap_bytes / 2**20:.1f} MiB cap")
+    for split, rows in report.rows.items():
+        print(f"  {split}: " + ", ".join(f"{site} {count} rows" for site, count in rows.items()))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training.runs import run_train
+
+    config = _load_config(args)
+    bar = _Bar("train")
+    result = run_train(config, resume=not args.no_resume, until_step=args.until_step, progress=bar.steps)
+    bar.close()
+    state = "finished" if result.finished else f"stopped at step {result.step} (resume with the same command)"
+    print(f"{state}: {result.out}; {result.rows_per_second:,.0f} token rows/s per site")
+    for site, metrics in result.metrics.items():
+        print(f"  {site}: nmse {metrics['nmse']:.4f}  L0 {metrics['l0']:.1f}  dead {metrics['dead_fraction']:.3f}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .training.runs import format_evaluation, run_evaluate
+
+    print(format_evaluation(run_evaluate(_load_config(args), args.transcoders)))
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .training.runs import run_sweep
+
+    config = _load_config(args)
+    bar = _Bar("sweep")
+    run_sweep(config, progress=bar.steps)
+    bar.close()
+    print((config.out / "sweep" / "sweep.md").read_text())
+    print(f"plot: {config.out / 'sweep' / 'sweep.png'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .hub import DEFAULT_REPO_ID, TRANSCODER_FOLDER
 
@@ -113,6 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument("--out", type=Path, required=True)
     quickstart.add_argument("--seed", type=int, default=0)
     quickstart.set_defaults(run=cmd_quickstart)
+
+    config_help = "a TOML (or .yaml) run config; every key is documented in diffract_core/training/config_file.py"
+    harvest = commands.add_parser("harvest", help="sample prompts and store MLP activations for training")
+    harvest.add_argument("--config", type=Path, required=True, help=config_help)
+    harvest.set_defaults(run=cmd_harvest)
+
+    train = commands.add_parser("train", help="train transcoders (or SAEs); harvests first if needed; torchrun-able")
+    train.add_argument("--config", type=Path, required=True, help=config_help)
+    train.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in the run folder and start over")
+    train.add_argument("--until-step", type=int, default=None, help="checkpoint and stop at this step")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="FVU, L0, dead features and the spliced-in generation test")
+    evaluate.add_argument("--config", type=Path, required=True, help=config_help)
+    evaluate.add_argument("--transcoders", type=Path, default=None, help="a native release (default: the run's)")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    sweep = commands.add_parser("sweep", help="transcoders against SAEs across L1 strengths: table and PNG plot")
+    sweep.add_argument("--config", type=Path, required=True, help=config_help)
+    sweep.set_defaults(run=cmd_sweep)
     return parser
 
 

@@ -1,0 +1,229 @@
+"""The config file of `train`, `harvest`, `evaluate` and `sweep` (TOML, or YAML when the file ends
+in .yaml / .yml). Relative paths are relative to the config file. Every table and key:
+
+    out = "run"                      # the run folder (activations/, checkpoint/, transcoders/, ...)
+    data = "run/activations"         # optional: where activations are harvested (default out/activations)
+
+    [model]                          # the model the activations come from
+    kind = "random"                  # "random": seeded random weights; "reference": a safetensors file
+    weights = "flux.safetensors"     # reference: BFL / ComfyUI parameter names (diffusion model only)
+    flux = "tiny"                    # "schnell", "dev", "tiny", or a table of FluxConfig fields
+    seed = 0                         # random: the weights' seed
+    dtype = "float32"                # the model's dtype while harvesting
+    device = "cpu"                   # where the model runs ("cuda" on a GPU)
+
+    [encoder]                        # prompts -> conditioning; "hashing": a fixed random vector per word
+    kind = "hashing"
+    tokens = 32                      # text tokens per prompt
+    seed = 0
+
+    [prompts]
+    file = "prompts.txt"             # one prompt per line ('#' comments); and/or:
+    list = ["a red circle", ...]
+    validation_fraction = 0.05       # by a hash of the prompt text: the splits never share a prompt
+
+    [harvest]                        # HarvestSettings (diffract_core.training.harvest)
+    [train]                          # TrainSettings (diffract_core.training.settings)
+    [evaluate]
+    sigma_buckets = 4                # FVU per sigma bucket: (0.75, 1], (0.5, 0.75], ...
+    spliced_prompts = 16             # validation prompts generated for the spliced-in test (0: skip)
+    [sweep]
+    l1_scales = [0.25, 0.5, 1, 2, 4] # multiples of train.l1_img / l1_txt
+    kinds = ["transcoder", "sae"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import tomllib
+from safetensors.torch import load_file
+
+from ..errors import DiffractError
+from ..flux.config import FluxConfig
+from ..flux.model import Flux, init_random_
+from ..sites import parse_sites
+from ..transcoders.config import KINDS, STREAMS, dtype_from_name
+from .harvest import HarvestSettings
+from .prompts import HashingPromptEncoder, PromptEncoder, PromptSplit, read_prompt_file, split_prompts
+from .settings import TrainSettings, checked_keys
+
+TOP_LEVEL = {"out", "data", "model", "encoder", "prompts", "harvest", "train", "evaluate", "sweep"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str = "random"
+    weights: str | None = None
+    flux: str | dict[str, Any] = "tiny"
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def flux_config(self) -> FluxConfig:
+        presets = {"schnell": FluxConfig.flux1_schnell, "dev": FluxConfig.flux1_dev, "tiny": FluxConfig.tiny}
+        if isinstance(self.flux, dict):
+            return FluxConfig.from_dict(self.flux)
+        if self.flux not in presets:
+            raise DiffractError(f"[model] flux = {self.flux!r}: use one of {sorted(presets)} or a table of FluxConfig fields")
+        return presets[self.flux]()
+
+    def build(self) -> Flux:
+        config = self.flux_config()
+        model = Flux(config)
+        if self.kind == "random":
+            init_random_(model, self.seed)
+        elif self.kind == "reference":
+            if not self.weights:
+                raise DiffractError("[model] kind = 'reference' needs weights = '<file>.safetensors'")
+            state = load_file(self.weights)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise DiffractError(
+                    f"{self.weights} does not fit [model] flux = {self.flux!r}: missing {sorted(missing)[:5]}, "
+                    f"unexpected {sorted(unexpected)[:5]}; set [model] flux to the weights' size"
+                )
+        else:
+            raise DiffractError(f"[model] kind = {self.kind!r}: use 'random' or 'reference'")
+        return model.to(self.device, dtype_from_name(self.dtype)).eval().requires_grad_(False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"family": "flux.1", "kind": self.kind, "weights": self.weights, "seed": self.seed,
+                "flux": self.flux_config().to_dict()}
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    kind: str = "hashing"
+    tokens: int = 32
+    seed: int = 0
+
+    def build(self, config: FluxConfig) -> PromptEncoder:
+        if self.kind != "hashing":
+            raise DiffractError(f"[encoder] kind = {self.kind!r}: this version offers 'hashing'")
+        return HashingPromptEncoder(config.context_in_dim, config.vec_in_dim, tokens=self.tokens, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    file: str | None = None
+    list: tuple[str, ...] = ()
+    validation_fraction: float = 0.05
+
+    def split(self) -> PromptSplit:
+        prompts = list(self.list) + (read_prompt_file(self.file) if self.file else [])
+        if not prompts:
+            raise DiffractError("[prompts] is empty: give file = '<one prompt per line>' or list = [...]")
+        return split_prompts(prompts, self.validation_fraction)
+
+
+@dataclass(frozen=True)
+class EvaluateSpec:
+    sigma_buckets: int = 4
+    spliced_prompts: int = 16
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    l1_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    kinds: tuple[str, ...] = KINDS
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: Path
+    data: Path
+    model: ModelSpec = field(default_factory=ModelSpec)
+    encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    prompts: PromptSpec = field(default_factory=PromptSpec)
+    harvest: HarvestSettings = field(default_factory=HarvestSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
+    sweep: SweepSpec = field(default_factory=SweepSpec)
+
+
+def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise DiffractError(f"[{name}] must be a table of keys")
+    return value
+
+
+def _spec(cls: type, data: dict[str, Any], name: str) -> Any:
+    try:
+        values = checked_keys(cls, _table(data, name), name)
+        for item in fields(cls):
+            if item.name in values and isinstance(values[item.name], list):
+                values[item.name] = tuple(values[item.name])
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise DiffractError(f"config [{name}]: {exc}") from exc
+
+
+def _harvest(data: dict[str, Any], model: ModelSpec) -> HarvestSettings:
+    table = dict(_table(data, "harvest"))
+    sites = table.pop("sites", "all")
+    if sites != "all":
+        depth = model.flux_config().depth
+        available = [(stream, layer) for layer in range(depth) for stream in STREAMS]
+        text = sites if isinstance(sites, str) else ",".join(sites)
+        try:
+            table["sites"] = parse_sites(text, available)
+        except DiffractError as exc:
+            raise DiffractError(
+                f"[harvest] sites = {sites!r} does not fit the model's double blocks 0..{depth - 1} "
+                "(write e.g. 'img:0-3, txt:0' or 'all')"
+            ) from exc
+    if "latent_size" in table:
+        table["latent_size"] = tuple(table["latent_size"])
+    if "keep_steps" in table:
+        table["keep_steps"] = tuple(table["keep_steps"])
+    return _spec(HarvestSettings, {"harvest": table}, "harvest")
+
+
+def load_run_config(path: Path) -> RunConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise DiffractError(f"config file {path} does not exist") from exc
+    data = _parse(path, text)
+    unknown = sorted(set(data) - TOP_LEVEL)
+    if unknown:
+        raise DiffractError(f"{path}: unknown table or key(s) {unknown}; valid: {', '.join(sorted(TOP_LEVEL))}")
+    base = path.parent
+    out = base / data.get("out", "run")
+    model = _spec(ModelSpec, data, "model")
+    if model.weights:
+        model = replace(model, weights=str(base / model.weights))
+    prompts = _spec(PromptSpec, data, "prompts")
+    if prompts.file:
+        prompts = replace(prompts, file=str(base / prompts.file))
+    return RunConfig(
+        out=out,
+        data=base / data["data"] if "data" in data else out / "activations",
+        model=model,
+        encoder=_spec(EncoderSpec, data, "encoder"),
+        prompts=prompts,
+        harvest=_harvest(data, model),
+        train=_spec(TrainSettings, data, "train"),
+        evaluate=_spec(EvaluateSpec, data, "evaluate"),
+        sweep=_spec(SweepSpec, data, "sweep"),
+    )
+
+
+def _parse(path: Path, text: str) -> dict[str, Any]:
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except Exception as exc:  # tomllib and yaml raise their own types; both mean "not parseable"
+        raise DiffractError(f"{path} cannot be parsed ({exc}); check its syntax (TOML, or YAML for .yaml/.yml)") from exc
+    if not isinstance(data, dict):
+        raise DiffractError(f"{path} must hold a table of settings at the top level")
+    return data

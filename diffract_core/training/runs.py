@@ -1,0 +1,169 @@
+"""The commands behind `python -m diffract_core harvest | train | evaluate | sweep --config FILE`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import DiffractError
+from ..render.plot import line_chart, side_by_side
+from ..transcoders.transcoder_set import TranscoderSet
+from .config_file import RunConfig
+from .evaluation import SiteMetrics, site_metrics, spliced_fidelity
+from .harvest import HarvestReport, harvest
+from .shards import INDEX_FILE, ActivationShards, site_folder
+from .trainer import RELEASE_DIR, Progress, TrainResult, train
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def is_harvested(config: RunConfig) -> bool:
+    return (config.data / "train").is_dir() and any((config.data / "train").glob(f"*/{INDEX_FILE}"))
+
+
+def run_harvest(config: RunConfig, progress: Callable[[int, int], None] | None = None) -> HarvestReport:
+    if config.data.exists() and any(config.data.iterdir()):
+        raise DiffractError(f"{config.data} is not empty: harvest into a new folder (set `data` in the config)")
+    model = config.model.build()
+    encoder = config.encoder.build(model.config)
+    return harvest(model, encoder, config.prompts.split(), config.data, config.harvest, progress=progress,
+                   model_info=config.model.describe())
+
+
+def run_train(config: RunConfig, *, out: Path | None = None, resume: bool = True, until_step: int | None = None,
+              progress: Progress | None = None, settings_override: dict[str, Any] | None = None) -> TrainResult:
+    if not is_harvested(config):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise DiffractError(
+                f"{config.data} holds no activations; harvest once before a multi-process run: "
+                "`python -m diffract_core harvest --config FILE`"
+            )
+        run_harvest(config)
+    settings = replace(config.train, **(settings_override or {}))
+    return train(config.data, out or config.out, settings, resume=resume, until_step=until_step, progress=progress)
+
+
+@dataclass
+class EvaluationReport:
+    sites: list[SiteMetrics]
+    spliced: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sites": [s.to_dict() for s in self.sites], "spliced": self.spliced}
+
+
+def run_evaluate(config: RunConfig, transcoders: Path | None = None) -> EvaluationReport:
+    """Per-site metrics on the validation activations, and the spliced-in generation test on the
+    validation prompts; written to `<transcoders>/../evaluation.json`."""
+    folder = Path(transcoders or config.out / RELEASE_DIR)
+    kind = config.train.kind
+    sets = TranscoderSet.open(folder, kind=kind)
+    sites = []
+    for site in sets.sites:
+        shards = site_folder(config.data, "validation", site)
+        if not (shards / INDEX_FILE).exists():
+            raise DiffractError(
+                f"no validation activations for {site[0]}:{site[1]} under {config.data}: harvest with "
+                "[prompts] validation_fraction > 0"
+            )
+        sites.append(site_metrics(sets[site], ActivationShards(shards), sigma_buckets=config.evaluate.sigma_buckets))
+    spliced = None
+    count = config.evaluate.spliced_prompts
+    if count:
+        prompts = config.prompts.split().validation[:count]
+        if not prompts:
+            raise DiffractError("no validation prompts for the spliced-in test: raise [prompts] validation_fraction")
+        model = config.model.build()
+        encoder = config.encoder.build(model.config)
+        sets = sets.to(device=next(model.parameters()).device)
+        spliced = spliced_fidelity(model, encoder, sets, prompts, config.harvest).to_dict()
+    report = EvaluationReport(sites, spliced)
+    (folder.parent / EVALUATION_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    return report
+
+
+def format_evaluation(report: EvaluationReport) -> str:
+    lines = ["site     kind         rows       FVU      L0   L0/F    dead  FVU per sigma bucket"]
+    for m in report.sites:
+        buckets = "  ".join(f"{label} {v['fvu']:.3f}" for label, v in m.fvu_by_sigma.items())
+        lines.append(f"{m.site:<8} {m.kind:<11} {m.rows:>7} {m.fvu:>9.4f} {m.l0:>7.1f} {m.l0_fraction:>6.3f} "
+                     f"{m.dead_fraction:>7.3f}  {buckets}")
+    if report.spliced:
+        s = report.spliced
+        lines.append(f"spliced-in (all sites replaced, no error term), {s['prompts']} validation prompts: "
+                     f"final-latent cosine {s['latent_cosine']:.4f}, MSE {s['latent_mse']:.4g}")
+    return "\n".join(lines)
+
+
+@dataclass
+class SweepPoint:
+    kind: str
+    l1_scale: float
+    l0: float  # mean over sites
+    fvu: float  # mean over sites
+    latent_cosine: float | None
+    latent_mse: float | None
+
+
+def run_sweep(config: RunConfig, progress: Progress | None = None) -> list[SweepPoint]:
+    """Train each kind at each L1 scale on the same activations, evaluate, and write
+    `out/sweep/sweep.{md,json,png}`."""
+    folder = config.out / "sweep"
+    points = []
+    for kind in config.sweep.kinds:
+        for scale in config.sweep.l1_scales:
+            run = folder / f"{kind}_l1x{scale:g}"
+            override = {"kind": kind, "l1_img": config.train.l1_img * scale, "l1_txt": config.train.l1_txt * scale}
+            run_train(config, out=run, progress=progress, settings_override=override)
+            kind_config = replace(config, train=replace(config.train, **override))
+            report = run_evaluate(kind_config, run / RELEASE_DIR)
+            spliced = report.spliced or {}
+            points.append(SweepPoint(
+                kind=kind, l1_scale=scale,
+                l0=sum(m.l0 for m in report.sites) / len(report.sites),
+                fvu=sum(m.fvu for m in report.sites) / len(report.sites),
+                latent_cosine=spliced.get("latent_cosine"), latent_mse=spliced.get("latent_mse"),
+            ))
+    write_sweep(folder, points)
+    return points
+
+
+def matched_fvu(points: list[SweepPoint], kind: str, l0: float) -> float | None:
+    """`kind`'s FVU at this L0, interpolated linearly in log L0 between its two nearest points
+    (None outside the range it covers)."""
+    curve = sorted((p.l0, p.fvu) for p in points if p.kind == kind and p.l0 > 0)
+    for (l0_a, fvu_a), (l0_b, fvu_b) in itertools.pairwise(curve):
+        if l0_a <= l0 <= l0_b:
+            weight = 0.0 if l0_b == l0_a else (math.log(l0) - math.log(l0_a)) / (math.log(l0_b) - math.log(l0_a))
+            return fvu_a + weight * (fvu_b - fvu_a)
+    return None
+
+
+def write_sweep(folder: Path, points: list[SweepPoint]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["| kind | L1 scale | L0 | FVU | SAE FVU at this L0 | final-latent cosine | final-latent MSE |",
+             "|---|---|---|---|---|---|---|"]
+    for p in points:
+        matched = matched_fvu(points, "sae", p.l0) if p.kind == "transcoder" else None
+        cells = [p.kind, f"{p.l1_scale:g}", f"{p.l0:.2f}", f"{p.fvu:.4f}",
+                 "" if matched is None else f"{matched:.4f}",
+                 "" if p.latent_cosine is None else f"{p.latent_cosine:.4f}",
+                 "" if p.latent_mse is None else f"{p.latent_mse:.4g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    (folder / "sweep.md").write_text("\n".join(lines) + "\n")
+    (folder / "sweep.json").write_text(json.dumps([p.__dict__ for p in points], indent=1) + "\n")
+    kinds = sorted({p.kind for p in points})
+    charts = [line_chart({k: [(p.l0, p.fvu) for p in points if p.kind == k and p.l0 > 0] for k in kinds},
+                         title="Sparsity vs reconstruction (validation)", x_label="L0 (active features per token)",
+                         y_label="FVU", log_x=True)]
+    if all(p.latent_cosine is not None for p in points):
+        charts.append(line_chart({k: [(p.l0, p.latent_cosine) for p in points if p.kind == k and p.l0 > 0] for k in kinds},
+                                 title="Spliced-in generations", x_label="L0 (active features per token)",
+                                 y_label="final-latent cosine", log_x=True))
+    side_by_side(charts).save(folder / "sweep.png")
