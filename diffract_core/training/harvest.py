@@ -86,7 +86,7 @@ class HarvestSettings:
     latent_size: tuple[int, int] = (64, 64)  # latent height and width (FLUX: image pixels / 8)
     prompts_per_call: int = 8  # prompts sampled together in one batch
     guidance: float | None = None  # distilled guidance for models that embed it (dev: 3.5)
-    ram_cap_mb: float = 1024.0  # all buffers of all sites together; shards are written when they fill
+    ram_cap_mb: float = 1024.0  # the harvest's own memory: every site's buffer and the copies made while writing one
     dtype: str = "bfloat16"  # storage dtype of x and y (sigma is always fp32)
     seed: int = 0  # prompt order and noise
 
@@ -105,12 +105,16 @@ def all_sites(model: Flux) -> tuple[SiteKey, ...]:
     return tuple((stream, layer) for layer in range(model.config.depth) for stream in STREAMS)
 
 
+FLUSH_COPIES = 2  # writing a shard holds a shuffled copy of one site's buffer and its serialised bytes
+
+
 def rows_per_shard(settings: HarvestSettings, n_sites: int, d_model: int) -> int:
-    """The per-site buffer size that keeps all sites' buffers within the RAM cap."""
+    """The per-site buffer size that keeps the harvest's own memory within the RAM cap: every site's
+    buffer, plus the two transient copies of one buffer while it is written."""
     row = ShardWriter.row_bytes(d_model, dtype_from_name(settings.dtype))
-    rows = int(settings.ram_cap_mb * 2**20) // (n_sites * row)
+    rows = int(settings.ram_cap_mb * 2**20) // ((n_sites + FLUSH_COPIES) * row)
     if rows < 256:
-        need = 256 * n_sites * row / 2**20
+        need = 256 * (n_sites + FLUSH_COPIES) * row / 2**20
         raise DiffractError(
             f"harvest.ram_cap_mb = {settings.ram_cap_mb} leaves {rows} rows per site for {n_sites} sites of "
             f"d_model {d_model}; raise it to at least {need:.2f} MB or harvest fewer sites at a time"
@@ -121,7 +125,8 @@ def rows_per_shard(settings: HarvestSettings, n_sites: int, d_model: int) -> int
 @dataclass
 class HarvestReport:
     rows: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> site -> rows
-    reserved_bytes: int = 0  # the writers' buffers, all sites together (fixed: the RAM the harvest holds)
+    reserved_bytes: int = 0  # the writers' buffers, all sites together, allocated once
+    bound_bytes: int = 0  # reserved_bytes plus the transient copies of one buffer while a shard is written
     ram_cap_bytes: int = 0
     seconds: float = 0.0
 
@@ -162,7 +167,9 @@ def harvest(
             )
             for site in sites
         }
-        report.reserved_bytes = max(report.reserved_bytes, sum(w.reserved_bytes for w in writers.values()))
+        reserved = sum(w.reserved_bytes for w in writers.values())
+        report.reserved_bytes = max(report.reserved_bytes, reserved)
+        report.bound_bytes = max(report.bound_bytes, reserved + FLUSH_COPIES * max(w.reserved_bytes for w in writers.values()))
         for ids in _prompt_batches(len(split_prompts), settings):
             _sample_batch(model, encoder, [split_prompts[i] for i in ids], ids, settings, writers)
             done += len(ids)

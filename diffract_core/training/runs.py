@@ -46,7 +46,8 @@ def run_train(config: RunConfig, *, out: Path | None = None, resume: bool = True
             )
         run_harvest(config)
     settings = replace(config.train, **(settings_override or {}))
-    return train(config.data, out or config.out, settings, resume=resume, until_step=until_step, progress=progress)
+    return train(config.data, out or config.out, settings, sites=config.harvest.sites, resume=resume,
+                 until_step=until_step, progress=progress)
 
 
 @dataclass

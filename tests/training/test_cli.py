@@ -1,0 +1,134 @@
+"""The config file (TOML and YAML) and `python -m diffract_core harvest | train | evaluate | sweep`
+end to end on a tiny random FLUX."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from diffract_core.errors import DiffractError
+from diffract_core.training.config_file import load_run_config
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+CONFIG = """
+out = "run"
+[model]
+kind = "random"
+flux = "tiny"
+seed = 1
+[encoder]
+tokens = 6
+[prompts]
+list = [{prompts}]
+validation_fraction = 0.3
+[harvest]
+sites = "img:0, txt:1"
+latent_size = [8, 8]
+prompts_per_call = 4
+ram_cap_mb = 2
+dtype = "float32"
+[train]
+d_features = 128
+steps = 30
+batch_size = 128
+lr = 0.003
+log_every = 10
+checkpoint_every = 10
+[evaluate]
+spliced_prompts = 3
+[sweep]
+l1_scales = [1, 30]
+"""
+PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green", "pink") for s in ("circle", "square", "star")]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "diffract_core", *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(CONFIG.format(prompts=", ".join(json.dumps(p) for p in PROMPTS)))
+    return path
+
+
+def test_harvest_train_evaluate_sweep(config: Path) -> None:
+    folder = config.parent
+    trained = run_cli("train", "--config", str(config), "--until-step", "20", cwd=folder)
+    assert trained.returncode == 0, trained.stderr
+    assert "stopped at step 20" in trained.stdout
+    assert "train" in trained.stderr and "20/30" in trained.stderr  # the progress bar
+    trained = run_cli("train", "--config", str(config), cwd=folder)
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.startswith("finished")
+    site_config = json.loads((folder / "run/transcoders/transcoder_img_0/config.json").read_text())
+    assert site_config["training"]["steps"] == 30 and site_config["training"]["data"]["model"]["kind"] == "random"
+    assert {"fvu", "l0", "dead_fraction", "fvu_by_sigma"} <= set(site_config["training"]["validation"])
+
+    evaluated = run_cli("evaluate", "--config", str(config), cwd=folder)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads((folder / "run/evaluation.json").read_text())
+    assert [s["site"] for s in report["sites"]] == ["img_0", "txt_1"]
+    assert report["spliced"]["prompts"] == 3 and -1 <= report["spliced"]["latent_cosine"] <= 1
+    assert "spliced-in" in evaluated.stdout
+
+    swept = run_cli("sweep", "--config", str(config), cwd=folder)
+    assert swept.returncode == 0, swept.stderr
+    table = (folder / "run/sweep/sweep.md").read_text().splitlines()
+    assert len(table) == 2 + 4 and table[2].startswith("| transcoder | 1 |") and table[-1].startswith("| sae | 30 |")
+    points = json.loads((folder / "run/sweep/sweep.json").read_text())
+    l0 = {(p["kind"], p["l1_scale"]): p["l0"] for p in points}
+    assert l0["transcoder", 30] < l0["transcoder", 1] and l0["sae", 30] < l0["sae", 1]  # stronger L1, sparser
+    with Image.open(folder / "run/sweep/sweep.png") as plot:
+        assert plot.width > plot.height > 300  # two panels: FVU and spliced-in cosine against L0
+
+
+def test_yaml_and_toml_configs_agree(config: Path) -> None:
+    import tomllib
+
+    import yaml
+
+    data = tomllib.loads(config.read_text())
+    (config.parent / "run.yaml").write_text(yaml.safe_dump(data))
+    assert load_run_config(config.parent / "run.yaml") == load_run_config(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[trian]\nsteps = 1\n", r"unknown table or key\(s\) \['trian'\]"),
+        ("[train]\nstep = 1\n", r"\[train\].*unknown key\(s\) \['step'\].*steps"),
+        ("[harvest]\nsites = 'img:40'\n", r"double blocks 0\.\.1"),
+        ("[train\n", "cannot be parsed"),
+        ("[model]\nflux = 'huge'\n", "use one of"),
+    ],
+)
+def test_config_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(DiffractError, match=message):
+        config = load_run_config(path)
+        config.model.flux_config()
+
+
+def test_training_without_prompts_says_what_to_add(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text("[harvest]\nlatent_size = [4, 4]\n")
+    done = run_cli("train", "--config", "run.toml", cwd=tmp_path)
+    assert done.returncode == 2 and "[prompts] is empty" in done.stderr
+
+
+def test_the_readme_config_is_valid(tmp_path: Path) -> None:
+    block = re.search(r"```toml\n(.*?)```", README.read_text(), re.S)
+    assert block is not None, "README.md shows a training config in a ```toml block"
+    (tmp_path / "readme.toml").write_text(block.group(1))
+    config = load_run_config(tmp_path / "readme.toml")
+    assert config.train.l1_img == 3e-4 and config.prompts.split().validation
