@@ -6,7 +6,7 @@ renormalisation, dead-feature tracking) for one site, as a ratio to a forward an
 the dense FLUX MLP on the same rows, in this process. Harvest: each phase runs in a fresh child
 process after a warm-up sampling call; the figure is how far the process's peak resident memory
 rose during the phase. Sampling alone is the baseline; the harvest adds its buffers, which the cap
-bounds. Weights are random (speed and memory do not depend on their values).
+bounds whatever the amount of data (a second harvest samples twice the prompts). Weights are random (speed and memory do not depend on their values).
 
     python benchmarks/training_throughput.py                    # D=3072, F=49152, batch 512 (CPU-sized)
     python benchmarks/training_throughput.py --device cuda --batch 4096
@@ -64,12 +64,12 @@ def _vm(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _phase(args: argparse.Namespace, with_harvest: bool, queue: multiprocessing.Queue) -> None:
+def _phase(args: argparse.Namespace, with_harvest: bool, prompt_count: int, queue: multiprocessing.Queue) -> None:
     torch.set_num_threads(args.threads)
     config = flux_config(args.hidden, args.heads, args.depth, 1)
     model = init_random_(Flux(config), seed=0).eval().requires_grad_(False)
     encoder = HashingPromptEncoder(config.context_in_dim, config.vec_in_dim, tokens=args.text_tokens)
-    prompts = tuple(f"prompt number {i}" for i in range(args.prompts))
+    prompts = tuple(f"prompt number {i}" for i in range(prompt_count))
     size = args.pixels // 8
     settings = HarvestSettings(latent_size=(size, size), prompts_per_call=args.per_call, ram_cap_mb=args.cap_mb, steps=4)
     context, pooled = encoder(prompts[: args.per_call])
@@ -92,9 +92,11 @@ def _phase(args: argparse.Namespace, with_harvest: bool, queue: multiprocessing.
 def harvest_memory(args: argparse.Namespace) -> None:
     context = multiprocessing.get_context("spawn")
     results = {}
-    for label, with_harvest in (("sampling only (baseline)", False), ("harvest", True)):
+    phases = (("sampling only (baseline)", False, args.prompts), ("harvest", True, args.prompts),
+              ("harvest, twice the prompts", True, 2 * args.prompts))
+    for label, with_harvest, prompt_count in phases:
         queue = context.Queue()
-        child = context.Process(target=_phase, args=(args, with_harvest, queue))
+        child = context.Process(target=_phase, args=(args, with_harvest, prompt_count, queue))
         child.start()
         child.join()
         if child.exitcode != 0:
@@ -106,8 +108,9 @@ def harvest_memory(args: argparse.Namespace) -> None:
     print(f"{'phase':<28}{'peak rise MiB':>15}{'buffers MiB':>13}{'bound MiB':>11}{'rows':>11}")
     for label, (rise, reserved, bound, rows) in results.items():
         print(f"{label:<28}{rise / mib:>15.1f}{reserved / mib:>13.1f}{bound / mib:>11.1f}{rows:>11,}")
-    rise = results["harvest"][0] - results["sampling only (baseline)"][0]
-    print(f"harvest rise over the baseline: {rise / mib:.1f} MiB = {rise / (args.cap_mb * mib):.2f} of the cap")
+    for label in ("harvest", "harvest, twice the prompts"):
+        rise = results[label][0] - results["sampling only (baseline)"][0]
+        print(f"{label}: rise over the baseline {rise / mib:.1f} MiB = {rise / (args.cap_mb * mib):.2f} of the cap")
 
 
 def main() -> None:
@@ -126,10 +129,11 @@ def main() -> None:
     parser.add_argument("--per-call", type=int, default=4)
     parser.add_argument("--cap-mb", type=float, default=256.0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--skip-harvest", action="store_true")
+    parser.add_argument("--only", choices=("training", "harvest"), default=None, help="run one of the two parts")
     args = parser.parse_args()
-    training(args)
-    if not args.skip_harvest:
+    if args.only != "harvest":
+        training(args)
+    if args.only != "training":
         harvest_memory(args)
 
 

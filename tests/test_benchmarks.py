@@ -48,3 +48,20 @@ def test_attribution_speed_compares_both_algorithms() -> None:
     lines = out.stdout.splitlines()
     assert lines[2].startswith("batched transpose") and lines[3].startswith("one target per pass")
     assert lines[4].startswith("same nodes in both graphs: True")
+
+
+def test_training_throughput_reports_rates_and_the_harvest_memory() -> None:
+    args = ["--d-model", "32", "--features", "128", "--batch", "32", "--repeats", "1", "--hidden", "64", "--heads", "2",
+            "--pixels", "64", "--text-tokens", "4", "--prompts", "4", "--per-call", "2", "--cap-mb", "1", "--threads", "1"]
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "training_throughput.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[2].startswith("dense FLUX MLP") and lines[3].startswith("transcoder training step")
+    assert float(lines[3].split()[-1][:-1]) > 0
+    harvest_rows = {line.rsplit(None, 4)[0]: line.split()[-4:] for line in lines[7:9]}
+    assert set(harvest_rows) == {"sampling only (baseline)", "harvest"}
+    assert float(harvest_rows["harvest"][2]) <= 1.0  # the bound on its own buffers stays within the cap
+    assert lines[-2].startswith("harvest: rise over the baseline")
+    assert lines[-1].startswith("harvest, twice the prompts: rise over the baseline")
