@@ -129,9 +129,9 @@ class ShardWriter:
         self.prompts.update(int(p) for p in torch.unique(tensors["prompt"]).tolist())
         self.shards.append({"file": name, "rows": n})
         self.filled = 0
-        self._write_index()
+        self._write_index(complete=False)
 
-    def _write_index(self) -> None:
+    def _write_index(self, complete: bool) -> None:
         _write_json(
             self.folder / INDEX_FILE,
             {
@@ -144,6 +144,7 @@ class ShardWriter:
                 "shards": self.shards,
                 "sigmas": sorted(self.sigmas, reverse=True),
                 "prompt_ids": sorted(self.prompts),
+                "complete": complete,  # False while harvesting, and for ever after an interrupted harvest
                 **self.metadata,
             },
         )
@@ -152,6 +153,7 @@ class ShardWriter:
         self.flush()
         if not self.shards:
             raise DiffractError(f"site {self.site} received no rows; nothing was harvested into {self.folder}")
+        self._write_index(complete=True)
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,11 @@ class ActivationShards:
             raise CorruptFileError(f"{index_path} is not valid JSON ({exc}); harvest again") from exc
         if self.index.get("format") != INDEX_FORMAT:
             raise CorruptFileError(f"{index_path} is not a {INDEX_FORMAT} index")
+        if not self.index.get("complete"):
+            raise DiffractError(
+                f"{self.folder} holds an unfinished harvest (it was interrupted or is still running); delete "
+                f"{self.folder.parent.parent} and harvest again"
+            )
         site = self.index["site"]
         self.site: SiteKey = (site["stream"], int(site["layer"]))
         self.d_model = int(self.index["d_model"])

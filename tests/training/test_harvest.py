@@ -110,3 +110,14 @@ def test_batches_are_seekable_and_cover_every_row_once_per_epoch(harvested: Path
     assert torch.equal(resumed.x, first_epoch[7].x) and torch.equal(resumed.sigma, first_epoch[7].sigma)
     other = next(shards.batches(batch, seed=6, mix_shards=2))
     assert not torch.equal(other.x, first_epoch[0].x)
+
+
+def test_an_interrupted_harvest_is_refused_for_training(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path / "train" / "img_0", ("img", 0), 8, 4, dtype=torch.float32)
+    writer.add(torch.randn(6, 8), torch.randn(6, 8), torch.ones(6), torch.zeros(6, dtype=torch.int32), 0)
+    with pytest.raises(DiffractError, match="unfinished harvest.*harvest again"):
+        ActivationShards(tmp_path / "train" / "img_0")
+    writer.close()
+    assert ActivationShards(tmp_path / "train" / "img_0").rows == 6
+    with pytest.raises(FileExistsError, match="empty folder"):
+        ShardWriter(tmp_path / "train" / "img_0", ("img", 0), 8, 4)
