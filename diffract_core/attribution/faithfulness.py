@@ -95,7 +95,7 @@ def _ablation(model: ReplacementModel, node: CircuitNode) -> MlpEdit:
     def ablate(_layer: int, at: tuple, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if at != site:
             return y
-        z = torch.relu(transcoder.feature_preactivation(x[0, positions].to(transcoder.dtype), model.sigma, node.feature))
+        z = transcoder.feature_activation(x[0, positions].to(transcoder.dtype), model.sigma, node.feature)
         y = y.clone()
         y[0, positions] -= z.to(y.dtype)[:, None] * decoder[None, :]
         return y

@@ -59,7 +59,7 @@ class CircuitSteering:
                 "steer a circuit at the resolution and prompt length it was traced at"
             )
         index = [ref.index for ref in refs]
-        z = torch.relu(transcoder.feature_preactivation(x, sigma, index))  # [batch, tokens, n]
+        z = transcoder.feature_activation(x, sigma, index)  # [batch, tokens, n]
         change = (z * self.strength if self.mode == "scale" else torch.zeros_like(z)) - z
         change = change * self._mask(site, refs, tokens).to(change.device, change.dtype)[None]
         return torch.matmul(change, transcoder.decoder_vectors(index))

@@ -92,7 +92,7 @@ class SteeringSpec:
         index = [ref.index for ref in self.features if ref.site == site]
         if not index or self.is_noop or not self.active_at(sigma):
             return None
-        z = torch.relu(transcoder.feature_preactivation(x, sigma, index))  # [batch, tokens, n]
+        z = transcoder.feature_activation(x, sigma, index)  # [batch, tokens, n]
         change = self.steered_codes(z) - z
         if self.mask is not None and site[0] == "img":
             weights = self.token_weights(grid, x.shape[-2])

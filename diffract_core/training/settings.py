@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from ..transcoders.config import KINDS, Kind, Stream
 
@@ -17,6 +17,8 @@ class TrainSettings:
     kind: Kind = "transcoder"  # "transcoder" learns x -> y (MLP input -> output); "sae" learns y -> y
     expansion_factor: int = 16  # d_features = expansion_factor * d_model (FLUX: 16 * 3072 = 49152)
     d_features: int | None = None  # set to override expansion_factor
+    activation: Literal["relu", "topk"] = "relu"  # "relu" (the paper's), or "topk": keep the `topk` largest codes per token
+    topk: int | None = None  # k of the TopK variant (the L1 penalty is then off: sparsity is fixed)
     steps: int = 62_500  # optimizer steps per site (the paper: 256 cycles x 244 steps)
     batch_size: int = 4096  # token rows per step and site (split across a site's ranks)
     lr: float = 2e-4  # AdamW learning rate (the paper's, both streams)
@@ -44,6 +46,10 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"train.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.activation not in ("relu", "topk"):
+            raise ValueError(f"train.activation must be 'relu' or 'topk', got {self.activation!r}")
+        if (self.activation == "topk") != (self.topk is not None) or (self.topk is not None and self.topk < 1):
+            raise ValueError("train.topk (a positive k) goes with activation = 'topk', and only with it")
         if self.init_decoder_bias not in ("mean", "zero"):
             raise ValueError(f"train.init_decoder_bias must be 'mean' or 'zero', got {self.init_decoder_bias!r}")
         for name in ("steps", "batch_size", "expansion_factor", "log_every", "checkpoint_every", "mix_shards"):
@@ -71,6 +77,8 @@ class TrainSettings:
         return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def l1_at(self, stream: Stream, step: int) -> float:
+        if self.activation == "topk":
+            return 0.0
         ramp = 1.0 if self.l1_warmup_steps == 0 else min(1.0, (step + 1) / self.l1_warmup_steps)
         return self.l1_for(stream) * ramp
 

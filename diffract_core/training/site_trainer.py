@@ -57,6 +57,8 @@ class SiteTrainer:
             site=SiteSpec(stream=site[0], layer=site[1], model_family=model_family),
             kind=settings.kind,
             time_embedding=TimeEmbeddingSpec(dim=settings.time_embed_dim, mlp_width=settings.time_mlp_width),
+            activation=settings.activation,
+            topk=settings.topk,
         )
         self.transcoder = Transcoder(config).reset_parameters(seeded_generator("init", settings.seed, *site))
         self.transcoder.to(self.device)

@@ -85,7 +85,8 @@ class TranscoderConfig:
     site: SiteSpec
     kind: Kind = "transcoder"
     time_embedding: TimeEmbeddingSpec = field(default_factory=TimeEmbeddingSpec)
-    activation: Literal["relu"] = "relu"
+    activation: Literal["relu", "topk"] = "relu"
+    topk: int | None = None  # activation "topk": only the k largest ReLU codes of a token are kept
     timestep_convention: Literal["sigma"] = "sigma"
     dtype: str = "float32"
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -96,10 +97,14 @@ class TranscoderConfig:
             raise CorruptFileError(f"config kind {self.kind!r} is not one of {KINDS}")
         if self.site.stream not in STREAMS:
             raise CorruptFileError(f"config stream {self.site.stream!r} is not one of {STREAMS}")
-        if self.activation != "relu":
+        if self.activation not in ("relu", "topk"):
             raise CorruptFileError(
-                f"config activation {self.activation!r} is not supported; this version reads 'relu' transcoders"
+                f"config activation {self.activation!r} is not supported; this version reads 'relu' and 'topk' transcoders"
             )
+        if self.activation == "topk" and not (isinstance(self.topk, int) and 0 < self.topk <= self.d_features):
+            raise CorruptFileError(f"config activation 'topk' needs topk in 1..d_features, got {self.topk!r}")
+        if self.activation == "relu" and self.topk is not None:
+            raise CorruptFileError(f"config topk = {self.topk!r} needs activation 'topk', not 'relu'")
         if self.timestep_convention != "sigma":
             raise CorruptFileError(
                 f"config timestep_convention {self.timestep_convention!r} is not supported; "
@@ -132,7 +137,8 @@ class TranscoderConfig:
         data["layout"] = {
             "W_enc": "[d_features, d_model], row i = encoder vector of feature i",
             "W_dec": "[d_features, d_model], row i = unit-norm decoder vector of feature i",
-            "formula": "z = relu(W_enc @ (x * (1 + scale(t)) + shift(t)) + b_enc); y = W_dec.T @ z + b_dec",
+            "formula": "z = relu(W_enc @ (x * (1 + scale(t)) + shift(t)) + b_enc); y = W_dec.T @ z + b_dec"
+            + ("; topk: only the topk largest entries of z per token are kept" if self.activation == "topk" else ""),
             "time_mlp": "time_mlp.0 -> SiLU -> time_mlp.2 -> SiLU -> mod_linear; scale = first d_model outputs",
         }
         return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **data}
@@ -158,6 +164,7 @@ class TranscoderConfig:
                 kind=data["kind"],
                 time_embedding=TimeEmbeddingSpec(**data["time_embedding"]),
                 activation=data["activation"],
+                topk=data.get("topk"),
                 timestep_convention=data["timestep_convention"],
                 dtype=data["dtype"],
                 provenance=dict(data.get("provenance") or {}),

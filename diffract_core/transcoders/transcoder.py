@@ -3,7 +3,7 @@
     e      = sinusoidal(t)                            t = sigma in [0, 1]
     f      = SiLU(time_mlp.2(SiLU(time_mlp.0(e))))
     scale, shift = split(mod_linear(f))               first d_model outputs are the scale
-    z      = ReLU(W_enc (x * (1 + scale) + shift) + b_enc)
+    z      = ReLU(W_enc (x * (1 + scale) + shift) + b_enc)   (TopK variant: only the k largest kept)
     y_hat  = W_dec^T z + b_dec
 
 Weights are stored one row per feature (`W_enc` and `W_dec` both [F, D]), so the decoder vectors of
@@ -182,9 +182,17 @@ class Transcoder(nn.Module):
         return F.linear(self.modulate(x, t), self._cast(self.W_enc), self._cast(self.b_enc))
 
     def encode(self, x: torch.Tensor, t: Timestep) -> tuple[torch.Tensor, torch.Tensor]:
-        """(codes z = ReLU(pre), pre-activations), both [..., d_features]."""
+        """(codes z, pre-activations), both [..., d_features]; z = ReLU(pre), of which a TopK
+        transcoder keeps the k largest per token."""
         pre = self.preactivations(x, t)
-        return F.relu(pre), pre
+        return self._activate(pre), pre
+
+    def _activate(self, pre: torch.Tensor) -> torch.Tensor:
+        z = F.relu(pre)
+        if self.config.topk is None:
+            return z
+        top = torch.topk(z, self.config.topk, dim=-1)
+        return torch.zeros_like(z).scatter(-1, top.indices, top.values)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """W_dec^T z + b_dec: [..., d_model]."""
@@ -225,6 +233,18 @@ class Transcoder(nn.Module):
         bias = self._cast(self.b_enc[index.reshape(-1)])
         pre = F.linear(self.modulate(x, t), encoder, bias)
         return pre.squeeze(-1) if index.dim() == 0 else pre
+
+    def feature_activation(
+        self, x: torch.Tensor, t: Timestep, features: int | Sequence[int] | torch.Tensor
+    ) -> torch.Tensor:
+        """The codes z of the chosen features (differentiable in x), shaped as
+        `feature_preactivation`. A ReLU transcoder needs only their encoder rows; whether a TopK
+        transcoder keeps a feature depends on every other feature, so it encodes the whole dictionary."""
+        if self.config.topk is None:
+            return F.relu(self.feature_preactivation(x, t, features))
+        index = self._feature_index(features)
+        z, _ = self.encode(x, t)
+        return z[..., index]
 
     def decoder_vectors(self, features: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Decoder rows (unit-norm directions in the MLP-output space) of the chosen features."""

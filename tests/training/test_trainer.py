@@ -125,3 +125,15 @@ def test_unknown_settings_are_named() -> None:
         TrainSettings.from_dict({"l1": 1.0})
     with pytest.raises(ValueError, match="train.kind"):
         TrainSettings(kind="clt")
+
+
+def test_the_topk_variant_trains_at_fixed_sparsity(synthetic_data: Path, tmp_path: Path) -> None:
+    settings = quick_settings(activation="topk", topk=8, d_features=256, steps=800, batch_size=512, lr=4e-3,
+                              log_every=100, checkpoint_every=800, dead_after_steps=100, resample_every=100,
+                              resample_until=0.7)
+    assert settings.l1_at("img", 100) == 0.0
+    train(synthetic_data, tmp_path / "run", settings, sites=[SITE])
+    transcoder = TranscoderSet.open(tmp_path / "run/transcoders")[SITE]
+    assert transcoder.config.activation == "topk" and transcoder.config.topk == 8
+    validation = transcoder.config.training["validation"]
+    assert validation["l0"] <= 8 and validation["fvu"] < 0.2

@@ -125,3 +125,41 @@ def test_sae_config_reads_the_mlp_output() -> None:
     config = TranscoderConfig(d_model=8, d_features=16, site=SiteSpec("txt", 6), kind="sae")
     assert config.input_point == "mlp_out" and config.site.hook_point == "double_blocks.6.txt_mlp"
     assert Transcoder(config).reset_parameters().config.kind == "sae"
+
+
+def _topk_copy(transcoder: Transcoder, k: int) -> Transcoder:
+    from dataclasses import replace
+
+    topk = Transcoder(replace(transcoder.config, activation="topk", topk=k))
+    topk.load_state_dict(transcoder.state_dict())
+    return topk
+
+
+def test_topk_keeps_the_k_largest_relu_codes_and_feature_activation_agrees() -> None:
+    relu = random_transcoder("img", 0, d_model=16, d_features=64, time_dim=16, seed=4)
+    topk = _topk_copy(relu, 5)
+    x = torch.randn(3, 7, 16)
+    z_relu, pre = relu.encode(x, 0.5)
+    z_topk, pre_topk = topk.encode(x, 0.5)
+    assert torch.equal(pre, pre_topk)
+    assert int((z_topk > 0).sum(-1).max()) <= 5
+    kept = z_topk > 0
+    assert torch.equal(z_topk[kept], z_relu[kept])
+    assert bool((z_relu.masked_fill(kept, float("inf")).amin(-1) >= 0).all())
+    fifth = torch.topk(z_relu, 5, dim=-1).values[..., -1:]
+    assert bool(((z_relu * ~kept) <= fifth).all())  # nothing dropped beats a kept code
+    for transcoder, z in ((relu, z_relu), (topk, z_topk)):
+        torch.testing.assert_close(transcoder.feature_activation(x, 0.5, [3, 9, 40]), z[..., [3, 9, 40]])
+        torch.testing.assert_close(transcoder.feature_activation(x, 0.5, 9), z[..., 9])
+    assert "topk" in topk.config.to_dict()["layout"]["formula"]
+    assert TranscoderConfig.from_json(topk.config.to_json()) == topk.config
+
+
+def test_topk_config_is_checked() -> None:
+    from diffract_core.errors import CorruptFileError
+
+    site = SiteSpec(stream="img", layer=0)
+    with pytest.raises(CorruptFileError, match="topk in 1..d_features"):
+        TranscoderConfig(d_model=4, d_features=8, site=site, activation="topk", topk=9)
+    with pytest.raises(CorruptFileError, match="needs activation 'topk'"):
+        TranscoderConfig(d_model=4, d_features=8, site=site, topk=2)
