@@ -25,7 +25,7 @@ __all__ = [
     "capture_mlp_io",
     "harvest",
     "site_metrics",
-    "split_prompts",
     "spliced_fidelity",
+    "split_prompts",
     "train",
 ]

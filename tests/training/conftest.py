@@ -29,6 +29,6 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory, ground_truth: Spars
 
 def quick_settings(**overrides: object) -> TrainSettings:
     """A few dozen steps: enough to exercise every mechanism, not to converge."""
-    base = dict(d_features=128, steps=40, batch_size=256, lr=3e-3, log_every=10, checkpoint_every=20,
-                dead_after_steps=10, resample_every=10, resample_until=1.0)
+    base = {"d_features": 128, "steps": 40, "batch_size": 256, "lr": 3e-3, "log_every": 10, "checkpoint_every": 20,
+            "dead_after_steps": 10, "resample_every": 10, "resample_until": 1.0}
     return TrainSettings(**{**base, **overrides})

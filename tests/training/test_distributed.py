@@ -18,7 +18,8 @@ from diffract_core.training.trainer import train
 
 from .conftest import quick_settings
 
-SETTINGS = dict(steps=30, batch_size=256, checkpoint_every=15, log_every=10, dead_after_steps=5, resample_every=10)
+SETTINGS = {"steps": 30, "batch_size": 256, "checkpoint_every": 15, "log_every": 10, "dead_after_steps": 5,
+            "resample_every": 10}
 
 
 def write_config(folder: Path, data: Path, sites: str) -> Path:
@@ -33,7 +34,7 @@ def torchrun(config: Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "diffract_core", "train", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=config.parent, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=config.parent, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def final_weights(run: Path, site: str) -> dict[str, torch.Tensor]:
