@@ -128,7 +128,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     config = _load_config(args)
     bar = _Bar("train")
-    result = run_train(config, resume=not args.no_resume, until_step=args.until_step, progress=bar.steps)
+    result = run_train(config, resume=not args.no_resume, until_step=args.until_step, progress=bar.steps,
+                       harvest_progress=bar.prompts)
     bar.close()
     state = "finished" if result.finished else f"stopped at step {result.step} (resume with the same command)"
     print(f"{state}: {result.out}; {result.rows_per_second:,.0f} token rows/s per site")

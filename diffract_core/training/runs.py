@@ -37,14 +37,15 @@ def run_harvest(config: RunConfig, progress: Callable[[int, int], None] | None =
 
 
 def run_train(config: RunConfig, *, out: Path | None = None, resume: bool = True, until_step: int | None = None,
-              progress: Progress | None = None, settings_override: dict[str, Any] | None = None) -> TrainResult:
+              progress: Progress | None = None, harvest_progress: Callable[[int, int], None] | None = None,
+              settings_override: dict[str, Any] | None = None) -> TrainResult:
     if not is_harvested(config):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise DiffractError(
                 f"{config.data} holds no activations; harvest once before a multi-process run: "
                 "`python -m diffract_core harvest --config FILE`"
             )
-        run_harvest(config)
+        run_harvest(config, progress=harvest_progress)
     settings = replace(config.train, **(settings_override or {}))
     return train(config.data, out or config.out, settings, sites=config.harvest.sites, resume=resume,
                  until_step=until_step, progress=progress)

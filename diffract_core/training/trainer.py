@@ -102,6 +102,7 @@ def _train(
     start = _resume(out, settings, trainers) if resume else 0
     if plan.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        _trim_log(out, start)
     plan.barrier()
     batches = {
         site: shards[site].batches(settings.batch_size, seed=_data_seed(settings, site), start_step=start,
@@ -114,7 +115,7 @@ def _train(
         for site, trainer in trainers.items():
             trainer.train_step(next(batches[site]))
         done = step + 1
-        if done % settings.log_every == 0 or done == target:
+        if done % settings.log_every == 0 or done == settings.steps:  # an early stop keeps its window open
             for site, trainer in trainers.items():
                 metrics = trainer.take_window()
                 result.metrics[site_dir_name(site)] = metrics
@@ -144,6 +145,18 @@ def _log(out: Path, record: dict[str, Any]) -> None:
         os.write(descriptor, line)  # one append: lines from several ranks never interleave
     finally:
         os.close(descriptor)
+
+
+def _trim_log(out: Path, step: int) -> None:
+    """Keep the log lines up to the step the run starts from: a fresh start empties the log, and a
+    resumed run drops lines logged after its checkpoint (they are logged again)."""
+    path = out / METRICS_FILE
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= step]
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(kept))
+    os.replace(temporary, path)
 
 
 def _checkpoint(out: Path, settings: TrainSettings, plan: DistributedPlan, trainers: dict[SiteKey, SiteTrainer],

@@ -83,6 +83,7 @@ def test_a_resumed_run_is_bit_identical(synthetic_data: Path, tmp_path: Path) ->
         a, b = weights(tmp_path / "straight", site), weights(tmp_path / "resumed", site)
         assert all(torch.equal(a[key], b[key]) for key in a)
     assert straight.metrics == second.metrics  # the log windows straddling the stop agree too
+    assert (tmp_path / "straight/metrics.jsonl").read_text() == (tmp_path / "resumed/metrics.jsonl").read_text()
 
 
 def test_resuming_with_other_settings_is_refused(synthetic_data: Path, tmp_path: Path) -> None:
@@ -91,6 +92,8 @@ def test_resuming_with_other_settings_is_refused(synthetic_data: Path, tmp_path:
         train(synthetic_data, tmp_path / "run", quick_settings(lr=1e-3), sites=[SITE])
     restarted = train(synthetic_data, tmp_path / "run", quick_settings(lr=1e-3), sites=[SITE], resume=False)
     assert restarted.finished
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40]  # the abandoned run's lines are gone
 
 
 def test_the_sae_learns_y_from_y(synthetic_data: Path, tmp_path: Path) -> None:
