@@ -143,6 +143,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(format_evaluation(run_evaluate(_load_config(args), args.transcoders)))
 
 
+def cmd_config(_args: argparse.Namespace) -> None:
+    from .training.config_file import default_config_text
+
+    print(default_config_text(), end="")
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
     from .training.runs import run_sweep
 
@@ -189,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument("--seed", type=int, default=0)
     quickstart.set_defaults(run=cmd_quickstart)
 
-    config_help = "a TOML (or .yaml) run config; every key is documented in diffract_core/training/config_file.py"
+    config_help = "a TOML (or .yaml) run config; `python -m diffract_core config` prints every key with its default"
+    config = commands.add_parser("config", help="print every training config key with its default and meaning")
+    config.set_defaults(run=cmd_config)
+
     harvest = commands.add_parser("harvest", help="sample prompts and store MLP activations for training")
     harvest.add_argument("--config", type=Path, required=True, help=config_help)
     harvest.set_defaults(run=cmd_harvest)

@@ -1,40 +1,17 @@
-"""The config file of `train`, `harvest`, `evaluate` and `sweep` (TOML, or YAML when the file ends
-in .yaml / .yml). Relative paths are relative to the config file. Every table and key:
-
-    out = "run"                      # the run folder (activations/, checkpoint/, transcoders/, ...)
-    data = "run/activations"         # optional: where activations are harvested (default out/activations)
-
-    [model]                          # the model the activations come from
-    kind = "random"                  # "random": seeded random weights; "reference": a safetensors file
-    weights = "flux.safetensors"     # reference: BFL / ComfyUI parameter names (diffusion model only)
-    flux = "tiny"                    # "schnell", "dev", "tiny", or a table of FluxConfig fields
-    seed = 0                         # random: the weights' seed
-    dtype = "float32"                # the model's dtype while harvesting
-    device = "cpu"                   # where the model runs ("cuda" on a GPU)
-
-    [encoder]                        # prompts -> conditioning; "hashing": a fixed random vector per word
-    kind = "hashing"
-    tokens = 32                      # text tokens per prompt
-    seed = 0
-
-    [prompts]
-    file = "prompts.txt"             # one prompt per line ('#' comments); and/or:
-    list = ["a red circle", ...]
-    validation_fraction = 0.05       # by a hash of the prompt text: the splits never share a prompt
-
-    [harvest]                        # HarvestSettings (diffract_core.training.harvest)
-    [train]                          # TrainSettings (diffract_core.training.settings)
-    [evaluate]
-    sigma_buckets = 4                # FVU per sigma bucket: (0.75, 1], (0.5, 0.75], ...
-    spliced_prompts = 16             # validation prompts generated for the spliced-in test (0: skip)
-    [sweep]
-    l1_scales = [0.25, 0.5, 1, 2, 4] # multiples of train.l1_img / l1_txt
-    kinds = ["transcoder", "sae"]
+"""The config file of `harvest`, `train`, `evaluate` and `sweep`: TOML, or YAML when the file ends
+in .yaml / .yml. Top-level keys `out` (the run folder, default "run") and `data` (where activations
+are harvested, default out/activations); tables [model], [encoder], [prompts], [harvest], [train],
+[evaluate] and [sweep]. Relative paths are relative to the config file; unknown keys are refused by
+name. `python -m diffract_core config` prints every key with its default and meaning, generated
+from the classes below so it cannot drift from them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+import inspect
+import json
+import re
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +32,12 @@ TOP_LEVEL = {"out", "data", "model", "encoder", "prompts", "harvest", "train", "
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str = "random"
-    weights: str | None = None
-    flux: str | dict[str, Any] = "tiny"
-    seed: int = 0
-    dtype: str = "float32"
-    device: str = "cpu"
+    kind: str = "random"  # "random": seeded random weights; "reference": weights from a safetensors file
+    weights: str | None = None  # reference: a FLUX diffusion model's safetensors (BFL / ComfyUI names)
+    flux: str | dict[str, Any] = "tiny"  # "schnell", "dev", "tiny", or a table of FluxConfig fields
+    seed: int = 0  # random: the weights' seed
+    dtype: str = "float32"  # the model's dtype while harvesting and in the spliced-in test
+    device: str = "cpu"  # where the model runs ("cuda" on a GPU)
 
     def flux_config(self) -> FluxConfig:
         presets = {"schnell": FluxConfig.flux1_schnell, "dev": FluxConfig.flux1_dev, "tiny": FluxConfig.tiny}
@@ -96,9 +73,9 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    kind: str = "hashing"
-    tokens: int = 32
-    seed: int = 0
+    kind: str = "hashing"  # prompts -> conditioning; "hashing": a fixed random vector per word
+    tokens: int = 32  # text tokens per prompt
+    seed: int = 0  # the word vectors' seed
 
     def build(self, config: FluxConfig) -> PromptEncoder:
         if self.kind != "hashing":
@@ -108,9 +85,9 @@ class EncoderSpec:
 
 @dataclass(frozen=True)
 class PromptSpec:
-    file: str | None = None
-    list: tuple[str, ...] = ()
-    validation_fraction: float = 0.05
+    file: str | None = None  # one prompt per line ('#' starts a comment line); adds to `list`
+    list: tuple[str, ...] = ()  # prompts written in the config
+    validation_fraction: float = 0.05  # chosen by a hash of each prompt's text: the splits never share a prompt
 
     def split(self) -> PromptSplit:
         prompts = list(self.list) + (read_prompt_file(self.file) if self.file else [])
@@ -121,14 +98,14 @@ class PromptSpec:
 
 @dataclass(frozen=True)
 class EvaluateSpec:
-    sigma_buckets: int = 4
-    spliced_prompts: int = 16
+    sigma_buckets: int = 4  # FVU per sigma bucket: [0, 0.25], (0.25, 0.5], ... for 4
+    spliced_prompts: int = 16  # validation prompts generated for the spliced-in test (0: skip it)
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    l1_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
-    kinds: tuple[str, ...] = KINDS
+    l1_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of train.l1_img and l1_txt
+    kinds: tuple[str, ...] = KINDS  # what the sweep trains at each scale
 
 
 @dataclass(frozen=True)
@@ -227,3 +204,38 @@ def _parse(path: Path, text: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DiffractError(f"{path} must hold a table of settings at the top level")
     return data
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """`name: type = default  # comment` lines of a dataclass's source: the comment per field."""
+    pattern = re.compile(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$")
+    return {m[1]: m[2] for line in inspect.getsource(cls).splitlines() if (m := pattern.match(line))}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+TABLES: tuple[tuple[str, type], ...] = (
+    ("model", ModelSpec), ("encoder", EncoderSpec), ("prompts", PromptSpec), ("harvest", HarvestSettings),
+    ("train", TrainSettings), ("evaluate", EvaluateSpec), ("sweep", SweepSpec),
+)
+
+
+def default_config_text() -> str:
+    """Every key of every table with its default and meaning, as TOML (unset keys commented out)."""
+    parts = ['out = "run"  # the run folder: activations/, checkpoint/, metrics.jsonl, transcoders/, ...',
+             '# data =  # where activations are harvested (default: out/activations)']
+    for table, cls in TABLES:
+        comments = _field_comments(cls)
+        parts.append(f"\n[{table}]")
+        for item in fields(cls):
+            default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc]
+            comment = f"  # {comments[item.name]}" if item.name in comments else ""
+            if default is None:
+                parts.append(f"# {item.name} ={comment} (default: unset)")
+            else:
+                parts.append(f"{item.name} = {_toml_value(default)}{comment}")
+    return "\n".join(parts) + "\n"

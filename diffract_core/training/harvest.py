@@ -79,7 +79,7 @@ def capture_mlp_io(model: nn.Module, sites: Iterable[SiteKey], on_rows: RowsCall
 class HarvestSettings:
     """How activations are collected (every field is a key of the config file's `[harvest]`)."""
 
-    sites: tuple[SiteKey, ...] | None = None  # None: both streams of every double block
+    sites: tuple[SiteKey, ...] | None = None  # e.g. "img:0-3, txt:0"; unset or "all": every double-block MLP
     steps: int = 4  # sampling steps per prompt (schnell: 4)
     shift: float = 1.0  # sigma-schedule shift (1: schnell's linear schedule; dev uses > 1)
     keep_steps: tuple[int, ...] | None = None  # which steps' calls are kept (None: all)

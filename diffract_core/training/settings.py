@@ -24,9 +24,9 @@ class TrainSettings:
     lr: float = 2e-4  # AdamW learning rate (the paper's, both streams)
     lr_warmup_steps: int = 0  # linear warm-up of the learning rate from 0
     lr_final_fraction: float = 0.0  # the cosine schedule ends at lr * this
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    weight_decay: float = 0.0
+    adam_beta1: float = 0.9  # AdamW betas (PyTorch's defaults, as the paper)
+    adam_beta2: float = 0.999  # (second moment)
+    weight_decay: float = 0.0  # AdamW weight decay (the paper: 0)
     l1_img: float = 3e-4  # L1 coefficient for image-stream sites (the paper's)
     l1_txt: float = 5e-5  # L1 coefficient for text-stream sites (the paper's)
     l1_warmup_steps: int = 0  # the L1 coefficient ramps linearly from 0 over these steps (0: off)
@@ -37,7 +37,7 @@ class TrainSettings:
     resample_until: float = 0.7  # no resampling after this fraction of the steps
     resample_encoder_scale: float = 0.2  # a resampled encoder row's norm, relative to the mean alive one
     time_embed_dim: int = 256  # sinusoidal embedding of sigma (the released transcoders: 256)
-    time_mlp_width: int = 256
+    time_mlp_width: int = 256  # width of the time MLP between the embedding and the FiLM head
     mix_shards: int = 4  # shards whose rows are shuffled together when reading
     log_every: int = 50  # steps between lines of metrics.jsonl
     checkpoint_every: int = 1000  # steps between resumable checkpoints (the last step always saves)

@@ -125,6 +125,24 @@ def test_training_without_prompts_says_what_to_add(tmp_path: Path) -> None:
     assert done.returncode == 2 and "[prompts] is empty" in done.stderr
 
 
+def test_the_printed_defaults_are_a_complete_valid_config(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from diffract_core.training.config_file import TABLES, RunConfig
+
+    text = run_cli("config", cwd=tmp_path).stdout
+    (tmp_path / "defaults.toml").write_text(text)
+    loaded = load_run_config(tmp_path / "defaults.toml")
+    defaults = {name: cls() for name, cls in TABLES}
+    assert all(getattr(loaded, name) == value for name, value in defaults.items())
+    assert isinstance(loaded, RunConfig) and loaded.out == tmp_path / "run"
+    for name, cls in TABLES:
+        table = text.split(f"[{name}]\n", 1)[1].split("\n\n", 1)[0]
+        for item in fields(cls):
+            line = next(line for line in table.splitlines() if line.lstrip("# ").startswith(f"{item.name} ="))
+            assert "  # " in line, f"[{name}] {item.name} has no explanation"
+
+
 def test_the_readme_config_is_valid(tmp_path: Path) -> None:
     block = re.search(r"```toml\n(.*?)```", README.read_text(), re.DOTALL)
     assert block is not None, "README.md shows a training config in a ```toml block"
