@@ -105,7 +105,11 @@ class EvaluateSpec:
 @dataclass(frozen=True)
 class SweepSpec:
     l1_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of train.l1_img and l1_txt
+    sae_l1_scales: tuple[float, ...] | None = None  # the SAEs' own (unset: l1_scales); an SAE needs a stronger L1 for the same L0
     kinds: tuple[str, ...] = KINDS  # what the sweep trains at each scale
+
+    def scales(self, kind: str) -> tuple[float, ...]:
+        return self.sae_l1_scales if kind == "sae" and self.sae_l1_scales is not None else self.l1_scales
 
 
 @dataclass(frozen=True)

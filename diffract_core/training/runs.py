@@ -119,7 +119,7 @@ def run_sweep(config: RunConfig, progress: Progress | None = None) -> list[Sweep
     folder = config.out / "sweep"
     points = []
     for kind in config.sweep.kinds:
-        for scale in config.sweep.l1_scales:
+        for scale in config.sweep.scales(kind):
             run = folder / f"{kind}_l1x{scale:g}"
             override = {"kind": kind, "l1_img": config.train.l1_img * scale, "l1_txt": config.train.l1_txt * scale}
             run_train(config, out=run, progress=progress, settings_override=override)

@@ -45,6 +45,7 @@ checkpoint_every = 10
 spliced_prompts = 3
 [sweep]
 l1_scales = [1, 30]
+sae_l1_scales = [30, 1000]
 """
 PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green", "pink") for s in ("circle", "square", "star")]
 
@@ -84,10 +85,10 @@ def test_harvest_train_evaluate_sweep(config: Path) -> None:
     swept = run_cli("sweep", "--config", str(config), cwd=folder)
     assert swept.returncode == 0, swept.stderr
     table = (folder / "run/sweep/sweep.md").read_text().splitlines()
-    assert len(table) == 2 + 4 and table[2].startswith("| transcoder | 1 |") and table[-1].startswith("| sae | 30 |")
+    assert len(table) == 2 + 4 and table[2].startswith("| transcoder | 1 |") and table[-1].startswith("| sae | 1000 |")
     points = json.loads((folder / "run/sweep/sweep.json").read_text())
     l0 = {(p["kind"], p["l1_scale"]): p["l0"] for p in points}
-    assert l0["transcoder", 30] < l0["transcoder", 1] and l0["sae", 30] < l0["sae", 1]  # stronger L1, sparser
+    assert l0["transcoder", 30] < l0["transcoder", 1] and l0["sae", 1000] < l0["sae", 30]  # stronger L1, sparser
     with Image.open(folder / "run/sweep/sweep.png") as plot:
         assert plot.width > plot.height > 300  # two panels: FVU and spliced-in cosine against L0
 
