@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -102,6 +103,8 @@ def _train(
     start = _resume(out, settings, trainers) if resume else 0
     if plan.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if not resume:  # starting over: a crash before the first checkpoint must not resume the old run
+            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
         _trim_log(out, start)
     plan.barrier()
     batches = {

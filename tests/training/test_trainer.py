@@ -90,7 +90,15 @@ def test_resuming_with_other_settings_is_refused(synthetic_data: Path, tmp_path:
     train(synthetic_data, tmp_path / "run", quick_settings(), sites=[SITE], until_step=20)
     with pytest.raises(DiffractError, match=r"lr: 0.003 -> 0.001.*new folder"):
         train(synthetic_data, tmp_path / "run", quick_settings(lr=1e-3), sites=[SITE])
-    restarted = train(synthetic_data, tmp_path / "run", quick_settings(lr=1e-3), sites=[SITE], resume=False)
+
+    def crash(step: int, _total: int, _metrics: dict[str, float]) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # starting over, then stopped before the first checkpoint
+        train(synthetic_data, tmp_path / "run", quick_settings(lr=1e-3), sites=[SITE], resume=False, progress=crash)
+    assert not (tmp_path / "run/checkpoint").exists()
+    restarted = train(synthetic_data, tmp_path / "run", quick_settings(lr=1e-3), sites=[SITE])
     assert restarted.finished
     steps = [json.loads(line)["step"] for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert steps == [10, 20, 30, 40]  # the abandoned run's lines are gone
