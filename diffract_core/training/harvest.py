@@ -178,6 +178,7 @@ def harvest(
         for writer in writers.values():
             writer.close()
         report.rows[split] = {f"{s}_{l}": sum(sh["rows"] for sh in w.shards) for (s, l), w in writers.items()}
+        writers.clear()  # free this split's buffers before the next split allocates its own
     report.seconds = time.perf_counter() - started
     return report
 
