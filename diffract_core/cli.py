@@ -4,6 +4,7 @@ evaluate, sweep (transcoder training, each from a config file)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,10 +93,13 @@ class _Bar:
     def __init__(self, description: str) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(desc=description, unit="step", file=sys.stderr, dynamic_ncols=True)
+        self.description = description
+        rank = int(os.environ.get("RANK", "0"))  # under torchrun, one bar (rank 0's)
+        self.bar = tqdm(desc=description, unit="step", file=sys.stderr, dynamic_ncols=True, disable=rank != 0)
 
-    def steps(self, done: int, total: int, metrics: dict[str, float]) -> None:
-        if done < self.bar.n or self.bar.total != total:  # a new run (sweep) or the first call
+    def steps(self, done: int, total: int, metrics: dict[str, float], description: str | None = None) -> None:
+        if done < self.bar.n or self.bar.total != total:  # a new run (sweep), a new phase or the first call
+            self.bar.set_description(description or self.description, refresh=False)
             self.bar.reset(total=total)
             self.bar.update(done - 1)
         if metrics:
@@ -104,7 +108,7 @@ class _Bar:
         self.bar.update(done - self.bar.n)
 
     def prompts(self, done: int, total: int) -> None:
-        self.steps(done, total, {})
+        self.steps(done, total, {}, description="harvest (prompts)")
 
     def close(self) -> None:
         self.bar.close()
@@ -114,7 +118,7 @@ def cmd_harvest(args: argparse.Namespace) -> None:
     from .training.runs import run_harvest
 
     config = _load_config(args)
-    bar = _Bar("harvest (prompts)")
+    bar = _Bar("harvest")
     report = run_harvest(config, progress=bar.prompts)
     bar.close()
     print(f"harvested into {config.data} in {report.seconds:.1f} s; buffers {report.reserved_bytes / 2**20:.1f} MiB "
