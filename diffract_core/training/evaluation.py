@@ -118,7 +118,7 @@ class SplicedFidelity:
     prompts: int
     latent_mse: float  # mean over images of the mean squared difference of final latents
     latent_cosine: float  # mean over images of the cosine between flattened final latents
-    per_prompt: list[dict[str, float]] = field(default_factory=list)
+    per_prompt: list[dict[str, Any]] = field(default_factory=list)  # prompt, latent_mse, latent_cosine
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
