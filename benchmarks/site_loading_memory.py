@@ -23,30 +23,25 @@ from diffract_core.quickstart import random_transcoder
 from diffract_core.transcoders import Transcoder, TranscoderSet, convert_file, release_state_dict
 from diffract_core.transcoders.native import WEIGHTS_FILE, read_site_config
 
+from process_status import status_kib
+
 NATIVE = "native (mmap)"
 IN_RAM = "read into RAM"
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _measure(loader: str, folder: str, tokens: int, queue: multiprocessing.Queue) -> None:
     torch.set_num_threads(2)
-    before = _status_kib("RssAnon")
+    before = status_kib("RssAnon")
     if loader == NATIVE:
         transcoder = TranscoderSet.open(folder)[("img", 0)]
     else:
         site = Path(folder) / "transcoder_img_0"
         transcoder = Transcoder(read_site_config(site), device="meta")
         transcoder.load_state_dict(deserialize_safetensors((site / WEIGHTS_FILE).read_bytes()), assign=True)
-    loaded = _status_kib("RssAnon")
+    loaded = status_kib("RssAnon")
     with torch.inference_mode():
         transcoder.encode_topk(torch.randn(tokens, transcoder.d_model), 0.5, k=64)
-    queue.put((loaded - before, _status_kib("RssAnon") - before))
+    queue.put((loaded - before, status_kib("RssAnon") - before))
 
 
 def main() -> None:

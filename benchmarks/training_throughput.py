@@ -32,6 +32,7 @@ from diffract_core.training.shards import Batch
 from diffract_core.training.site_trainer import SiteTrainer
 
 from flux_sizes import FLUX1, flux_config
+from process_status import status_kib
 from timing import timed
 
 
@@ -57,13 +58,6 @@ def training(args: argparse.Namespace) -> None:
     print(f"{'transcoder training step':<44}{rows / step:>12,.0f}{step / baseline:>13.2f}x")
 
 
-def _vm(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _phase(args: argparse.Namespace, with_harvest: bool, prompt_count: int, queue: multiprocessing.Queue) -> None:
     torch.set_num_threads(args.threads)
     config = flux_config(args.hidden, args.heads, args.depth, 1)
@@ -72,7 +66,7 @@ def _phase(args: argparse.Namespace, with_harvest: bool, prompt_count: int, queu
     prompts = tuple(f"prompt number {i}" for i in range(prompt_count))
     size = args.pixels // 8
     settings = HarvestSettings(latent_size=(size, size), prompts_per_call=args.per_call, ram_cap_mb=args.cap_mb, steps=4)
-    start = _vm("VmRSS")  # the model is built; nothing has run yet
+    start = status_kib("VmRSS") * 1024  # the model is built; nothing has run yet
     report = None
     if with_harvest:
         with tempfile.TemporaryDirectory() as folder:
@@ -82,7 +76,7 @@ def _phase(args: argparse.Namespace, with_harvest: bool, prompt_count: int, queu
             chunk = prompts[first : first + args.per_call]
             context, pooled = encoder(chunk)
             euler_sample(model, torch.randn(len(chunk), config.latent_channels, size, size), context, pooled, flux_sigmas(4))
-    queue.put((_vm("VmHWM") - start, report.reserved_bytes if report else 0, report.bound_bytes if report else 0,
+    queue.put((status_kib("VmHWM") * 1024 - start, report.reserved_bytes if report else 0, report.bound_bytes if report else 0,
                sum(report.rows["train"].values()) if report else 0))
 
 
