@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DiffractError
+from ..flux.model import Flux
 from ..render.plot import line_chart, side_by_side
 from ..transcoders.transcoder_set import TranscoderSet
 from .config_file import RunConfig
 from .evaluation import SiteMetrics, site_metrics, spliced_fidelity
 from .harvest import HarvestReport, harvest
+from .prompts import PromptEncoder
 from .shards import INDEX_FILE, ActivationShards, site_folder
 from .trainer import RELEASE_DIR, Progress, TrainResult, train
 
@@ -60,9 +62,11 @@ class EvaluationReport:
         return {"sites": [s.to_dict() for s in self.sites], "spliced": self.spliced}
 
 
-def run_evaluate(config: RunConfig, transcoders: Path | None = None) -> EvaluationReport:
+def run_evaluate(config: RunConfig, transcoders: Path | None = None, *,
+                 generator: tuple[Flux, PromptEncoder] | None = None) -> EvaluationReport:
     """Per-site metrics on the validation activations, and the spliced-in generation test on the
-    validation prompts; written to `<transcoders>/../evaluation.json`."""
+    validation prompts; written to `<transcoders>/../evaluation.json`. `generator`: the config's
+    model and encoder, already built (a sweep builds them once)."""
     folder = Path(transcoders or config.out / RELEASE_DIR)
     kind = config.train.kind
     sets = TranscoderSet.open(folder, kind=kind)
@@ -81,13 +85,17 @@ def run_evaluate(config: RunConfig, transcoders: Path | None = None) -> Evaluati
         prompts = config.prompts.split().validation[:count]
         if not prompts:
             raise DiffractError("no validation prompts for the spliced-in test: raise [prompts] validation_fraction")
-        model = config.model.build()
-        encoder = config.encoder.build(model.config)
+        model, encoder = generator or build_generator(config)
         sets = sets.to(device=next(model.parameters()).device)
         spliced = spliced_fidelity(model, encoder, sets, prompts, config.harvest).to_dict()
     report = EvaluationReport(sites, spliced)
     (folder.parent / EVALUATION_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
     return report
+
+
+def build_generator(config: RunConfig) -> tuple[Flux, PromptEncoder]:
+    model = config.model.build()
+    return model, config.encoder.build(model.config)
 
 
 def format_evaluation(report: EvaluationReport) -> str:
@@ -117,6 +125,7 @@ def run_sweep(config: RunConfig, progress: Progress | None = None) -> list[Sweep
     """Train each kind at each L1 scale on the same activations, evaluate, and write
     `out/sweep/sweep.{md,json,png}`."""
     folder = config.out / "sweep"
+    generator = build_generator(config) if config.evaluate.spliced_prompts else None
     points = []
     for kind in config.sweep.kinds:
         for scale in config.sweep.scales(kind):
@@ -124,7 +133,7 @@ def run_sweep(config: RunConfig, progress: Progress | None = None) -> list[Sweep
             override = {"kind": kind, "l1_img": config.train.l1_img * scale, "l1_txt": config.train.l1_txt * scale}
             run_train(config, out=run, progress=progress, settings_override=override)
             kind_config = replace(config, train=replace(config.train, **override))
-            report = run_evaluate(kind_config, run / RELEASE_DIR)
+            report = run_evaluate(kind_config, run / RELEASE_DIR, generator=generator)
             spliced = report.spliced or {}
             points.append(SweepPoint(
                 kind=kind, l1_scale=scale,

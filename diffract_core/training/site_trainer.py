@@ -73,10 +73,6 @@ class SiteTrainer:
         self.resampled = 0
         self.window = WindowStats()
 
-    @property
-    def d_features(self) -> int:
-        return self.transcoder.d_features
-
     def _inputs(self, batch: Batch) -> torch.Tensor:
         return batch.y if self.settings.kind == "sae" else batch.x
 
