@@ -8,6 +8,7 @@ and n, so the same seed gives the same losses on the same machine.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ class ToyTrainSettings:
     size: int = 32  # image pixels
     two_objects: float = 0.6  # share of scenes with two objects
     grad_clip: float = 1.0
+    ema: float = 0.999  # the saved weights are this exponential moving average of the trained ones
     seed: int = 0
 
 
@@ -100,15 +102,20 @@ def flow_loss(model: ToyModel, prompts: list[str], images: torch.Tensor, generat
 
 
 def train_toy(settings: ToyTrainSettings, *, model: ToyModel | None = None,
-              progress: Callable[[int, int, float], None] | None = None) -> tuple[ToyModel, list[float]]:
-    """Train from `ToyModel.create(seed)` (or `model`); returns the model and the loss of every step."""
+              progress: Callable[[int, int, float], None] | None = None,
+              snapshot: Callable[[ToyModel], None] | None = None, snapshot_every: int = 0,
+              stop_after: int | None = None) -> tuple[ToyModel, list[float]]:
+    """Train from `ToyModel.create(seed)` (or `model`); returns the weights' moving average and the loss
+    of every step. `snapshot` receives that average every `snapshot_every` steps, to save it;
+    `stop_after` ends the run early on the full run's schedule (to check its first steps)."""
     model = model or ToyModel.create(settings.seed)
+    average = copy.deepcopy(model)
     model.flux.train()
     model.text_encoder.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps, eta_min=settings.lr / 10)
-    losses = []
-    for step in range(settings.steps):
+    losses: list[float] = []
+    for step in range(settings.steps if stop_after is None else min(stop_after, settings.steps)):
         prompts, images = training_batch(settings, step)
         loss = flow_loss(model, prompts, images, seeded_generator("toy-noise", settings.seed, step))
         optimizer.zero_grad(set_to_none=True)
@@ -116,10 +123,22 @@ def train_toy(settings: ToyTrainSettings, *, model: ToyModel | None = None,
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         schedule.step()
+        with torch.no_grad():
+            decay = min(settings.ema, (1 + step) / (10 + step))  # short memory early, as the weights move fast
+            for kept, current in zip(average.parameters(), model.parameters()):
+                kept.lerp_(current, 1 - decay)
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(step + 1, settings.steps, losses[-1])
+        if snapshot is not None and snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < settings.steps:
+            snapshot(_finished(average, settings, losses))
+    return _finished(average, settings, losses), losses
+
+
+def _finished(model: ToyModel, settings: ToyTrainSettings, losses: list[float]) -> ToyModel:
     model.flux.eval()
     model.text_encoder.eval()
-    model.info = {"trained": asdict(settings), "final_loss": sum(losses[-100:]) / len(losses[-100:])}
-    return model, losses
+    window = losses[-100:]
+    model.info = {"trained": asdict(settings), "steps_done": len(losses), "final_loss": sum(window) / len(window),
+                  "losses": [round(loss, 6) for loss in losses]}
+    return model
