@@ -27,6 +27,7 @@ class DetectedObject:
     shape: str
     box: tuple[int, int, int, int]  # left, top, right, bottom (inclusive)
     area: int
+    mask: torch.Tensor = field(repr=False, compare=False)  # bool [H, W]: the object's pixels
 
 
 def _as_rgb255(image: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,9 @@ def find_objects(image: torch.Tensor, *, tolerance: float = 80.0, min_area: int 
         box = (min(cols), min(rows), max(cols), max(rows))
         fill = len(region) / ((box[2] - box[0] + 1) * (box[3] - box[1] + 1))
         shape = "square" if fill >= SQUARE_FILL else "triangle" if fill < TRIANGLE_FILL else "circle"
-        found.append(DetectedObject(NAMES[label], shape, box, len(region)))
+        mask = torch.zeros(labels.shape, dtype=torch.bool)
+        mask[rows, cols] = True
+        found.append(DetectedObject(NAMES[label], shape, box, len(region), mask))
     return sorted(found, key=lambda obj: -obj.area)
 
 

@@ -108,6 +108,30 @@ def sample_scene(
     raise DiffractError(f"could not place {count} objects of {low}..{high} px in a {size} px image; lower the sizes")
 
 
+def phrase(colour: str, shape: str) -> str:
+    return ShapeObject(colour, shape, (0, 0, 0, 0)).phrase
+
+
+def all_prompts() -> list[str]:
+    """Every prompt of the toy world: each object alone, and each ordered pair of two different ones."""
+    objects = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+    single = [phrase(*obj) for obj in objects]
+    return single + [f"{phrase(*a)} and {phrase(*b)}" for a in objects for b in objects if a != b]
+
+
+def held_out_prompts(count: int, seed: int = 0) -> list[str]:
+    """`count` prompts that name at least one HELD_OUT pair: a seeded order of all of them, repeated
+    in a new order when more are asked for."""
+    pool = [p for p in all_prompts() if any(pair in HELD_OUT for pair in parse_prompt(p))]
+    chosen: list[str] = []
+    round_ = 0
+    while len(chosen) < count:
+        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed * 1000 + round_))
+        chosen += [pool[i] for i in order.tolist()]
+        round_ += 1
+    return chosen[:count]
+
+
 _PHRASE = re.compile(r"^an? (\w+) (\w+)$")
 
 
