@@ -32,14 +32,18 @@ TOP_LEVEL = {"out", "data", "model", "encoder", "prompts", "harvest", "train", "
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str = "random"  # "random": seeded random weights; "reference": weights from a safetensors file
-    weights: str | None = None  # reference: a FLUX diffusion model's safetensors (BFL / ComfyUI names)
+    kind: str = "random"  # "random": seeded random weights; "reference": weights from a safetensors file; "toy": the embedded toy FLUX
+    weights: str | None = None  # reference: a FLUX diffusion model's safetensors (BFL / ComfyUI names); toy: a toy-train file (unset: the embedded one)
     flux: str | dict[str, Any] = "tiny"  # "schnell", "dev", "tiny", or a table of FluxConfig fields
     seed: int = 0  # random: the weights' seed
     dtype: str = "float32"  # the model's dtype while harvesting and in the spliced-in test
     device: str = "cpu"  # where the model runs ("cuda" on a GPU)
 
     def flux_config(self) -> FluxConfig:
+        if self.kind == "toy":
+            from ..toy.model import toy_flux_config
+
+            return toy_flux_config()
         presets = {"schnell": FluxConfig.flux1_schnell, "dev": FluxConfig.flux1_dev, "tiny": FluxConfig.tiny}
         if isinstance(self.flux, dict):
             return FluxConfig.from_dict(self.flux)
@@ -48,6 +52,10 @@ class ModelSpec:
         return presets[self.flux]()
 
     def build(self) -> Flux:
+        if self.kind == "toy":
+            from ..toy.embedded import load_toy
+
+            return load_toy(self.weights).flux.to(self.device, dtype_from_name(self.dtype))
         config = self.flux_config()
         model = Flux(config)
         if self.kind == "random":
@@ -63,23 +71,32 @@ class ModelSpec:
                     f"unexpected {sorted(unexpected)[:5]}; set [model] flux to the weights' size"
                 )
         else:
-            raise DiffractError(f"[model] kind = {self.kind!r}: use 'random' or 'reference'")
+            raise DiffractError(f"[model] kind = {self.kind!r}: use 'random', 'reference' or 'toy'")
         return model.to(self.device, dtype_from_name(self.dtype)).eval().requires_grad_(False)
 
     def describe(self) -> dict[str, Any]:
+        if self.kind == "toy":
+            return {"family": "flux.1-toy", "kind": "toy", "weights": self.weights or "embedded",
+                    "flux": self.flux_config().to_dict()}
         return {"family": "flux.1", "kind": self.kind, "weights": self.weights, "seed": self.seed,
                 "flux": self.flux_config().to_dict()}
 
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    kind: str = "hashing"  # prompts -> conditioning; "hashing": a fixed random vector per word
-    tokens: int = 32  # text tokens per prompt
-    seed: int = 0  # the word vectors' seed
+    kind: str = "hashing"  # prompts -> conditioning; "hashing": a fixed random vector per word; "toy": the toy's own text encoder ([model] kind = "toy")
+    tokens: int = 32  # hashing: text tokens per prompt
+    seed: int = 0  # hashing: the word vectors' seed
 
-    def build(self, config: FluxConfig) -> PromptEncoder:
+    def build(self, config: FluxConfig, model: ModelSpec) -> PromptEncoder:
+        if self.kind == "toy":
+            if model.kind != "toy":
+                raise DiffractError("[encoder] kind = 'toy' reads prompts for the toy model only: set [model] kind = 'toy'")
+            from ..toy.embedded import load_toy
+
+            return load_toy(model.weights).text_encoder.to(model.device)
         if self.kind != "hashing":
-            raise DiffractError(f"[encoder] kind = {self.kind!r}: this version offers 'hashing'")
+            raise DiffractError(f"[encoder] kind = {self.kind!r}: use 'hashing' or 'toy'")
         return HashingPromptEncoder(config.context_in_dim, config.vec_in_dim, tokens=self.tokens, seed=self.seed)
 
 

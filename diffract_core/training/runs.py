@@ -33,7 +33,7 @@ def run_harvest(config: RunConfig, progress: Callable[[int, int], None] | None =
     if config.data.exists() and any(config.data.iterdir()):
         raise DiffractError(f"{config.data} is not empty: harvest into a new folder (set `data` in the config)")
     model = config.model.build()
-    encoder = config.encoder.build(model.config)
+    encoder = config.encoder.build(model.config, config.model)
     return harvest(model, encoder, config.prompts.split(), config.data, config.harvest, progress=progress,
                    model_info=config.model.describe())
 
@@ -95,7 +95,7 @@ def run_evaluate(config: RunConfig, transcoders: Path | None = None, *,
 
 def build_generator(config: RunConfig) -> tuple[Flux, PromptEncoder]:
     model = config.model.build()
-    return model, config.encoder.build(model.config)
+    return model, config.encoder.build(model.config, config.model)
 
 
 def format_evaluation(report: EvaluationReport) -> str:

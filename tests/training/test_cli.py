@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from diffract_core.errors import DiffractError
@@ -150,3 +151,23 @@ def test_the_readme_config_is_valid(tmp_path: Path) -> None:
     (tmp_path / "readme.toml").write_text(block.group(1))
     config = load_run_config(tmp_path / "readme.toml")
     assert config.train.l1_img == 3e-4 and config.prompts.split().validation
+
+
+def test_the_toy_model_and_its_encoder_come_from_one_toy_file(tmp_path: Path) -> None:
+    from diffract_core.toy.model import ToyModel, toy_flux_config
+
+    toy = ToyModel.create(seed=5)
+    toy.save(tmp_path / "toy.safetensors")
+    (tmp_path / "toy.toml").write_text("[model]\nkind = 'toy'\nweights = 'toy.safetensors'\n[encoder]\nkind = 'toy'\n"
+                                       "[harvest]\nsites = 'img:3'\n")
+    config = load_run_config(tmp_path / "toy.toml")
+    model = config.model.build()
+    encoder = config.encoder.build(model.config, config.model)
+    assert model.config == toy_flux_config() and config.harvest.sites == (("img", 3),)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), toy.flux.state_dict().values()))
+    context, pooled = encoder(["a red circle"])
+    assert context.shape == (1, 8, 64) and not context.requires_grad
+    (tmp_path / "bad.toml").write_text("[encoder]\nkind = 'toy'\n")
+    bad = load_run_config(tmp_path / "bad.toml")
+    with pytest.raises(DiffractError, match="set \\[model\\] kind = 'toy'"):
+        bad.encoder.build(bad.model.flux_config(), bad.model)
