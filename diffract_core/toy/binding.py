@@ -1,8 +1,9 @@
 """Which coloured shapes an image shows, and whether it binds the prompt's colours to the right shapes.
 
 Every pixel takes the nearest palette colour (or the background; pixels far from all of them are
-ignored); each 4-connected region of one colour is an object; its shape follows from how much of its
-bounding box it fills (a square fills all of it, a circle pi/4, a triangle half).
+ignored); each 4-connected region of one colour is an object; its shape is the one whose ideal
+drawing in the region's bounding box overlaps the region best (intersection over union), which is
+exact on rendered scenes and degrades gracefully on the ragged shapes a model draws.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputShapeError
-from .scenes import BACKGROUND, COLOURS, parse_prompt
+from .scenes import BACKGROUND, COLOURS, SHAPES, parse_prompt, shape_mask
 
 PALETTE = torch.tensor([BACKGROUND, *COLOURS.values()], dtype=torch.float32)  # index 0: background
 NAMES = ("background", *COLOURS)
-SQUARE_FILL, TRIANGLE_FILL = 0.9, 0.65  # fill >= 0.9: square; below 0.65: triangle; between: circle
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ def _components(labels: torch.Tensor) -> list[tuple[int, list[tuple[int, int]]]]
     return regions
 
 
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
+
+
 def find_objects(image: torch.Tensor, *, tolerance: float = 80.0, min_area: int = 6) -> list[DetectedObject]:
     """The objects in an image, largest first. `tolerance`: how far (RGB, 0..255) a pixel may be
     from its palette colour; `min_area`: smaller regions are noise."""
@@ -79,10 +83,9 @@ def find_objects(image: torch.Tensor, *, tolerance: float = 80.0, min_area: int 
         rows = [r for r, _ in region]
         cols = [c for _, c in region]
         box = (min(cols), min(rows), max(cols), max(rows))
-        fill = len(region) / ((box[2] - box[0] + 1) * (box[3] - box[1] + 1))
-        shape = "square" if fill >= SQUARE_FILL else "triangle" if fill < TRIANGLE_FILL else "circle"
         mask = torch.zeros(labels.shape, dtype=torch.bool)
         mask[rows, cols] = True
+        shape = max(SHAPES, key=lambda candidate: _iou(mask, shape_mask(candidate, box, *mask.shape)))
         found.append(DetectedObject(NAMES[label], shape, box, len(region), mask))
     return sorted(found, key=lambda obj: -obj.area)
 

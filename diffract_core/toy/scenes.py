@@ -56,19 +56,29 @@ class Scene:
         return any((obj.colour, obj.shape) in HELD_OUT for obj in self.objects)
 
 
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill: object) -> None:
+    left, top, right, bottom = box
+    if shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "circle":
+        draw.ellipse(box, fill=fill)
+    else:
+        draw.polygon([((left + right) / 2, top), (right, bottom), (left, bottom)], fill=fill)
+
+
+def shape_mask(shape: str, box: tuple[int, int, int, int], height: int, width: int) -> torch.Tensor:
+    """bool [height, width]: the pixels `render` paints for this shape in this box."""
+    image = Image.new("1", (width, height), 0)
+    draw_shape(ImageDraw.Draw(image), shape, box, 1)
+    return torch.from_numpy(np.asarray(image).copy())
+
+
 def render(scene: Scene) -> torch.Tensor:
     """The scene as a uint8 image [3, size, size]."""
     image = Image.new("RGB", (scene.size, scene.size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        left, top, right, bottom = obj.box
-        colour = COLOURS[obj.colour]
-        if obj.shape == "square":
-            draw.rectangle(obj.box, fill=colour)
-        elif obj.shape == "circle":
-            draw.ellipse(obj.box, fill=colour)
-        else:
-            draw.polygon([((left + right) / 2, top), (right, bottom), (left, bottom)], fill=colour)
+        draw_shape(draw, obj.shape, obj.box, COLOURS[obj.colour])
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
