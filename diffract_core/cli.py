@@ -1,5 +1,5 @@
-"""`python -m diffract_core COMMAND`: convert, inspect, download, quickstart, and harvest, train,
-evaluate, sweep (transcoder training, each from a config file)."""
+"""`python -m diffract_core COMMAND`: demo (the embedded toy, end to end), convert, inspect, download,
+quickstart; harvest, train, evaluate, sweep (transcoder training, each from a config file); toy-train."""
 
 from __future__ import annotations
 
@@ -164,8 +164,40 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"plot: {config.out / 'sweep' / 'sweep.png'}")
 
 
+def cmd_toy_train(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .toy.model import ToyTrainSettings, train_toy
+
+    settings = ToyTrainSettings(steps=args.steps, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=settings.steps, desc="toy-train", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(done: int, _total: int, loss: float) -> None:
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.update(done - bar.n)
+
+    def save(model) -> None:
+        partial = args.out.with_name(args.out.name + ".partial")
+        model.save(partial)
+        os.replace(partial, args.out)
+
+    model, _ = train_toy(settings, progress=progress, snapshot=save, snapshot_every=args.snapshot_every)
+    bar.close()
+    save(model)
+    print(f"wrote {args.out}: {settings.steps} steps, seed {settings.seed}, mean loss of the last 100 steps "
+          f"{model.info['final_loss']:.4f}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .toy.demo import DemoSettings, run_demo, summary
+
+    print(summary(run_demo(args.out, DemoSettings(seed=args.seed))))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .hub import DEFAULT_REPO_ID, TRANSCODER_FOLDER
+    from .toy.model import ToyTrainSettings
 
     parser = argparse.ArgumentParser(prog="python -m diffract_core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="transcoders against SAEs across L1 strengths: table and PNG plot")
     sweep.add_argument("--config", type=Path, required=True, help=config_help)
     sweep.set_defaults(run=cmd_sweep)
+
+    demo = commands.add_parser("demo", help="the whole pipeline on the embedded toy: binding error -> circuit -> steer")
+    demo.add_argument("--out", type=Path, required=True, help="the folder for report.html and circuit.json")
+    demo.add_argument("--seed", type=int, default=0, help="which held-out prompts and noise the grid uses")
+    demo.set_defaults(run=cmd_demo)
+
+    toy_train = commands.add_parser("toy-train", help="train the embedded toy FLUX on coloured-shape scenes")
+    toy_train.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    toy_train.add_argument("--seed", type=int, default=0)
+    toy_train.add_argument("--steps", type=int, default=ToyTrainSettings.steps)
+    toy_train.add_argument("--snapshot-every", type=int, default=500, help="also save the weights every N steps")
+    toy_train.set_defaults(run=cmd_toy_train)
     return parser
 
 
