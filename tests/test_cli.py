@@ -60,3 +60,25 @@ def test_quickstart_round_trips(tmp_path: Path) -> None:
     assert "fp32: worst 0.00e+00" in result.stdout
     bf16_error = float(result.stdout.split("bf16: worst ")[1].split()[0])
     assert 0 < bf16_error < 1e-2
+
+
+def test_demo_is_the_main_job(tmp_path: Path) -> None:
+    """README's main-job command: binding error -> circuit -> steering -> report.html."""
+    result = run_cli("demo", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "demo" / "report.html").read_text()
+    assert "binding errors traced and steered:" in result.stdout and "steered (circuit)" in result.stdout
+    for heading in ("The grid and its binding score", "The binding error", "step by step", "Its circuit", "Steering it",
+                    "Every binding error of the grid"):
+        assert heading in report
+    assert report.count("data:image/png;base64,") > 60  # 48 grid images, 12 heatmaps, before / after, the graph
+    assert (tmp_path / "demo" / "circuit.json").is_file()
+
+
+def test_toy_train_writes_a_loadable_toy(tmp_path: Path) -> None:
+    from diffract_core.toy.model import ToyModel
+
+    result = run_cli("toy-train", "--out", str(tmp_path / "toy.safetensors"), "--steps", "3", "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    toy = ToyModel.load(tmp_path / "toy.safetensors")
+    assert toy.info["steps_done"] == 3 and toy.info["trained"]["seed"] == 2 and len(toy.info["losses"]) == 3

@@ -6,9 +6,12 @@ steering, shared by the demo and the binding benchmark.
    colour than elsewhere, measured on the recorded grid itself (the scorer labels the objects).
 3. `trace_wrong_colour`: the wrong colour's most selective feature inside the wrong object is the
    target; its circuit is traced over the object's region at one step.
-4. `circuit_steering_for` / `feature_steering_for`: the circuit's top features, or the target
-   feature alone, scaled by the same strength at the traced step, where they fired.
+4. `circuit_steering_for` / `feature_steering_for`: the circuit's top features where they fired, or
+   the target feature alone inside the object, scaled by the same strength at the same steps (the
+   traced step, or every step: the model re-derives a colour at every step, so one step rarely
+   suffices).
 5. `compare`: re-score the steered image and measure how much changed outside the object.
+`repair` runs steps 3 to 5 for one error.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from dataclasses import dataclass
 import torch
 
 from ..attribution import CircuitGraph, TargetSpec, TraceSettings, trace_circuit
-from ..attribution.steering import CircuitSteering, circuit_steering
+from ..attribution.steering import CircuitSteering, StepChoice, circuit_steering
 from ..features import FeatureRef
 from ..recording import FeatureRecording, SteeringSpec
 from ..spatial import mask_to_token_weights
 from ..transcoders.transcoder_set import TranscoderSet
 from .binding import BindingScore, DetectedObject, score_binding
+from .generate import generate
 from .model import ToyModel
 from .scenes import COLOURS
 
@@ -110,18 +114,19 @@ def trace_wrong_colour(model: ToyModel, transcoders: TranscoderSet, recording: F
                          settings=TraceSettings(max_feature_nodes=budget), check_top_k=8)
 
 
-def circuit_steering_for(graph: CircuitGraph, top: int, strength: float) -> CircuitSteering:
-    """The circuit's `top` most influential features scaled by `strength` at the traced step, where they fired."""
-    return circuit_steering(graph, f"top {top}", mode="scale", strength=strength, steps="traced step")
+def circuit_steering_for(graph: CircuitGraph, top: int, strength: float, steps: StepChoice) -> CircuitSteering:
+    """The circuit's `top` most influential features scaled by `strength` where they fired."""
+    return circuit_steering(graph, f"top {top}", mode="scale", strength=strength, steps=steps)
 
 
-def feature_steering_for(graph: CircuitGraph, error: BindingError, strength: float) -> SteeringSpec:
-    """The target feature alone, scaled by the same strength at the same step, inside the object."""
+def feature_steering_for(graph: CircuitGraph, error: BindingError, strength: float, steps: StepChoice) -> SteeringSpec:
+    """The target feature alone, scaled by the same strength at the same steps, inside the object."""
     target = graph.metadata["target"]["feature"]
     stream, layer, index = target.split(":")
     sigma = float(graph.metadata["sigma"])
+    window = {"sigma_start": sigma, "sigma_end": sigma} if steps == "traced step" else {}
     return SteeringSpec((FeatureRef(stream, int(layer), int(index)),), "scale", strength,  # type: ignore[arg-type]
-                        sigma_start=sigma, sigma_end=sigma, mask=error.region)
+                        mask=error.region, **window)
 
 
 @dataclass(frozen=True)
@@ -153,3 +158,57 @@ def compare(before: torch.Tensor, after: torch.Tensor, error: BindingError) -> S
         change_inside=float(change[inside].mean()) if inside.any() else 0.0,
         change_outside=float(change[~inside].mean()) if (~inside).any() else 0.0,
     )
+
+
+@dataclass(frozen=True)
+class RepairSettings:
+    layer: int = 3  # the traced feature's double block (the toy's last)
+    step: int = 2  # the traced sampling step (of 12): colour is decided early
+    budget: int = 150  # features the trace expands
+    top: int = 5  # circuit features steered
+    strength: float = -3.0  # the steered features' scale (0 ablates; negative reverses them)
+    steps: StepChoice = "all steps"  # steer at the traced step only, or at every step
+
+
+@dataclass
+class Repair:
+    error: BindingError
+    feature: int  # the traced wrong-colour feature at img:{layer}
+    graph: CircuitGraph
+    after: dict[str, torch.Tensor]  # "circuit" / "single feature" (/ "random features") -> the steered image [3, H, W]
+    outcomes: dict[str, SteeringOutcome]
+
+
+def random_steering_for(recording: FeatureRecording, error: BindingError, settings: RepairSettings,
+                        generator: torch.Generator) -> SteeringSpec:
+    """The control: `top` features drawn at random among those active in the object at the traced
+    step and layer, scaled like the circuit's, at the same steps, inside the object."""
+    assert recording.image_grid is not None
+    weights = mask_to_token_weights(error.region, recording.image_grid)
+    active = ((dense_codes(recording, settings.layer, settings.step)[error.index] * weights[:, None]).sum(0) > 0)
+    candidates = active.nonzero().flatten()
+    chosen = candidates[torch.randperm(len(candidates), generator=generator)[: settings.top]].tolist()
+    sigma = recording.schedule[settings.step]
+    window = {"sigma_start": sigma, "sigma_end": sigma} if settings.steps == "traced step" else {}
+    return SteeringSpec(tuple(FeatureRef("img", settings.layer, f) for f in chosen), "scale", settings.strength,
+                        mask=error.region, **window)
+
+
+def repair(model: ToyModel, transcoders: TranscoderSet, recording: FeatureRecording, error: BindingError,
+           selectivity: torch.Tensor, noise: torch.Tensor, before: torch.Tensor, settings: RepairSettings,
+           control: torch.Generator | None = None) -> Repair:
+    """Trace the error's wrong colour and steer its circuit, and the traced feature alone, from the
+    image's own noise ([1, C, h, w]); `before` is the image as recorded. With `control`, also steer
+    as many random features active in the object (drawn with that generator)."""
+    feature = wrong_colour_feature(recording, error, selectivity, settings.layer, settings.step)
+    graph = trace_wrong_colour(model, transcoders, recording, error, feature, layer=settings.layer,
+                               step=settings.step, budget=settings.budget)
+    specs: dict[str, SteeringSpec | CircuitSteering] = {
+        "circuit": circuit_steering_for(graph, settings.top, settings.strength, settings.steps),
+        "single feature": feature_steering_for(graph, error, settings.strength, settings.steps),
+    }
+    if control is not None:
+        specs["random features"] = random_steering_for(recording, error, settings, control)
+    after = {name: generate(model, [error.prompt], noise, transcoders=transcoders, steering=[spec])[0]
+             for name, spec in specs.items()}
+    return Repair(error, feature, graph, after, {name: compare(before, image, error) for name, image in after.items()})

@@ -1,0 +1,59 @@
+"""A one-file HTML report: images inlined as PNG data, tables, and the circuit's JSON, so it opens
+offline and can be mailed around."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+figure { display: inline-block; margin: 0 .6em .8em 0; vertical-align: top; text-align: center; }
+figcaption { font-size: .8em; color: #555; max-width: 16em; }
+img.pixel { image-rendering: pixelated; border: 1px solid #ccc; }
+table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; }
+.bad { color: #b00020; } .good { color: #006d2c; } code { background: #f4f4f4; padding: 0 .2em; }
+"""
+
+
+def png_data_uri(image: torch.Tensor, scale: int = 1) -> str:
+    """An image [3, H, W] or [H, W, 3] in [0, 1] as a data: URI, enlarged `scale` times without smoothing."""
+    if image.shape[0] == 3 and image.shape[-1] != 3:
+        image = image.permute(1, 2, 0)
+    pixels = Image.fromarray((image.clamp(0, 1) * 255).round().byte().cpu().numpy())
+    if scale != 1:
+        pixels = pixels.resize((pixels.width * scale, pixels.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    pixels.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def figure(image: torch.Tensor, caption: str, scale: int = 4) -> str:
+    return (f'<figure><img class="pixel" src="{png_data_uri(image, scale)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(path: Path, title: str, sections: Sequence[tuple[str, str]], data: dict[str, Any]) -> Path:
+    """`sections`: (heading, HTML body) pairs; `data` is embedded as JSON (id="diffract-data")."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts += [f"<h2>{html.escape(heading)}</h2>{body}" for heading, body in sections]
+    payload = json.dumps(data).replace("</", "<\\/")  # a JSON string may not close the script element
+    parts.append(f'<script type="application/json" id="diffract-data">{payload}</script></body></html>')
+    path.write_text("".join(parts), encoding="utf-8")
+    return path
