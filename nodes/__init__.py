@@ -10,6 +10,7 @@ from .circuit_nodes import SteerCircuit, TraceCircuit
 from .inspect_nodes import FeatureHeatmaps, TopFeatures
 from .record_node import RecordFeatures
 from .steer_node import SteerFeature
+from .toy_nodes import ToyDecode, ToyModelLoader, ToyTextEncode
 from .transcoder_folders import register_transcoder_folder
 from .transcoder_nodes import DownloadTranscoders, LoadTranscoders
 
@@ -24,6 +25,9 @@ NODES: tuple[type[io.ComfyNode], ...] = (
     SteerCircuit,
     SaveCircuit,
     LoadCircuit,
+    ToyModelLoader,
+    ToyTextEncode,
+    ToyDecode,
 )
 
 _route_registered = False

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import folder_paths
 
+from ..diffract_core.toy.embedded import ASSETS as TOY_ASSETS
 from ..diffract_core.transcoders.native import CONFIG_FILE, MANIFEST_FILE, site_folders
 
 FOLDER_NAME = "transcoders"
@@ -22,7 +23,9 @@ _RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def register_transcoder_folder() -> None:
+    """`models/transcoders`, then the pack's own folder holding the embedded toy's `diffract-toy` release."""
     folder_paths.add_model_folder_path(FOLDER_NAME, os.path.join(folder_paths.models_dir, FOLDER_NAME))
+    folder_paths.add_model_folder_path(FOLDER_NAME, str(TOY_ASSETS))
 
 
 def _is_release(folder: Path) -> bool:

@@ -22,6 +22,9 @@ def test_the_nodes_and_their_permanent_ids(pack, models_dir) -> None:
         "DiffractSteerCircuit": "Steer Circuit",
         "DiffractSaveCircuit": "Save Circuit",
         "DiffractLoadCircuit": "Load Circuit",
+        "DiffractToyModelLoader": "Load Toy FLUX",
+        "DiffractToyTextEncode": "Toy Text Encode",
+        "DiffractToyDecode": "Toy Decode",
     }
     assert {schema.category for schema in schemas.values()} == {"DifFRACT"}
     assert "transcoders" in folder_paths.folder_names_and_paths, "listing the nodes registers the model folder"

@@ -30,7 +30,8 @@ def test_folder_is_registered_next_to_the_users_own_entry(pack, models_dir: Path
     pack.nodes.transcoder_folders.register_transcoder_folder()
     pack.nodes.transcoder_folders.register_transcoder_folder()
     paths, extensions = folder_paths.folder_names_and_paths["transcoders"]
-    assert paths == [str(tmp_path / "from_yaml"), str(models_dir / "transcoders")]
+    toy_assets = str(pack.diffract_core.toy.embedded.ASSETS)
+    assert paths == [str(tmp_path / "from_yaml"), str(models_dir / "transcoders"), toy_assets]
     assert extensions == {".safetensors"}
 
 
@@ -41,7 +42,7 @@ def test_load_lists_releases_and_opens_the_chosen_sites(pack, release: Path) -> 
     nodes.transcoder_folders.register_transcoder_folder()
     (release.parent / "not_a_release").mkdir()
     combo = next(i for i in nodes.LoadTranscoders.define_schema().inputs if i.id == "release")
-    assert combo.options == ["tiny"]
+    assert combo.options == ["diffract-toy", "tiny"]  # the embedded toy's release, and the user's
     out = fake_runtime.run_node(nodes.LoadTranscoders, release="tiny", streams="img", layers="1", dtype="bf16")
     transcoders = out.args[0]
     assert transcoders.sites == [("img", 1)] and not transcoders.is_loaded(("img", 1))

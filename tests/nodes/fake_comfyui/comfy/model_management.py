@@ -32,3 +32,7 @@ loaded: list = []
 def load_models_gpu(models: list) -> None:
     """Records the request; the fake keeps everything on the CPU."""
     loaded.extend(models)
+
+
+def unet_offload_device() -> torch.device:
+    return torch.device("cpu")

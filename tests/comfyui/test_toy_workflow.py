@@ -1,0 +1,78 @@
+"""The embedded toy in real ComfyUI: example_workflows/toy_trace_and_steer.json, turned into an API
+prompt as the frontend does, runs end to end on a CPU-only server with every pack node in it, and
+the toy that ComfyUI samples draws what the library's toy draws."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.parse
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffract_core.toy.embedded import load_toy
+from diffract_core.toy.generate import generate, toy_noise
+
+from .test_server_workflow import _post, _wait
+
+WIDGET_TYPES = {"STRING", "INT", "FLOAT", "BOOLEAN", "COMBO"}
+MUTED = 2  # LiteGraph's "never" mode: the frontend leaves such nodes out of the prompt
+
+
+def api_prompt(workflow: dict, object_info: dict) -> dict:
+    """The API-format prompt of a UI-format workflow: widget values matched to the widget inputs in
+    /object_info's order (a seed's control_after_generate value skipped), links to [node, slot]."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["mode"] == MUTED:
+            continue
+        info = object_info[node["type"]]["input"]
+        values = iter(node["widgets_values"])
+        inputs = {}
+        for section in ("required", "optional"):
+            for name, spec in info.get(section, {}).items():
+                kind, options = spec[0], spec[1] if len(spec) > 1 else {}
+                if isinstance(kind, list) or kind in WIDGET_TYPES:
+                    inputs[name] = next(values)
+                    if options.get("control_after_generate"):
+                        next(values)
+        for entry in node["inputs"]:
+            if entry["link"] is not None:
+                _, source, slot, *_ = links[entry["link"]]
+                inputs[entry["name"]] = [str(source), slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def _preview(server, image: dict) -> torch.Tensor:
+    query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]})
+    status, body = server.get(f"/view?{query}")
+    assert status == 200
+    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(body)).convert("RGB")).copy()).float() / 255
+
+
+def test_the_toy_workflow_runs_end_to_end_with_every_pack_node(comfy_server, pack_dir):
+    workflow = json.loads((pack_dir / "example_workflows" / "toy_trace_and_steer.json").read_text())
+    object_info = comfy_server.get_json("/object_info")
+    ours = {name for name in object_info if name.startswith("Diffract") and not name.startswith("DiffractTest")}
+    assert ours == {node["type"] for node in workflow["nodes"] if node["type"].startswith("Diffract")}
+
+    entry = _wait(comfy_server, _post(comfy_server, api_prompt(workflow, object_info)), timeout=300)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    outputs = entry["outputs"]
+    titles = {node.get("title"): str(node["id"]) for node in workflow["nodes"]}
+    before = _preview(comfy_server, outputs[titles["Before"]]["images"][0])
+    after = _preview(comfy_server, outputs[titles["After steering"]]["images"][0])
+    assert before.shape == after.shape == (32, 32, 3)
+    assert len(outputs[titles["Heatmaps per step"]]["images"]) == 12 * len(
+        next(n for n in workflow["nodes"] if n["type"] == "DiffractFeatureHeatmaps")["widgets_values"][0].split())
+    assert (comfy_server.run_dir / "output" / "diffract").is_dir()
+
+    # ComfyUI's sampler on the toy: KSampler's seed-0 noise is the library's toy_noise([0]); the
+    # simple scheduler rounds FLUX's linear sigmas to 1/1000, hence a tolerance.
+    prompt = next(n for n in workflow["nodes"] if n["type"] == "DiffractToyTextEncode")["widgets_values"][0]
+    expected = generate(load_toy(), [prompt], toy_noise([0]))[0].permute(1, 2, 0)
+    assert float((before - expected).abs().mean()) < 0.01
