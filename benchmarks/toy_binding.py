@@ -2,8 +2,9 @@
 
 Every held-out prompt is sampled once per seed with all double-block MLPs recorded. For each image
 where a shape came out in another colour, the wrong colour's feature is traced over the object's
-region (diffract_core/toy/repair.py), and the image is re-sampled from the same noise three times:
-  circuit:          the circuit's top --top features scaled by --strength where they fired;
+region (diffract_core/toy/repair.py), and the image is re-sampled from the same noise four times:
+  circuit:          the circuit's top --top features (text and image) scaled by --strength where they fired;
+  circuit in object: its top --top image features, the same strength, inside the object only;
   single feature:   the traced feature alone, the same strength, inside the object;
   random features:  --top features drawn at random among those active in the object, the same way
                     (the control: what any strong edit of the object does).
@@ -30,7 +31,7 @@ from diffract_core.toy.generate import generate, toy_noise
 from diffract_core.toy.repair import RepairSettings, binding_errors, colour_selectivity, repair
 from diffract_core.toy.scenes import held_out_prompts
 
-CONDITIONS = ("none", "circuit", "single feature", "random features")
+CONDITIONS = ("none", "circuit", "circuit in object", "single feature", "random features")
 
 
 def main() -> None:
@@ -87,14 +88,15 @@ def main() -> None:
     n = len(prompts)
     where = "at the traced step" if args.traced_step_only else "at every step"
     print(f"\nheld-out prompt set: {n} images, {errors_seen} binding errors (a shape in another colour); steered: "
-          f"top {args.top} circuit features / the traced feature / {args.top} random active features, scale "
+          f"top {args.top} circuit features (where they fired / image ones in the object) / the traced feature / "
+          f"{args.top} random active features, scale "
           f"{args.strength:g} {where}; traced: img:{args.layer} at step {args.step}")
-    print(f"{'steering':<17}{'binding score':>14}{'vs none':>9}{'errors fixed':>14}{'change in':>11}{'change out':>12}"
+    print(f"{'steering':<18}{'binding score':>14}{'vs none':>9}{'errors fixed':>14}{'change in':>11}{'change out':>12}"
           f"{'precision':>11}")
     base = sum(scores["none"]) / n
     for name in CONDITIONS:
         score = sum(scores[name]) / n
-        row = f"{name:<17}{score:>14.4f}{score / base:>8.3f}x"
+        row = f"{name:<18}{score:>14.4f}{score / base if base else float('nan'):>8.3f}x"
         if name == "none":
             print(row)
             continue

@@ -65,3 +65,13 @@ def test_training_throughput_reports_rates_and_the_harvest_memory() -> None:
     assert float(harvest_rows["harvest"][2]) <= 1.0  # the bound on its own buffers stays within the cap
     assert lines[-2].startswith("harvest: rise over the baseline")
     assert lines[-1].startswith("harvest, twice the prompts: rise over the baseline")
+
+
+def test_toy_binding_compares_every_steering_with_none() -> None:
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "toy_binding.py"), "--images", "12", "--batch", "12"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("steering"))) + 1 :]
+    assert [line.split()[0] for line in table[:5]] == ["none", "circuit", "circuit", "single", "random"]
+    assert table[5].startswith("time:")

@@ -33,9 +33,9 @@ from .scenes import held_out_prompts
 
 @dataclass(frozen=True)
 class DemoSettings:
-    images: int = 48  # held-out prompts in the grid, one seed each
+    images: int = 96  # held-out prompts in the grid, one seed each
     seed: int = 0  # the grid's prompt choice and noise
-    max_errors: int = 12  # binding errors traced and steered (the first fixed one is shown in full)
+    max_errors: int = 24  # binding errors traced and steered (the first fixed one is shown in full)
     top_k: int = 16  # features recorded per token
     repair: RepairSettings = field(default_factory=RepairSettings)
 
@@ -172,9 +172,10 @@ def _circuit_html(graph: Any) -> str:
 def _steering_html(before: torch.Tensor, shown: Repair, fix: RepairSettings) -> str:
     figures = figure(before, "before", 8) + "".join(figure(image, f"after: {name}", 8) for name, image in shown.after.items())
     where = "at the traced step" if fix.steps == "traced step" else "at every step"
-    return (f"<p>The circuit's top {fix.top} features at the tokens where they fired (circuit), the target "
-            f"feature alone inside the object (single feature), or {fix.top} random features active in the object "
-            f"(the control), scaled by {fix.strength:g} {where}; same noise, same prompt.</p>" + figures + _outcome_table([(name, o) for name, o in shown.outcomes.items()]))
+    return (f"<p>The circuit's top {fix.top} features at the tokens where they fired (circuit), its top {fix.top} "
+            f"image features inside the object only (circuit in object), the target feature alone inside the object "
+            f"(single feature), or {fix.top} random features active in the object (the control), scaled by "
+            f"{fix.strength:g} {where}; same noise, same prompt.</p>" + figures + _outcome_table([(name, o) for name, o in shown.outcomes.items()]))
 
 
 def _outcome_table(rows: list[tuple[str, SteeringOutcome]]) -> str:

@@ -6,10 +6,11 @@ steering, shared by the demo and the binding benchmark.
    colour than elsewhere, measured on the recorded grid itself (the scorer labels the objects).
 3. `trace_wrong_colour`: the wrong colour's most selective feature inside the wrong object is the
    target; its circuit is traced over the object's region at one step.
-4. `circuit_steering_for` / `feature_steering_for`: the circuit's top features where they fired, or
-   the target feature alone inside the object, scaled by the same strength at the same steps (the
+4. `circuit_steering_for` / `circuit_in_object_steering_for` / `feature_steering_for`: the
+   circuit's top features where they fired, its top image features inside the object only, or the
+   target feature alone inside the object, scaled by the same strength at the same steps (the
    traced step, or every step: the model re-derives a colour at every step, so one step rarely
-   suffices).
+   suffices); `random_steering_for`, the control, as many random features active in the object.
 5. `compare`: re-score the steered image and measure how much changed outside the object.
 `repair` runs steps 3 to 5 for one error.
 """
@@ -119,6 +120,24 @@ def circuit_steering_for(graph: CircuitGraph, top: int, strength: float, steps: 
     return circuit_steering(graph, f"top {top}", mode="scale", strength=strength, steps=steps)
 
 
+def circuit_in_object_steering_for(graph: CircuitGraph, error: BindingError, top: int, strength: float,
+                                   steps: StepChoice) -> SteeringSpec:
+    """The circuit's `top` most influential image-stream features, steered inside the object only
+    (the same footing as the single feature and the random control)."""
+    influence = graph.influence()
+    refs: list[FeatureRef] = []
+    for index in sorted(graph.indices("feature"), key=lambda i: -float(influence[i])):
+        node = graph.nodes[index]
+        ref = FeatureRef(node.stream, node.layer, node.feature)  # type: ignore[arg-type]
+        if node.stream == "img" and ref not in refs:
+            refs.append(ref)
+        if len(refs) == top:
+            break
+    sigma = float(graph.metadata["sigma"])
+    window = {"sigma_start": sigma, "sigma_end": sigma} if steps == "traced step" else {}
+    return SteeringSpec(tuple(refs), "scale", strength, mask=error.region, **window)
+
+
 def feature_steering_for(graph: CircuitGraph, error: BindingError, strength: float, steps: StepChoice) -> SteeringSpec:
     """The target feature alone, scaled by the same strength at the same steps, inside the object."""
     target = graph.metadata["target"]["feature"]
@@ -175,7 +194,7 @@ class Repair:
     error: BindingError
     feature: int  # the traced wrong-colour feature at img:{layer}
     graph: CircuitGraph
-    after: dict[str, torch.Tensor]  # "circuit" / "single feature" (/ "random features") -> the steered image [3, H, W]
+    after: dict[str, torch.Tensor]  # steering name -> the steered image [3, H, W]
     outcomes: dict[str, SteeringOutcome]
 
 
@@ -205,6 +224,7 @@ def repair(model: ToyModel, transcoders: TranscoderSet, recording: FeatureRecord
                                step=settings.step, budget=settings.budget)
     specs: dict[str, SteeringSpec | CircuitSteering] = {
         "circuit": circuit_steering_for(graph, settings.top, settings.strength, settings.steps),
+        "circuit in object": circuit_in_object_steering_for(graph, error, settings.top, settings.strength, settings.steps),
         "single feature": feature_steering_for(graph, error, settings.strength, settings.steps),
     }
     if control is not None:
