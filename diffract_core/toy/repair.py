@@ -120,6 +120,11 @@ def circuit_steering_for(graph: CircuitGraph, top: int, strength: float, steps: 
     return circuit_steering(graph, f"top {top}", mode="scale", strength=strength, steps=steps)
 
 
+def _window(steps: StepChoice, sigma: float) -> dict[str, float]:
+    """SteeringSpec's sigma window: the traced step's sigma only, or (no window) every step."""
+    return {"sigma_start": sigma, "sigma_end": sigma} if steps == "traced step" else {}
+
+
 def circuit_in_object_steering_for(graph: CircuitGraph, error: BindingError, top: int, strength: float,
                                    steps: StepChoice) -> SteeringSpec:
     """The circuit's `top` most influential image-stream features, steered inside the object only
@@ -133,19 +138,15 @@ def circuit_in_object_steering_for(graph: CircuitGraph, error: BindingError, top
             refs.append(ref)
         if len(refs) == top:
             break
-    sigma = float(graph.metadata["sigma"])
-    window = {"sigma_start": sigma, "sigma_end": sigma} if steps == "traced step" else {}
-    return SteeringSpec(tuple(refs), "scale", strength, mask=error.region, **window)
+    return SteeringSpec(tuple(refs), "scale", strength, mask=error.region, **_window(steps, float(graph.metadata["sigma"])))
 
 
 def feature_steering_for(graph: CircuitGraph, error: BindingError, strength: float, steps: StepChoice) -> SteeringSpec:
     """The target feature alone, scaled by the same strength at the same steps, inside the object."""
     target = graph.metadata["target"]["feature"]
     stream, layer, index = target.split(":")
-    sigma = float(graph.metadata["sigma"])
-    window = {"sigma_start": sigma, "sigma_end": sigma} if steps == "traced step" else {}
     return SteeringSpec((FeatureRef(stream, int(layer), int(index)),), "scale", strength,  # type: ignore[arg-type]
-                        mask=error.region, **window)
+                        mask=error.region, **_window(steps, float(graph.metadata["sigma"])))
 
 
 @dataclass(frozen=True)
@@ -207,10 +208,8 @@ def random_steering_for(recording: FeatureRecording, error: BindingError, settin
     active = ((dense_codes(recording, settings.layer, settings.step)[error.index] * weights[:, None]).sum(0) > 0)
     candidates = active.nonzero().flatten()
     chosen = candidates[torch.randperm(len(candidates), generator=generator)[: settings.top]].tolist()
-    sigma = recording.schedule[settings.step]
-    window = {"sigma_start": sigma, "sigma_end": sigma} if settings.steps == "traced step" else {}
     return SteeringSpec(tuple(FeatureRef("img", settings.layer, f) for f in chosen), "scale", settings.strength,
-                        mask=error.region, **window)
+                        mask=error.region, **_window(settings.steps, recording.schedule[settings.step]))
 
 
 def repair(model: ToyModel, transcoders: TranscoderSet, recording: FeatureRecording, error: BindingError,
