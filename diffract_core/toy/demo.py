@@ -115,10 +115,11 @@ class _Clock:
 
 
 def _intro(settings: DemoSettings) -> str:
-    return (f"<p>The embedded toy FLUX (the FLUX.1 architecture at 3 M parameters) draws coloured shapes. It never "
-            f"saw the held-out pairs (yellow circle, purple square, orange triangle) in training, so it often "
-            f"binds their colours to the wrong shape. {settings.images} held-out prompts are sampled in {STEPS} "
-            f"steps with transcoders on all 8 double-block MLPs recording every step.</p>")
+    return (f"<p>The embedded toy FLUX (the FLUX.1 architecture at 3 M parameters) draws coloured shapes, with the "
+            f"right colours but ragged outlines. It never saw the held-out pairs (yellow circle, purple square, "
+            f"orange triangle) in training. {settings.images} prompts naming them are sampled in {STEPS} steps with "
+            f"transcoders on all 8 double-block MLPs recording every step; a binding error is a shape the prompt "
+            f"asked for drawn in another colour.</p>")
 
 
 def _grid_html(prompts: list[str], images: torch.Tensor, grid: Any) -> str:
