@@ -25,7 +25,7 @@ from .node_types import CATEGORY
 
 ToyTextEncoderType = io.Custom("DIFFRACT_TOY_TEXT_ENCODER")  # diffract_core ToyTextEncoder (a small nn.Module)
 EMBEDDED = "diffract-toy (embedded)"
-LATENT_HINT = "EmptySD3LatentImage at 128 x 128 gives the toy's 16 x 16 latent (a 32 px image)"
+LATENT_HINT = "an empty latent of 128 x 128 (Empty Latent Image) is the toy's 16 x 16 latent, a 32 px image"
 
 
 def comfy_unet_config(config: FluxConfig) -> dict:
