@@ -9,7 +9,7 @@ import torch
 
 from ..attribution.steering import CircuitSteering
 from ..flux.sampling import euler_sample, flux_sigmas
-from ..recording import FeatureRecording, MlpMode, SteeringSpec, patch_reference_model
+from ..recording import FeatureRecording, SteeringSpec, patch_reference_model
 from ..transcoders.transcoder_set import TranscoderSet
 from . import codec
 from .model import ToyModel
@@ -34,7 +34,6 @@ def generate(
     transcoders: TranscoderSet | None = None,
     recording: FeatureRecording | None = None,
     steering: Iterable[SteeringSpec | CircuitSteering] = (),
-    mode: MlpMode = "observe",
 ) -> torch.Tensor:
     """Images [B, 3, H, W] in [0, 1] for `prompts` from `noise` (one prompt per noise row). With
     `transcoders`, the double-block MLPs are patched for the run: `recording` keeps every step's
@@ -47,7 +46,7 @@ def generate(
         return codec.decode(euler_sample(model.flux, noise, context, pooled, sigmas))
     if recording is not None:
         recording.start_run(sigmas)
-    with patch_reference_model(model.flux, transcoders, mode=mode, recording=recording, steering=tuple(steering)):
+    with patch_reference_model(model.flux, transcoders, recording=recording, steering=tuple(steering)):
         latents = euler_sample(model.flux, noise, context, pooled, sigmas)
     if recording is not None:
         recording.finish_run()
