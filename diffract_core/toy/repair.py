@@ -107,7 +107,7 @@ def wrong_colour_feature(recording: FeatureRecording, error: BindingError, selec
 
 
 def trace_wrong_colour(model: ToyModel, transcoders: TranscoderSet, recording: FeatureRecording, error: BindingError,
-                       feature: int, *, layer: int, step: int, budget: int = 200) -> CircuitGraph:
+                       feature: int, *, layer: int, step: int, budget: int) -> CircuitGraph:
     """The circuit of `feature` summed over the wrong object's region, at `step` of the recorded run."""
     call = recording.call_inputs(step).row(error.index)
     target = TargetSpec("img", layer, feature, "region", region=error.region)
