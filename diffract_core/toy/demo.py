@@ -17,11 +17,11 @@ import torch
 
 from ..attribution.serialize import graph_to_dict
 from ..features import FeatureRef
-from ..recording import FeatureRecording
-from ..render.circuit import render_circuit
+from ..recording import COND, FeatureRecording
 from ..render.heatmaps import blend
 from ..spatial import token_map_to_image
 from ..transcoders.transcoder_set import TranscoderSet
+from ..viewer import heatmap_payload, standalone_script
 from .binding import score_prompt_set
 from .embedded import load_toy, open_toy_transcoders
 from .generate import STEPS, generate, toy_noise
@@ -85,6 +85,7 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings(), *, model: ToyMo
                  next((r for r in repairs if any(o.fixed for o in r.outcomes.values())), repairs[0]))
     ref = FeatureRef("img", fix.layer, shown.feature)
     before = images[shown.error.index]
+    before_uri = png_data_uri(before)
     sections += [
         ("2. The binding error", _error_html(shown.error, before, ref, len(repairs))),
         ("3. The wrong colour's feature, step by step", _heatmaps_html(recording, ref, shown.error.index, before)),
@@ -95,12 +96,30 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings(), *, model: ToyMo
     graph_data = graph_to_dict(shown.graph)
     (out / "circuit.json").write_text(json.dumps(graph_data) + "\n")
     data |= {"error": asdict(shown.error) | {"region": None}, "feature": str(ref), "circuit": graph_data,
+             "viewer": {"image": before_uri},
+             "heatmaps": heatmap_payload(recording, _heatmap_features(shown.graph, ref), recording.steps, image=before_uri,
+                                         chunk=COND, batch_index=shown.error.index),
              "repairs": [{"error": r.error.describe(), "feature": r.feature,
                           "outcomes": {name: asdict(o) | {"precision": o.precision} for name, o in r.outcomes.items()}}
                          for r in repairs]}
     sections.append(("Timings", table(["phase", "seconds"], [(k, f"{v:.1f}") for k, v in clock.laps.items()])))
-    report = write_report(out / "report.html", "DifFRACT demo on the toy FLUX", sections, data)
+    report = write_report(out / "report.html", "DifFRACT demo on the toy FLUX", sections, data, standalone_script())
     return DemoResult(out, report, grid.score, repairs, shown, clock.laps)
+
+
+def _heatmap_features(graph: Any, target: FeatureRef, extra: int = 5) -> list[FeatureRef]:
+    """The target and the circuit's most influential image features, for the heatmap viewer."""
+    influence = graph.influence()
+    ranked = sorted((i for i, n in enumerate(graph.nodes) if n.kind == "feature" and n.stream == "img"),
+                    key=lambda i: -float(influence[i]))
+    refs = [target]
+    for i in ranked:
+        ref = FeatureRef("img", graph.nodes[i].layer, graph.nodes[i].feature)
+        if ref not in refs:
+            refs.append(ref)
+        if len(refs) > extra:
+            break
+    return refs
 
 
 class _Clock:
@@ -151,13 +170,14 @@ def _heatmaps_html(recording: FeatureRecording, ref: FeatureRef, index: int, ima
                f"step {step} (sigma {recording.schedule[step]:.2f})", 4)
         for step, m in zip(recording.steps, maps)
     )
-    return f"<p><code>{ref}</code> on the generated image at every step (one scale for all steps).</p>" + figures
+    return (f"<p><code>{ref}</code> on the generated image at every step (one scale for all steps).</p>" + figures
+            + "<p>The same maps, with the circuit's strongest image features, in the heatmap viewer:</p>"
+            + '<div data-diffract-view="heatmaps" style="height:420px;max-width:560px"></div>')
 
 
 def _circuit_html(graph: Any) -> str:
     meta = graph.metadata
     faith = meta.get("faithfulness", {})
-    picture = render_circuit(graph, width=960, height=560)[0]
     rows = [(n.describe(), f"{float(i):.3f}") for n, i in
             sorted(zip(graph.nodes, graph.influence().tolist()), key=lambda pair: -pair[1])[:12]
             if n.kind == "feature"]
@@ -165,8 +185,11 @@ def _circuit_html(graph: Any) -> str:
             f"{len(graph.features())} features, {len(graph.edge_weights)} edges; replacement score "
             f"{meta['scores']['replacement']:.3f}, completeness {meta['scores']['completeness']:.3f}; "
             f"faithfulness (ablating the top features in the real model): Spearman {faith.get('spearman', float('nan')):.2f}. "
-            f"The full graph is in <code>circuit.json</code>.</p>"
-            f"<img src='{png_data_uri(picture)}' alt='circuit' style='max-width:100%'>"
+            f"The full graph is in <code>circuit.json</code>. Hover a node for its heatmap on the image, click to focus "
+            f"it, Ctrl/Cmd-click to pin, G to group the pins, drag on the image to keep the features active there; "
+            f"pins, groups and labels stay in this browser.</p>"
+            '<div data-diffract-view="circuit" style="height:640px"></div>'
+            "<noscript>The interactive graph needs JavaScript.</noscript>"
             + table(["most influential features", "influence"], rows))
 
 

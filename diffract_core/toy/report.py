@@ -48,12 +48,16 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(path: Path, title: str, sections: Sequence[tuple[str, str]], data: dict[str, Any]) -> Path:
-    """`sections`: (heading, HTML body) pairs; `data` is embedded as JSON (id="diffract-data")."""
+def write_report(path: Path, title: str, sections: Sequence[tuple[str, str]], data: dict[str, Any], script: str = "") -> Path:
+    """`sections`: (heading, HTML body) pairs; `data` is embedded as JSON (id="diffract-data") and
+    `script` (the viewers, see diffract_core.viewer) runs as an inline module after it."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     parts += [f"<h2>{html.escape(heading)}</h2>{body}" for heading, body in sections]
     payload = json.dumps(data).replace("</", "<\\/")  # a JSON string may not close the script element
-    parts.append(f'<script type="application/json" id="diffract-data">{payload}</script></body></html>')
+    parts.append(f'<script type="application/json" id="diffract-data">{payload}</script>')
+    if script:
+        parts.append(f'<script type="module">{script}</script>')
+    parts.append("</body></html>")
     path.write_text("".join(parts), encoding="utf-8")
     return path

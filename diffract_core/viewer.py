@@ -1,0 +1,85 @@
+"""What the web viewers (`web/diffract/`) need from Python: heatmap payloads (token maps quantised to
+bytes, base64) and, for standalone pages such as the demo's report, the viewer's ES modules joined
+into one inline script so the page opens offline."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import DiffractError
+from .features import FeatureRef
+from .recording import FeatureRecording
+from .recording.recording import COND
+from .render.heatmaps import Normalize, activation_maps, image_grid_of, normalize_maps
+
+WEB_MODULES = Path(__file__).resolve().parent.parent / "web" / "diffract"
+ENTRY = "standalone.js"
+_IMPORT = re.compile(r'^import \{[^}]*\} from "\./(?P<module>[\w-]+\.js)";\n', re.MULTILINE)
+_EXPORT = re.compile(r"^export (?=(?:async )?(?:function|class|const|let) )", re.MULTILINE)
+
+
+def encode_token_map(values: torch.Tensor) -> str:
+    """Values in [0, 1] (clamped), any shape, as base64 of one byte each."""
+    quantised = (values.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return base64.b64encode(quantised.tobytes()).decode("ascii")
+
+
+def heatmap_payload(
+    recording: FeatureRecording,
+    features: Sequence[FeatureRef],
+    steps: Sequence[int],
+    *,
+    image: str | None,
+    chunk: int = COND,
+    batch_index: int = 0,
+    normalize: Normalize = "per_feature",
+    opacity: float = 0.6,
+) -> dict[str, Any]:
+    """The heatmap viewer's data: every (feature, step) map over the image grid, normalised as the
+    Feature Heatmaps node does; `image` is a URL or data: URI of the generated image (or None)."""
+    grid = image_grid_of(recording)
+    maps = normalize_maps(activation_maps(recording, features, steps, chunk, batch_index), normalize)
+    return {
+        "grid": list(grid),
+        "image": image,
+        "opacity": opacity,
+        "maps": [
+            {"feature": str(feature), "step": step, "sigma": recording.schedule[step], "data": encode_token_map(maps[i, j])}
+            for i, feature in enumerate(features)
+            for j, step in enumerate(steps)
+        ],
+    }
+
+
+def standalone_script() -> str:
+    """The viewer's modules in dependency order as one module script body that mounts every
+    `data-diffract-view` element of the page from its `diffract-data` JSON."""
+    if not (WEB_MODULES / ENTRY).is_file():
+        raise DiffractError(
+            f"the viewer's scripts are not at {WEB_MODULES}: the interactive views need the pack's web/ folder "
+            "beside diffract_core (run from the pack's checkout, or install it with pip install -e)"
+        )
+    ordered: list[str] = []
+    _visit(ENTRY, ordered, set())
+    parts = [_EXPORT.sub("", _IMPORT.sub("", (WEB_MODULES / name).read_text(encoding="utf-8"))) for name in ordered]
+    script = "\n".join(parts) + "\nmountStandalone(document);\n"
+    if "</script" in script.lower():
+        raise DiffractError("a viewer module contains '</script', which would end the report's inline script")
+    return script
+
+
+def _visit(name: str, ordered: list[str], visiting: set[str]) -> None:
+    if name in ordered:
+        return
+    if name in visiting:
+        raise DiffractError(f"the viewer's modules import each other in a cycle through {name}")
+    visiting.add(name)
+    for match in _IMPORT.finditer((WEB_MODULES / name).read_text(encoding="utf-8")):
+        _visit(match["module"], ordered, visiting)
+    ordered.append(name)

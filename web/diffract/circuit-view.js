@@ -1,0 +1,748 @@
+// The interactive circuit: graph on a canvas (fixed layout, edges by |attribution| and sign), the
+// generated image with the hovered feature's heatmap and the region tool, and the details of a node.
+// Used by the Trace Circuit widget, the large view in ComfyUI and the standalone report alike.
+
+import { collapseGroups, describeNode, featureSpec, influence, layout, nodesInRegion, prune, restoreViewState } from "./circuit-model.js";
+import { fitRect, loadImage, nodeTokenMap, paintTokenMap } from "./heatmap.js";
+import { ensureStyle } from "./style.js";
+
+const KIND_COLOURS = { feature: "#9aa3b5", error: "#8a8a8a", rest: "#b8b8b8", input: "#2fa36b", bias: "#a8a23a", target: "#f0a020" };
+const POSITIVE = [46, 110, 220];
+const NEGATIVE = [215, 60, 50];
+const WIDTH_LEVELS = 6;
+const MARGIN = 24;
+
+export class CircuitView {
+  /**
+   * @param {HTMLElement} container
+   * @param {object} options circuit (from parseCircuit), imageUrl, state (saved view state), compact,
+   *   onStateChange(state), onSteer({features, step, nodes}), onOpenLarge()
+   */
+  constructor(container, options) {
+    ensureStyle(container.ownerDocument);
+    this.circuit = options.circuit;
+    this.options = options;
+    this.state = restoreViewState(this.circuit, options.state);
+    this.influence = influence(this.circuit);
+    this.hovered = -1;
+    this.focused = -1;
+    this.zoom = 1;
+    this.pan = { x: 0, y: 0 };
+    this.image = null;
+    this.tool = "box";
+    this.redraws = [];
+    this.root = this.#build(container);
+    this.#recompute();
+    loadImage(options.imageUrl).then((image) => {
+      this.image = image;
+      this.#drawImage();
+    });
+    this.resizeObserver = new ResizeObserver(() => this.redraw());
+    this.resizeObserver.observe(this.graphBox);
+    this.resizeObserver.observe(this.imageBox);
+  }
+
+  destroy() {
+    this.resizeObserver.disconnect();
+    this.root.remove();
+  }
+
+  // --- state changes (each one saves) -------------------------------------------------------------
+
+  setThresholds(nodeThreshold, edgeThreshold) {
+    this.state.nodeThreshold = nodeThreshold;
+    this.state.edgeThreshold = edgeThreshold;
+    this.#recompute();
+    this.#changed();
+  }
+
+  togglePin(index) {
+    const id = this.circuit.nodes[index].id;
+    const pins = this.state.pins;
+    const at = pins.indexOf(id);
+    if (at >= 0) pins.splice(at, 1);
+    else pins.push(id);
+    this.#changed();
+    this.redraw();
+  }
+
+  /** Group the pinned nodes (two or more) into one supernode; they stay pinned. */
+  groupPinned(name) {
+    const members = this.state.pins.filter((id) => !this.state.groups.some((g) => g.members.includes(id)));
+    if (members.length < 2) {
+      this.#say("pin two or more nodes (Ctrl/Cmd-click) before grouping them");
+      return false;
+    }
+    this.state.groups.push({ name: name || `group ${this.state.groups.length + 1}`, members });
+    this.#recompute();
+    this.#changed();
+    return true;
+  }
+
+  ungroup(groupIndex) {
+    this.state.groups.splice(groupIndex, 1);
+    this.#recompute();
+    this.#changed();
+  }
+
+  setLabel(index, text) {
+    const id = this.circuit.nodes[index].id;
+    if (text.trim()) this.state.labels[id] = text.trim().slice(0, 200);
+    else delete this.state.labels[id];
+    this.#changed();
+    this.redraw();
+  }
+
+  /** Filter to nodes active on these image tokens (null: no filter). */
+  setRegion(cells) {
+    this.state.region = cells && cells.length ? { cells: [...cells].sort((a, b) => a - b) } : null;
+    this.#recompute();
+    this.#changed();
+  }
+
+  focus(index) {
+    this.focused = index;
+    this.#showDetails(index);
+    this.redraw();
+  }
+
+  hover(index) {
+    if (this.hovered === index) return;
+    this.hovered = index;
+    this.#drawImage();
+    if (this.focused < 0) this.#showDetails(index);
+    this.redraw();
+  }
+
+  steer(index) {
+    const members = this.#members(index).map((i) => this.circuit.nodes[i]).filter((n) => n.kind === "feature");
+    if (!members.length) return;
+    const request = { features: members.map(featureSpec), step: members[0].step, nodes: members.map((n) => n.id) };
+    this.options.onSteer?.(request);
+  }
+
+  #changed() {
+    this.options.onStateChange?.(structuredClone(this.state));
+    this.#showPins();
+  }
+
+  // --- derived graph --------------------------------------------------------------------------------
+
+  #recompute() {
+    const { nodeMask, edgeMask } = prune(this.circuit, this.state.nodeThreshold, this.state.edgeThreshold);
+    if (this.state.region) {
+      const cells = new Uint8Array(this.#tokenCount());
+      for (const c of this.state.region.cells) if (c < cells.length) cells[c] = 1;
+      const { keep } = nodesInRegion(this.circuit, cells);
+      for (let i = 0; i < nodeMask.length; i++) nodeMask[i] &= keep[i];
+    }
+    for (const id of this.state.pins) nodeMask[this.circuit.byId.get(id)] = 1;
+    const { source, target } = this.circuit.edges;
+    for (let e = 0; e < edgeMask.length; e++) edgeMask[e] &= nodeMask[source[e]] & nodeMask[target[e]];
+    this.nodeMask = nodeMask;
+    const collapsed = collapseGroups(this.circuit, this.state.groups, nodeMask, edgeMask);
+    this.representative = collapsed.representative;
+    this.groupOf = collapsed.groupOf;
+    this.drawnEdges = collapsed.edges;
+    const drawnVisible = new Uint8Array(nodeMask.length);
+    for (let i = 0; i < nodeMask.length; i++) if (nodeMask[i] && this.representative[i] === i) drawnVisible[i] = 1;
+    this.drawn = drawnVisible;
+    this.positions = layout(this.circuit, drawnVisible);
+    this.#bucketEdges();
+    const kept = nodeMask.reduce((a, b) => a + b, 0);
+    let keptEdges = 0;
+    for (const k of edgeMask) keptEdges += k;
+    this.counts = { nodes: kept, edges: keptEdges, drawnEdges: this.drawnEdges.weight.length };
+    this.countsText.textContent = `${kept} of ${this.circuit.nodes.length} nodes · ${keptEdges} of ${edgeMask.length} edges`
+      + (this.state.region ? ` · region: ${this.state.region.cells.length} tokens` : "");
+    if (this.focused >= 0 && !this.drawn[this.focused]) this.focused = -1;
+    this.redraw();
+    this.#showPins();
+  }
+
+  /** Edges sorted into (sign, width) buckets, each stroked as one path: strong edges drawn last. */
+  #bucketEdges() {
+    const { weight } = this.drawnEdges;
+    let peak = 0;
+    for (const w of weight) peak = Math.max(peak, Math.abs(w));
+    this.buckets = [];
+    for (let sign = 0; sign < 2; sign++) for (let level = 0; level < WIDTH_LEVELS; level++) this.buckets.push([]);
+    for (let e = 0; e < weight.length; e++) {
+      const strength = peak > 0 ? Math.abs(weight[e]) / peak : 0;
+      const level = Math.min(WIDTH_LEVELS - 1, Math.floor(Math.sqrt(strength) * WIDTH_LEVELS));
+      this.buckets[(weight[e] < 0 ? WIDTH_LEVELS : 0) + level].push(e);
+    }
+    this.buckets = this.buckets.map((edges) => Int32Array.from(edges));
+    this.edgePeak = peak;
+  }
+
+  #members(index) {
+    const group = this.groupOf.get(index);
+    if (group === undefined) return [index];
+    return this.state.groups[group].members.map((id) => this.circuit.byId.get(id)).filter((i) => this.nodeMask[i]);
+  }
+
+  #tokenCount() {
+    const grid = this.circuit.metadata.image_grid;
+    return grid ? grid[0] * grid[1] : this.circuit.metadata.image_tokens ?? 0;
+  }
+
+  // --- DOM --------------------------------------------------------------------------------------------
+
+  #build(container) {
+    const doc = container.ownerDocument;
+    const root = doc.createElement("div");
+    root.className = "dfx-root dfx-circuit";
+    root.innerHTML = `
+      <div class="dfx-toolbar">
+        <label title="share of influence the kept nodes hold">nodes <input type="range" class="dfx-node-threshold" min="0.3" max="1" step="0.005"><span class="dfx-node-value"></span></label>
+        <label title="share of edge influence the kept edges hold">edges <input type="range" class="dfx-edge-threshold" min="0.5" max="1" step="0.001"><span class="dfx-edge-value"></span></label>
+        <button data-action="group" title="group the pinned nodes into a supernode (G)">group pins</button>
+        <span>region: <button data-tool="box" aria-pressed="true">box</button><button data-tool="paint" aria-pressed="false">paint</button><button data-action="clear-region">clear</button></span>
+        <button data-action="fit" title="reset zoom and pan">fit</button>
+        ${this.options.onOpenLarge ? '<button data-action="open-large">large view</button>' : ""}
+        <span class="dfx-counts dfx-muted"></span>
+      </div>
+      <div class="dfx-body">
+        <div class="dfx-graph" tabindex="0"><canvas class="dfx-graph-canvas"></canvas></div>
+        <div class="dfx-side">
+          <div class="dfx-image"><canvas class="dfx-image-canvas"></canvas></div>
+          <div class="dfx-details"><p class="dfx-muted">Hover a node for its details and heatmap; click to focus its inputs and outputs; Ctrl/Cmd-click to pin; G groups the pins. Drag a box or paint on the image to keep only the features active there.</p></div>
+          <div class="dfx-pins"></div>
+        </div>
+      </div>`;
+    container.appendChild(root);
+    const find = (selector) => root.querySelector(selector);
+    this.graphBox = find(".dfx-graph");
+    this.canvas = find(".dfx-graph-canvas");
+    this.imageBox = find(".dfx-image");
+    this.imageCanvas = find(".dfx-image-canvas");
+    this.details = find(".dfx-details");
+    this.pinsBox = find(".dfx-pins");
+    this.countsText = find(".dfx-counts");
+    const nodeSlider = find(".dfx-node-threshold");
+    const edgeSlider = find(".dfx-edge-threshold");
+    nodeSlider.value = this.state.nodeThreshold;
+    edgeSlider.value = this.state.edgeThreshold;
+    const showValues = () => {
+      find(".dfx-node-value").textContent = Number(nodeSlider.value).toFixed(3);
+      find(".dfx-edge-value").textContent = Number(edgeSlider.value).toFixed(3);
+    };
+    showValues();
+    const onSlide = () => {
+      showValues();
+      this.setThresholds(Number(nodeSlider.value), Number(edgeSlider.value));
+    };
+    nodeSlider.addEventListener("change", onSlide);
+    edgeSlider.addEventListener("change", onSlide);
+    nodeSlider.addEventListener("input", showValues);
+    edgeSlider.addEventListener("input", showValues);
+    root.querySelector('[data-action="group"]').addEventListener("click", () => this.groupPinned());
+    root.querySelector('[data-action="clear-region"]').addEventListener("click", () => this.setRegion(null));
+    root.querySelector('[data-action="fit"]').addEventListener("click", () => {
+      this.zoom = 1;
+      this.pan = { x: 0, y: 0 };
+      this.redraw();
+    });
+    root.querySelector('[data-action="open-large"]')?.addEventListener("click", () => this.options.onOpenLarge());
+    for (const button of root.querySelectorAll("[data-tool]")) {
+      button.addEventListener("click", () => {
+        this.tool = button.dataset.tool;
+        for (const b of root.querySelectorAll("[data-tool]")) b.setAttribute("aria-pressed", String(b === button));
+      });
+    }
+    this.#wireGraphEvents();
+    this.#wireImageEvents();
+    return root;
+  }
+
+  #wireGraphEvents() {
+    const canvas = this.canvas;
+    let drag = null;
+    canvas.addEventListener("pointerdown", (event) => {
+      this.graphBox.focus({ preventScroll: true });
+      drag = { x: event.clientX, y: event.clientY, panX: this.pan.x, panY: this.pan.y, moved: false };
+      canvas.setPointerCapture(event.pointerId);
+    });
+    canvas.addEventListener("pointermove", (event) => {
+      const point = this.#canvasPoint(event);
+      if (drag) {
+        const dx = event.clientX - drag.x;
+        const dy = event.clientY - drag.y;
+        if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
+        if (drag.moved) {
+          this.pan = { x: drag.panX + dx, y: drag.panY + dy };
+          this.redraw();
+          return;
+        }
+      }
+      this.hover(this.#nodeAt(point));
+    });
+    canvas.addEventListener("pointerup", (event) => {
+      const wasDrag = drag?.moved;
+      drag = null;
+      if (wasDrag) return;
+      const index = this.#nodeAt(this.#canvasPoint(event));
+      if (index < 0) return this.focus(-1);
+      if (event.ctrlKey || event.metaKey) return this.togglePin(index);
+      this.focus(index === this.focused ? -1 : index);
+    });
+    canvas.addEventListener("pointerleave", () => this.hover(-1));
+    canvas.addEventListener("dblclick", (event) => {
+      const index = this.#nodeAt(this.#canvasPoint(event));
+      if (index >= 0) {
+        this.focus(index);
+        this.details.querySelector("input.dfx-label")?.focus();
+      }
+    });
+    canvas.addEventListener("wheel", (event) => {
+      event.preventDefault();
+      event.stopPropagation();
+      const point = this.#canvasPoint(event);
+      const factor = Math.exp(-event.deltaY * 0.0015);
+      this.zoomAt(point.x, point.y, factor);
+    }, { passive: false });
+    this.graphBox.addEventListener("keydown", (event) => {
+      if (event.target !== this.graphBox) return;
+      if (event.key === "g" || event.key === "G") {
+        this.groupPinned();
+      } else if (event.key === "Escape") {
+        this.focus(-1);
+      } else {
+        return;
+      }
+      event.preventDefault();
+      event.stopPropagation();
+    });
+  }
+
+  /** Where a drawn node is, in client (page viewport) coordinates; null if it is not drawn. */
+  clientPoint(index) {
+    if (!this.drawn[index]) return null;
+    const { sx, sy, ox, oy } = this.#screen();
+    const box = this.canvas.getBoundingClientRect();
+    return { x: box.left + ox + this.positions.x[index] * sx, y: box.top + oy + this.positions.y[index] * sy };
+  }
+
+  zoomAt(x, y, factor) {
+    const zoom = Math.min(Math.max(this.zoom * factor, 0.2), 60);
+    const applied = zoom / this.zoom;
+    this.pan = { x: x - MARGIN - (x - MARGIN - this.pan.x) * applied, y: y - MARGIN - (y - MARGIN - this.pan.y) * applied };
+    this.zoom = zoom;
+    this.redraw();
+  }
+
+  #wireImageEvents() {
+    const canvas = this.imageCanvas;
+    let painting = null;
+    const cellAt = (event) => {
+      const grid = this.circuit.metadata.image_grid;
+      if (!grid || !this.imageRect) return null;
+      const box = canvas.getBoundingClientRect();
+      const x = (event.clientX - box.left - this.imageRect.x) / this.imageRect.width;
+      const y = (event.clientY - box.top - this.imageRect.y) / this.imageRect.height;
+      return { col: Math.min(Math.max(Math.floor(x * grid[1]), 0), grid[1] - 1), row: Math.min(Math.max(Math.floor(y * grid[0]), 0), grid[0] - 1) };
+    };
+    canvas.addEventListener("pointerdown", (event) => {
+      const cell = cellAt(event);
+      if (!cell) return;
+      canvas.setPointerCapture(event.pointerId);
+      painting = { start: cell, end: cell, cells: new Set() };
+      this.#paintCell(painting, cell);
+      this.#drawImage(painting);
+    });
+    canvas.addEventListener("pointermove", (event) => {
+      if (!painting) return;
+      const cell = cellAt(event);
+      painting.end = cell;
+      this.#paintCell(painting, cell);
+      this.#drawImage(painting);
+    });
+    canvas.addEventListener("pointerup", () => {
+      if (!painting) return;
+      const cells = this.#selectionCells(painting);
+      painting = null;
+      this.setRegion(cells);
+      this.#drawImage();
+    });
+  }
+
+  #paintCell(painting, cell) {
+    if (this.tool !== "paint" || !cell) return;
+    const cols = this.circuit.metadata.image_grid[1];
+    const rows = this.circuit.metadata.image_grid[0];
+    const radius = Math.max(0, Math.round(Math.min(rows, cols) / 24));
+    for (let r = cell.row - radius; r <= cell.row + radius; r++) {
+      for (let c = cell.col - radius; c <= cell.col + radius; c++) {
+        if (r >= 0 && r < rows && c >= 0 && c < cols) painting.cells.add(r * cols + c);
+      }
+    }
+  }
+
+  #selectionCells(painting) {
+    if (this.tool === "paint") return [...painting.cells];
+    const cols = this.circuit.metadata.image_grid[1];
+    const cells = [];
+    const [r0, r1] = [painting.start.row, painting.end.row].sort((a, b) => a - b);
+    const [c0, c1] = [painting.start.col, painting.end.col].sort((a, b) => a - b);
+    for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) cells.push(r * cols + c);
+    return cells;
+  }
+
+  #showDetails(index) {
+    const box = this.details;
+    box.replaceChildren();
+    if (index < 0) return;
+    const node = this.circuit.nodes[index];
+    const members = this.#members(index);
+    const doc = box.ownerDocument;
+    const title = doc.createElement("h4");
+    const group = this.groupOf.get(index);
+    title.textContent = group === undefined ? describeNode(node) : `${this.state.groups[group].name}: ${members.length} nodes`;
+    box.appendChild(title);
+    const rows = [["kind", node.kind], ["step", node.step], ["stream", node.stream ?? "–"], ["layer", node.layer ?? "–"],
+      ["feature", node.feature ?? "–"], ["value", node.value.toPrecision(4)], ["influence", this.influence[index].toPrecision(3)],
+      ["active tokens", node.positions.length]];
+    const table = doc.createElement("table");
+    for (const [key, value] of rows) {
+      const tr = table.insertRow();
+      tr.insertCell().textContent = key;
+      tr.insertCell().textContent = String(value);
+    }
+    box.appendChild(table);
+    const label = doc.createElement("input");
+    label.className = "dfx-label";
+    label.placeholder = "label (saved with the workflow)";
+    label.value = this.state.labels[node.id] ?? "";
+    label.addEventListener("change", () => this.setLabel(index, label.value));
+    label.addEventListener("keydown", (event) => event.stopPropagation());
+    box.appendChild(label);
+    if (node.stream === "txt" && node.kind !== "bias") box.appendChild(this.#tokenStrip(node));
+    box.appendChild(this.#neighbours(index));
+    const actions = doc.createElement("div");
+    const pin = doc.createElement("button");
+    pin.textContent = this.state.pins.includes(node.id) ? "unpin" : "pin";
+    pin.addEventListener("click", () => {
+      this.togglePin(index);
+      this.#showDetails(index);
+    });
+    actions.appendChild(pin);
+    if (members.some((i) => this.circuit.nodes[i].kind === "feature")) {
+      const steer = doc.createElement("button");
+      steer.className = "dfx-steer";
+      steer.textContent = members.length > 1 ? "steer these features" : "steer this feature";
+      steer.addEventListener("click", () => this.steer(index));
+      actions.appendChild(steer);
+    }
+    box.appendChild(actions);
+  }
+
+  #tokenStrip(node) {
+    const doc = this.details.ownerDocument;
+    const strip = doc.createElement("div");
+    strip.className = "dfx-tokens";
+    const tokens = this.circuit.metadata.text_tokens ?? [];
+    const activation = new Map();
+    let peak = 0;
+    for (let p = 0; p < node.positions.length; p++) {
+      activation.set(node.positions[p], node.activations[p]);
+      peak = Math.max(peak, Math.abs(node.activations[p]));
+    }
+    tokens.forEach((token, position) => {
+      const span = doc.createElement("span");
+      span.textContent = token;
+      const a = peak > 0 ? Math.abs(activation.get(position) ?? 0) / peak : 0;
+      span.style.background = `rgba(240, 160, 32, ${a.toFixed(2)})`;
+      strip.appendChild(span);
+    });
+    return strip;
+  }
+
+  /** The strongest drawn inputs and outputs of a node. */
+  #neighbours(index) {
+    const doc = this.details.ownerDocument;
+    const list = doc.createElement("div");
+    const { source, target, weight } = this.drawnEdges;
+    const inputs = [];
+    const outputs = [];
+    for (let e = 0; e < weight.length; e++) {
+      if (target[e] === index) inputs.push([source[e], weight[e]]);
+      if (source[e] === index) outputs.push([target[e], weight[e]]);
+    }
+    for (const [name, items] of [["inputs", inputs], ["outputs", outputs]]) {
+      items.sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
+      const line = doc.createElement("div");
+      line.className = "dfx-muted";
+      line.textContent = `${name}: ` + (items.slice(0, 5).map(([i, w]) => `${this.#name(i)} (${w >= 0 ? "+" : ""}${w.toPrecision(2)})`).join(", ") || "none");
+      list.appendChild(line);
+    }
+    return list;
+  }
+
+  #name(index) {
+    const group = this.groupOf.get(index);
+    if (group !== undefined) return this.state.groups[group].name;
+    const node = this.circuit.nodes[index];
+    return this.state.labels[node.id] || (node.kind === "feature" ? featureSpec(node) : describeNode(node));
+  }
+
+  #showPins() {
+    const box = this.pinsBox;
+    box.replaceChildren();
+    const doc = box.ownerDocument;
+    this.state.groups.forEach((group, g) => {
+      const line = doc.createElement("div");
+      line.textContent = `▣ ${group.name} (${group.members.length}) `;
+      const ungroup = doc.createElement("button");
+      ungroup.textContent = "ungroup";
+      ungroup.addEventListener("click", () => this.ungroup(g));
+      line.appendChild(ungroup);
+      box.appendChild(line);
+    });
+    if (this.state.pins.length) {
+      const line = doc.createElement("div");
+      line.className = "dfx-muted";
+      line.textContent = "pinned: " + this.state.pins.map((id) => this.#name(this.circuit.byId.get(id))).join(", ");
+      box.appendChild(line);
+    }
+  }
+
+  #say(text) {
+    this.details.replaceChildren();
+    const p = this.details.ownerDocument.createElement("p");
+    p.textContent = text;
+    this.details.appendChild(p);
+  }
+
+  // --- drawing ----------------------------------------------------------------------------------------
+
+  #canvasPoint(event) {
+    const box = this.canvas.getBoundingClientRect();
+    return { x: event.clientX - box.left, y: event.clientY - box.top };
+  }
+
+  #screen() {
+    const width = this.canvas.clientWidth;
+    const height = this.canvas.clientHeight;
+    const sx = (width - 2 * MARGIN) * this.zoom;
+    const sy = (height - 2 * MARGIN) * this.zoom;
+    return { width, height, sx, sy, ox: MARGIN + this.pan.x, oy: MARGIN + this.pan.y };
+  }
+
+  #nodeAt(point) {
+    const { sx, sy, ox, oy } = this.#screen();
+    const { x, y } = this.positions;
+    let best = -1;
+    let bestDistance = 10 * 10;
+    for (let i = 0; i < x.length; i++) {
+      if (!this.drawn[i]) continue;
+      const dx = ox + x[i] * sx - point.x;
+      const dy = oy + y[i] * sy - point.y;
+      const d = dx * dx + dy * dy;
+      if (d < bestDistance) {
+        bestDistance = d;
+        best = i;
+      }
+    }
+    return best;
+  }
+
+  redraw() {
+    if (this.frame) return;
+    const request = this.canvas.ownerDocument.defaultView.requestAnimationFrame;
+    this.frame = request(() => {
+      this.frame = null;
+      this.drawNow();
+    });
+  }
+
+  /** Draw the graph at once; returns the milliseconds it took (also kept in `redraws`). */
+  drawNow() {
+    const started = performance.now();
+    const canvas = this.canvas;
+    const ratio = canvas.ownerDocument.defaultView.devicePixelRatio || 1;
+    const { width, height, sx, sy, ox, oy } = this.#screen();
+    if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+      canvas.width = Math.round(width * ratio);
+      canvas.height = Math.round(height * ratio);
+    }
+    const context = canvas.getContext("2d");
+    context.setTransform(ratio, 0, 0, ratio, 0, 0);
+    context.clearRect(0, 0, width, height);
+    const { x, y } = this.positions;
+    const { source, target } = this.drawnEdges;
+    const focus = this.focused;
+    const incident = focus >= 0 ? new Set([focus]) : null;
+    if (incident) for (let e = 0; e < source.length; e++) {
+      if (source[e] === focus) incident.add(target[e]);
+      if (target[e] === focus) incident.add(source[e]);
+    }
+    context.lineCap = "round";
+    this.buckets.forEach((edges, b) => {
+      if (!edges.length) return;
+      const negative = b >= WIDTH_LEVELS;
+      const level = (b % WIDTH_LEVELS + 1) / WIDTH_LEVELS;
+      const [r, g, bl] = negative ? NEGATIVE : POSITIVE;
+      for (const highlighted of incident ? [false, true] : [false]) {
+        context.beginPath();
+        let any = false;
+        for (const e of edges) {
+          if (incident && (source[e] === focus || target[e] === focus) !== highlighted) continue;
+          const x0 = ox + x[source[e]] * sx;
+          const y0 = oy + y[source[e]] * sy;
+          const x1 = ox + x[target[e]] * sx;
+          const y1 = oy + y[target[e]] * sy;
+          if ((x0 < 0 && x1 < 0) || (x0 > width && x1 > width) || (y0 < 0 && y1 < 0) || (y0 > height && y1 > height)) continue;
+          context.moveTo(x0, y0);
+          context.lineTo(x1, y1);
+          any = true;
+        }
+        if (!any) continue;
+        const alpha = incident && !highlighted ? 0.06 : 0.15 + 0.85 * level;
+        context.strokeStyle = `rgba(${r},${g},${bl},${alpha})`;
+        context.lineWidth = (0.4 + 4 * level * level) * (highlighted ? 1.5 : 1);
+        context.stroke();
+      }
+    });
+    this.#drawNodes(context, { width, height, sx, sy, ox, oy }, incident);
+    const took = performance.now() - started;
+    this.redraws.push(took);
+    if (this.redraws.length > 200) this.redraws.shift();
+    return took;
+  }
+
+  #drawNodes(context, { width, height, sx, sy, ox, oy }, incident) {
+    const { x, y } = this.positions;
+    const pins = new Set(this.state.pins.map((id) => this.circuit.byId.get(id)));
+    const labelled = [];
+    const strongest = this.#strongest(24);
+    const byColour = new Map();
+    for (let i = 0; i < x.length; i++) {
+      if (!this.drawn[i]) continue;
+      const px = ox + x[i] * sx;
+      const py = oy + y[i] * sy;
+      if (px < -20 || px > width + 20 || py < -20 || py > height + 20) continue;
+      const node = this.circuit.nodes[i];
+      const grouped = this.groupOf.has(i);
+      const dim = incident && !incident.has(i);
+      const colour = grouped ? "#c77dff" : KIND_COLOURS[node.kind];
+      const key = `${colour}|${dim}`;
+      if (!byColour.has(key)) byColour.set(key, []);
+      byColour.get(key).push(i);
+      const special = pins.has(i) || grouped || i === this.hovered || i === this.focused || this.state.labels[node.id];
+      if (special || node.kind === "target" || (strongest.has(i) && this.zoom * sx > 500)) labelled.push(i);
+    }
+    for (const [key, members] of byColour) {
+      const [colour, dim] = key.split("|");
+      context.fillStyle = colour;
+      context.globalAlpha = dim === "true" ? 0.25 : 1;
+      context.beginPath();
+      for (const i of members) {
+        const r = this.#radius(i);
+        const px = ox + x[i] * sx;
+        const py = oy + y[i] * sy;
+        if (this.groupOf.has(i) || this.circuit.nodes[i].kind === "error" || this.circuit.nodes[i].kind === "rest") {
+          context.rect(px - r, py - r, 2 * r, 2 * r);
+        } else {
+          context.moveTo(px + r, py);
+          context.arc(px, py, r, 0, 2 * Math.PI);
+        }
+      }
+      context.fill();
+    }
+    context.globalAlpha = 1;
+    context.lineWidth = 2;
+    for (const i of pins) {
+      if (i === undefined || !this.drawn[i]) continue;
+      context.strokeStyle = "#ffd400";
+      context.beginPath();
+      context.arc(ox + x[i] * sx, oy + y[i] * sy, this.#radius(i) + 3, 0, 2 * Math.PI);
+      context.stroke();
+    }
+    for (const i of [this.hovered, this.focused]) {
+      if (i < 0 || !this.drawn[i]) continue;
+      context.strokeStyle = "#ffffff";
+      context.beginPath();
+      context.arc(ox + x[i] * sx, oy + y[i] * sy, this.#radius(i) + 5, 0, 2 * Math.PI);
+      context.stroke();
+    }
+    this.#drawLabels(context, labelled, { sx, sy, ox, oy }, pins);
+  }
+
+  /** Labels of pinned, grouped, hovered, focused and labelled nodes always; others only where they fit. */
+  #drawLabels(context, labelled, { sx, sy, ox, oy }, pins) {
+    const { x, y } = this.positions;
+    const must = (i) => pins.has(i) || this.groupOf.has(i) || i === this.hovered || i === this.focused || this.state.labels[this.circuit.nodes[i].id];
+    labelled.sort((a, b) => Number(Boolean(must(b))) - Number(Boolean(must(a))) || this.influence[b] - this.influence[a]);
+    context.font = "11px system-ui, sans-serif";
+    context.fillStyle = "#eee";
+    const placed = [];
+    for (const i of labelled) {
+      const text = this.#name(i);
+      const left = ox + x[i] * sx + this.#radius(i) + 3;
+      const box = { left, right: left + context.measureText(text).width, top: oy + y[i] * sy - 13, bottom: oy + y[i] * sy };
+      const overlaps = placed.some((p) => box.left < p.right && p.left < box.right && box.top < p.bottom && p.top < box.bottom);
+      if (overlaps && !must(i)) continue;
+      placed.push(box);
+      context.fillText(text, left, box.bottom - 3);
+    }
+  }
+
+  #strongest(count) {
+    if (!this.strongestCache || this.strongestCache.mask !== this.drawn) {
+      const ranked = [];
+      for (let i = 0; i < this.drawn.length; i++) if (this.drawn[i] && this.circuit.nodes[i].kind === "feature") ranked.push(i);
+      ranked.sort((a, b) => this.influence[b] - this.influence[a]);
+      this.strongestCache = { mask: this.drawn, set: new Set(ranked.slice(0, count)) };
+    }
+    return this.strongestCache.set;
+  }
+
+  #radius(i) {
+    const r = 2.5 + 7 * Math.sqrt(Math.min(1, this.influence[i]));
+    return this.groupOf.has(i) ? r + 3 : r;
+  }
+
+  #drawImage(painting = null) {
+    const canvas = this.imageCanvas;
+    const width = canvas.clientWidth;
+    const height = canvas.clientHeight;
+    if (!width || !height) return;
+    const ratio = canvas.ownerDocument.defaultView.devicePixelRatio || 1;
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+    const context = canvas.getContext("2d");
+    context.setTransform(ratio, 0, 0, ratio, 0, 0);
+    context.clearRect(0, 0, width, height);
+    const grid = this.circuit.metadata.image_grid;
+    const aspect = this.image ? [this.image.naturalWidth, this.image.naturalHeight] : grid ? [grid[1], grid[0]] : [1, 1];
+    const rect = fitRect(aspect[0], aspect[1], width, height);
+    this.imageRect = rect;
+    if (this.image) {
+      context.imageSmoothingEnabled = this.image.naturalWidth >= 256;
+      context.drawImage(this.image, rect.x, rect.y, rect.width, rect.height);
+    } else {
+      context.fillStyle = "#333";
+      context.fillRect(rect.x, rect.y, rect.width, rect.height);
+    }
+    if (!grid) return;
+    const shown = this.hovered >= 0 ? this.hovered : this.focused;
+    if (shown >= 0) {
+      const node = this.circuit.nodes[shown];
+      if (node.stream === "img") {
+        const members = this.#members(shown).map((i) => this.circuit.nodes[i]);
+        const values = new Float32Array(grid[0] * grid[1]);
+        for (const member of members) nodeTokenMap(member, values.length).forEach((v, t) => { values[t] = Math.max(values[t], v); });
+        paintTokenMap(context, values, grid, rect, 0.85);
+      }
+    }
+    const cells = painting ? this.#selectionCells(painting) : this.state.region?.cells ?? [];
+    if (cells.length) {
+      context.strokeStyle = "#00e5ff";
+      context.lineWidth = 1;
+      const cw = rect.width / grid[1];
+      const ch = rect.height / grid[0];
+      for (const c of cells) context.strokeRect(rect.x + (c % grid[1]) * cw + 0.5, rect.y + Math.floor(c / grid[1]) * ch + 0.5, cw - 1, ch - 1);
+    }
+  }
+}

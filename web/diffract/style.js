@@ -1,0 +1,35 @@
+// The viewers' CSS, added once per document (ComfyUI page or standalone report).
+
+const CSS = `
+.dfx-root { font: 12px/1.4 system-ui, sans-serif; color: #ddd; background: #1e1f22; display: flex; flex-direction: column;
+  height: 100%; min-height: 0; box-sizing: border-box; border-radius: 4px; overflow: hidden; }
+.dfx-toolbar { display: flex; flex-wrap: wrap; gap: 4px 10px; align-items: center; padding: 4px 6px; border-bottom: 1px solid #4445; }
+.dfx-toolbar label { display: inline-flex; gap: 4px; align-items: center; white-space: nowrap; }
+.dfx-toolbar input[type=range] { width: 90px; }
+.dfx-toolbar button, .dfx-details button { font: inherit; padding: 1px 7px; border-radius: 3px; border: 1px solid #6668;
+  background: #3335; color: inherit; cursor: pointer; }
+.dfx-toolbar button[aria-pressed=true] { background: #2f6fd9; color: #fff; }
+.dfx-body { display: flex; flex: 1; min-height: 0; }
+.dfx-graph { position: relative; flex: 1 1 60%; min-width: 0; outline: none; }
+.dfx-graph canvas { position: absolute; inset: 0; width: 100%; height: 100%; cursor: grab; }
+.dfx-side { flex: 0 0 34%; max-width: 360px; min-width: 150px; display: flex; flex-direction: column; border-left: 1px solid #4445;
+  overflow: auto; }
+.dfx-image { position: relative; aspect-ratio: 1; width: 100%; flex: none; }
+.dfx-image canvas { position: absolute; inset: 0; width: 100%; height: 100%; cursor: crosshair; }
+.dfx-details { padding: 4px 6px; }
+.dfx-details h4 { margin: 2px 0; font-size: 12px; }
+.dfx-details input.dfx-label { width: 100%; box-sizing: border-box; font: inherit; }
+.dfx-details table { border-collapse: collapse; width: 100%; } .dfx-details td { padding: 0 3px; }
+.dfx-tokens span { padding: 0 2px; margin: 1px; display: inline-block; border-radius: 2px; }
+.dfx-muted { opacity: .7; }
+.dfx-heatmap { display: flex; flex-direction: column; height: 100%; }
+.dfx-heatmap .dfx-image { flex: 1; aspect-ratio: auto; min-height: 120px; }
+`;
+
+export function ensureStyle(doc = document) {
+  if (doc.getElementById("dfx-style")) return;
+  const style = doc.createElement("style");
+  style.id = "dfx-style";
+  style.textContent = CSS;
+  doc.head.appendChild(style);
+}
