@@ -25,7 +25,7 @@ from ..diffract_core.recording import FeatureRecording
 from ..diffract_core.render.circuit import render_circuit
 from ..diffract_core.transcoders.transcoder_set import TranscoderSet
 from . import circuit_store
-from .inspect_nodes import token_labels
+from .inspect_nodes import preview_ref, token_labels
 from .model_patching import check_flux, steer_features
 from .node_types import AFTER_SAMPLING, CATEGORY, CHUNK_CHOICES, Circuit, Recording, Transcoders
 from .progress import NodeProgress
@@ -81,6 +81,7 @@ class TraceCircuit(io.ComfyNode):
                 io.Int.Input("max_active", default=128, min=1, max=65536, tooltip="features per token kept as graph sources; the rest join the error node"),
                 io.Int.Input("faithfulness_checks", default=10, min=0, max=1000, tooltip="ablate this many top features in the real model and compare with the graph (0: skip)"),
                 io.Mask.Input("region", optional=True, tooltip="the image region for region targets"),
+                io.Image.Input("image", optional=True, tooltip="the decoded image: the graph widget draws heatmaps and regions on it"),
                 io.Clip.Input("clip", optional=True, tooltip="FLUX's CLIP, to label text tokens"),
                 io.String.Input("prompt", default="", optional=True, multiline=True, tooltip="the prompt, to label text tokens"),
             ],
@@ -111,6 +112,7 @@ class TraceCircuit(io.ComfyNode):
         region: torch.Tensor | None = None,
         clip: Any = None,
         prompt: str = "",
+        image: torch.Tensor | None = None,
     ) -> io.NodeOutput:
         spec = parse_target(target, target_mode, position, region)
         call = recording.call_inputs(step, CHUNKS[chunk])
@@ -143,6 +145,7 @@ class TraceCircuit(io.ComfyNode):
         circuit_id = circuit_store.publish(graph)
         payload = circuit_store.summary(graph, circuit_id)
         payload["pruned"] = {"nodes": len(pruned.nodes), "edges": int(pruned.edge_weights.numel())}
+        payload["image"] = preview_ref(image, batch_index, cls)
         return io.NodeOutput(
             graph, picture, ui={**ui.PreviewImage(picture, cls=cls).as_dict(), "diffract_circuit": [payload]}
         )

@@ -14,6 +14,7 @@ from ..diffract_core.recording import FeatureRecording
 from ..diffract_core.render import NORMALIZE_MODES, FeatureStat, format_table, render_feature_heatmaps, top_features
 from ..diffract_core.sites import LAYERS_HELP, parse_layers, parse_steps
 from ..diffract_core.spatial import mask_to_token_weights
+from ..diffract_core.viewer import heatmap_payload
 from .node_types import AFTER_SAMPLING, CATEGORY, STREAM_CHOICES, Recording, streams_of
 
 CHUNKS = {"cond": 0, "uncond": 1}
@@ -80,6 +81,9 @@ class FeatureHeatmaps(io.ComfyNode):
             "steps": chosen_steps,
             "sigmas": [recording.schedule[step] for step in chosen_steps],
             "order": "feature-major",
+            "viewer": heatmap_payload(recording, refs, chosen_steps, image=None, chunk=CHUNKS[chunk], batch_index=batch_index,
+                                      normalize=normalize, opacity=opacity),  # type: ignore[arg-type]
+            "image": preview_ref(image, batch_index, cls),
         }
         preview = ui.PreviewImage(overlay_batch, cls=cls).as_dict()
         return io.NodeOutput(overlay_batch, mask_batch, ui={**preview, "diffract_heatmaps": [payload]})
@@ -106,6 +110,7 @@ class TopFeatures(io.ComfyNode):
                 io.Mask.Input("mask", optional=True, tooltip="an image region, drawn on the generated image"),
                 io.Clip.Input("clip", optional=True, tooltip="with the prompt: label text rows with their tokens"),
                 io.String.Input("prompt", optional=True, multiline=True, default="", tooltip="the prompt the text was encoded from"),
+                io.Image.Input("image", optional=True, tooltip="the decoded image, under the heatmaps of the node's viewer"),
             ],
             outputs=[io.String.Output(display_name="table")],
             is_output_node=True,  # shows its table in the node even with nothing connected
@@ -125,6 +130,7 @@ class TopFeatures(io.ComfyNode):
         mask: torch.Tensor | None = None,
         clip: Any = None,
         prompt: str = "",
+        image: torch.Tensor | None = None,
     ) -> io.NodeOutput:
         _finished(recording)
         chosen_streams = streams_of(streams)
@@ -147,7 +153,20 @@ class TopFeatures(io.ComfyNode):
         )
         table = format_table(stats)
         payload = {"rows": [_row(stat, recording) for stat in stats], "region": mask is not None}
+        image_features = list(dict.fromkeys(stat.feature for stat in stats if stat.feature.stream == "img"))
+        if image_features and recording.image_grid is not None:
+            payload["viewer"] = heatmap_payload(recording, image_features, recording.steps, image=None, chunk=CHUNKS[chunk],
+                                                batch_index=batch_index)
+            payload["image"] = preview_ref(image, batch_index, cls)
         return io.NodeOutput(table, ui={"text": [table], "diffract_top_features": [payload]})
+
+
+def preview_ref(image: torch.Tensor | None, batch_index: int, cls: type[io.ComfyNode]) -> dict[str, Any] | None:
+    """The image of `batch_index` (or the only one) saved as a temp preview: {filename, subfolder, type}."""
+    if image is None:
+        return None
+    pick = batch_index if batch_index < image.shape[0] else 0
+    return ui.PreviewImage(image[pick : pick + 1], cls=cls).as_dict()["images"][0]
 
 
 def _row(stat: FeatureStat, recording: FeatureRecording) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from types import SimpleNamespace
 
 import pytest
@@ -33,10 +34,17 @@ def test_heatmaps_give_one_overlay_per_feature_and_step(pack, recorded) -> None:
     overlays, masks = out.args
     assert overlays.shape == (4, 64, 96, 3) and masks.shape == (4, 64, 96)
     assert masks[0].max() == 1.0, "the feature is strongest at token 0 of step 0"
-    assert out.ui["diffract_heatmaps"] == [
-        {"features": [feature, "img:0:1"], "steps": [0, 2], "sigmas": [1.0, 0.5], "order": "feature-major"}
-    ]
+    payload = out.ui["diffract_heatmaps"][0]
+    assert {k: payload[k] for k in ("features", "steps", "sigmas", "order")} == {
+        "features": [feature, "img:0:1"], "steps": [0, 2], "sigmas": [1.0, 0.5], "order": "feature-major"}
     assert len(out.ui["images"]) == 4
+    assert payload["image"] == {"filename": "preview_0.png", "subfolder": "", "type": "temp"}
+    viewer = payload["viewer"]
+    assert viewer["grid"] == [4, 6] and [(m["feature"], m["step"]) for m in viewer["maps"]] == [
+        (feature, 0), (feature, 2), ("img:0:1", 0), ("img:0:1", 2)]
+    for mask, entry in zip(masks, viewer["maps"]):  # the viewer's token maps are the MASK outputs at token resolution
+        tokens = torch.tensor(list(base64.b64decode(entry["data"])), dtype=torch.float32).view(4, 6) / 255
+        assert torch.allclose(tokens, mask[::16, ::16], atol=1 / 255)
 
 
 def test_top_features_rank_a_region_and_label_prompt_tokens(pack, recorded) -> None:
