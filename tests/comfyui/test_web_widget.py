@@ -1,0 +1,107 @@
+"""The viewers inside a real ComfyUI page: headless Chromium opens the server with our pack loaded,
+loads the toy example workflow, queues it, and the circuit widget appears in Trace Circuit (and in
+the Vue "Nodes 2.0" renderer); its steer action adds a Steer Feature node wired to the model."""
+
+from __future__ import annotations
+
+import json
+
+WORKFLOW = "example_workflows/toy_trace_and_steer.json"
+TRACE = "app.graph.nodes.find((n) => n.comfyClass === 'DiffractTraceCircuit')"
+
+
+def _open(page, server) -> None:  # noqa: ANN001
+    settings = server.run_dir / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))  # no first-run templates dialog
+    page.goto(server.url)
+    page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=60_000)
+    page.wait_for_timeout(1000)
+    page.keyboard.press("Escape")  # the first-run templates dialog
+    page.evaluate("window.app.extensionManager.dialog?.closeDialog?.()")
+
+
+def _show_alone(page, node: str) -> None:  # noqa: ANN001
+    """Move the node clear of the template's layout (its widget makes it taller) and centre on it."""
+    page.evaluate(f"""(() => {{ const node = {node}; node.pos = [4000, 0];
+        window.app.canvas.centerOnNode?.(node); window.app.canvas.setDirty(true, true); }})()""")
+    page.wait_for_timeout(500)
+
+
+def _run_workflow(page, workflow: dict) -> None:  # noqa: ANN001
+    page.evaluate("(workflow) => window.app.loadGraphData(workflow)", workflow)
+    page.evaluate("""() => { window.__diffractDone = null;
+        const api = window.comfyAPI.api.api;
+        api.addEventListener('execution_success', () => { window.__diffractDone = 'success'; });
+        api.addEventListener('execution_error', (e) => { window.__diffractDone = JSON.stringify(e.detail).slice(0, 2000); });
+        return window.app.queuePrompt(0, 1); }""")
+    page.wait_for_function("window.__diffractDone !== null", timeout=300_000)
+    assert page.evaluate("window.__diffractDone") == "success"
+
+
+def test_the_circuit_widget_appears_and_steers_a_wired_node(comfy_server, pack_dir, page, artifacts) -> None:  # noqa: ANN001
+    workflow = json.loads((pack_dir / WORKFLOW).read_text())
+    _open(page, comfy_server)
+    _run_workflow(page, workflow)
+    page.wait_for_function(f"{TRACE}.diffractView && {TRACE}.diffractView.redraws.length > 0", timeout=60_000)
+    widget = page.locator(".dfx-circuit").first
+    assert widget.is_visible()
+    counts = page.evaluate(f"{TRACE}.diffractView.counts")
+    assert counts["nodes"] > 3 and counts["edges"] > 0
+    assert page.evaluate(f"{TRACE}.diffractView.circuit.metadata.image_grid") == [8, 8]
+    assert page.evaluate(f"{TRACE}.diffractView.image !== null"), "the decoded image came through /view"
+    serialized = page.evaluate("JSON.stringify(window.app.graph.serialize())")
+    assert "diffract-circuit" not in serialized, "the circuit itself never goes into the workflow"
+    _show_alone(page, TRACE)
+    widget.screenshot(path=str(artifacts / "comfyui-trace-circuit-widget.png"))
+    page.screenshot(path=str(artifacts / "comfyui-trace-circuit.png"))
+    widget.locator("[data-action=open-large]").dispatch_event("click")  # the larger view, in the bottom panel
+    page.wait_for_function(f"{TRACE}.diffractLargeView && {TRACE}.diffractLargeView.redraws.length > 0", timeout=30_000)
+    assert page.evaluate(f"{TRACE}.diffractLargeView.root.getBoundingClientRect().width") > 600
+    page.screenshot(path=str(artifacts / "comfyui-large-view.png"))
+    top = "app.graph.nodes.find((n) => n.comfyClass === 'DiffractTopFeatures')"
+    rows = page.evaluate(f"window.app.nodeOutputs[String({top}.id)].diffract_top_features[0].rows.map((r) => r.feature)")
+    if any(row.startswith("img:") for row in rows):
+        assert page.evaluate(f"{top}.diffractView.maps.length") > 0, "Top Features shows its image rows in the viewer"
+    else:
+        assert "No image-stream feature" in page.evaluate(f"{top}.diffractWidget.element.textContent")
+
+    # pins and labels go into the node's properties, hence into the saved workflow
+    first = page.evaluate(f"""(() => {{ const v = {TRACE}.diffractView;
+        const n = v.circuit.nodes.find((n) => v.drawn[n.index] && n.kind === 'feature'); v.togglePin(n.index);
+        v.setLabel(n.index, 'my feature'); return n.id; }})()""")
+    saved = json.loads(page.evaluate("JSON.stringify(window.app.graph.serialize())"))
+    trace = next(n for n in saved["nodes"] if n["type"] == "DiffractTraceCircuit")
+    assert trace["properties"]["diffract_view"]["pins"] == [first]
+    assert trace["properties"]["diffract_view"]["labels"] == {first: "my feature"}
+
+    before = page.evaluate("window.app.graph.nodes.filter((n) => n.comfyClass === 'DiffractSteerFeature').length")
+    steered = page.evaluate(f"""(() => {{ const v = {TRACE}.diffractView; const n = v.circuit.nodes[v.circuit.byId.get({first!r})];
+        v.steer(n.index); return `${{n.stream}}:${{n.layer}}:${{n.feature}}`; }})()""")
+    nodes = page.evaluate("""(() => { const g = window.app.graph; const trace = g.nodes.find((n) => n.comfyClass === 'DiffractTraceCircuit');
+        const steer = g.nodes.filter((n) => n.comfyClass === 'DiffractSteerFeature').at(-1);
+        const origin = (node, name) => { const id = node.inputs.find((i) => i.name === name).link;
+            const link = g.links.get ? g.links.get(id) : g.links[id]; return link ? [link.origin_id, link.origin_slot] : null; };
+        return { count: g.nodes.filter((n) => n.comfyClass === 'DiffractSteerFeature').length,
+                 features: steer.widgets.find((w) => w.name === 'features').value,
+                 model: [origin(steer, 'model'), origin(trace, 'model')],
+                 transcoders: [origin(steer, 'transcoders'), origin(trace, 'transcoders')] }; })()""")
+    assert nodes["count"] == before + 1
+    assert nodes["features"] == steered
+    assert nodes["model"][0] is not None and nodes["model"][0] == nodes["model"][1]
+    assert nodes["transcoders"][0] is not None and nodes["transcoders"][0] == nodes["transcoders"][1]
+    page.screenshot(path=str(artifacts / "comfyui-steer-node.png"))
+
+
+def test_the_viewers_render_in_the_nodes_2_renderer(comfy_server, pack_dir, page, artifacts) -> None:  # noqa: ANN001
+    _open(page, comfy_server)
+    page.evaluate("window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+    _run_workflow(page, json.loads((pack_dir / WORKFLOW).read_text()))
+    page.wait_for_function(f"{TRACE}.diffractView && {TRACE}.diffractView.redraws.length > 0", timeout=60_000)
+    heatmaps = "app.graph.nodes.find((n) => n.comfyClass === 'DiffractFeatureHeatmaps')"
+    page.wait_for_function(f"{heatmaps}.diffractView && {heatmaps}.diffractView.maps.length > 0", timeout=60_000)
+    box = page.locator(".dfx-circuit").first.bounding_box()
+    assert box is not None and box["width"] > 100 and box["height"] > 100
+    _show_alone(page, TRACE)
+    page.locator(".dfx-circuit").first.screenshot(path=str(artifacts / "comfyui-nodes-2-widget.png"))
+    page.screenshot(path=str(artifacts / "comfyui-nodes-2.png"))
