@@ -17,7 +17,7 @@ import torch
 
 from ..attribution.serialize import graph_to_dict
 from ..features import FeatureRef
-from ..recording import COND, FeatureRecording
+from ..recording import FeatureRecording
 from ..render.heatmaps import blend
 from ..spatial import token_map_to_image
 from ..transcoders.transcoder_set import TranscoderSet
@@ -98,7 +98,7 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings(), *, model: ToyMo
     data |= {"error": asdict(shown.error) | {"region": None}, "feature": str(ref), "circuit": graph_data,
              "viewer": {"image": before_uri},
              "heatmaps": heatmap_payload(recording, _heatmap_features(shown.graph, ref), recording.steps, image=before_uri,
-                                         chunk=COND, batch_index=shown.error.index),
+                                         batch_index=shown.error.index),
              "repairs": [{"error": r.error.describe(), "feature": r.feature,
                           "outcomes": {name: asdict(o) | {"precision": o.precision} for name, o in r.outcomes.items()}}
                          for r in repairs]}

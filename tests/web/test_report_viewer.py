@@ -3,6 +3,7 @@ real circuit traced on the embedded toy: hover, focus, pin, group, prune, region
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,6 @@ HEATMAPS = "window.diffract.views.find((v) => v.maps)"
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     result = run_demo(tmp_path_factory.mktemp("demo"), DemoSettings(images=16, max_errors=1))
     assert result.shown is not None, "the fixture grid has no binding error to trace"
-    import json
-
     return result.report, json.loads((result.out / "circuit.json").read_text())
 
 

@@ -167,19 +167,19 @@ export function prune(circuit, nodeThreshold, edgeThreshold) {
   return { nodeMask, edgeMask: keep };
 }
 
-/** Image-stream nodes active (activation != 0) on a token of `cells` (Uint8Array over the image grid,
- * row by row), their summed activation there, and the text features that feed one of them directly. */
+/** Which nodes to keep for a region: image-stream nodes active (activation != 0) on a token of `cells`
+ * (Uint8Array over the image grid, row by row), the text features that feed one of them directly,
+ * and every node that is not a feature. Returns a Uint8Array mask. */
 export function nodesInRegion(circuit, cells) {
   const { nodes } = circuit;
   const inRegion = new Uint8Array(nodes.length);
-  const strength = new Float64Array(nodes.length);
   for (const node of nodes) {
     if (node.stream !== "img" || node.kind === "input") continue;
     for (let p = 0; p < node.positions.length; p++) {
       const position = node.positions[p];
       if (position < cells.length && cells[position] && node.activations[p] !== 0) {
         inRegion[node.index] = 1;
-        strength[node.index] += node.activations[p];
+        break;
       }
     }
   }
@@ -193,13 +193,13 @@ export function nodesInRegion(circuit, cells) {
     const structural = node.kind !== "feature";
     keep[node.index] = inRegion[node.index] || fed[node.index] || structural ? 1 : 0;
   }
-  return { keep, inRegion, strength };
+  return keep;
 }
 
 /**
  * Fixed positions in [0, 1]²: y by layer (inputs and biases at the bottom, the target on top), x by
  * (step, stream) columns — text left of image within a step — and, inside a column, by where the node
- * fires (token position). Only nodes with visible[i] take part; returns Float32Array x and y.
+ * fires (token position). Only nodes with visible[i] take part; returns Float32Array x and y (NaN elsewhere).
  */
 export function layout(circuit, visible) {
   const { nodes } = circuit;
@@ -232,7 +232,7 @@ export function layout(circuit, visible) {
       y[node.index] = 1 - r / topRow;
     });
   }
-  return { x, y, rows: topRow + 1, columns, layers };
+  return { x, y };
 }
 
 /** Activation-weighted mean token position: neighbours on the image sit near each other. */

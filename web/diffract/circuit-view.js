@@ -4,7 +4,7 @@
 
 import { collapseGroups, describeNode, featureSpec, influence, layout, nodesInRegion, prune, restoreViewState } from "./circuit-model.js";
 import { fitRect, loadImage, nodeTokenMap, paintTokenMap } from "./heatmap.js";
-import { ensureStyle } from "./style.js";
+import { createRoot } from "./style.js";
 
 const KIND_COLOURS = { feature: "#9aa3b5", error: "#8a8a8a", rest: "#b8b8b8", input: "#2fa36b", bias: "#a8a23a", target: "#f0a020" };
 const POSITIVE = [46, 110, 220];
@@ -19,7 +19,6 @@ export class CircuitView {
    *   onStateChange(state), onSteer({features, step, nodes}), onOpenLarge()
    */
   constructor(container, options) {
-    ensureStyle(container.ownerDocument);
     this.circuit = options.circuit;
     this.options = options;
     this.state = restoreViewState(this.circuit, options.state);
@@ -133,7 +132,7 @@ export class CircuitView {
     if (this.state.region) {
       const cells = new Uint8Array(this.#tokenCount());
       for (const c of this.state.region.cells) if (c < cells.length) cells[c] = 1;
-      const { keep } = nodesInRegion(this.circuit, cells);
+      const keep = nodesInRegion(this.circuit, cells);
       for (let i = 0; i < nodeMask.length; i++) nodeMask[i] &= keep[i];
     }
     for (const id of this.state.pins) nodeMask[this.circuit.byId.get(id)] = 1;
@@ -173,7 +172,6 @@ export class CircuitView {
       this.buckets[(weight[e] < 0 ? WIDTH_LEVELS : 0) + level].push(e);
     }
     this.buckets = this.buckets.map((edges) => Int32Array.from(edges));
-    this.edgePeak = peak;
   }
 
   #members(index) {
@@ -190,10 +188,7 @@ export class CircuitView {
   // --- DOM --------------------------------------------------------------------------------------------
 
   #build(container) {
-    const doc = container.ownerDocument;
-    const root = doc.createElement("div");
-    root.className = "dfx-root dfx-circuit";
-    root.innerHTML = `
+    const root = createRoot(container, "dfx-circuit", `
       <div class="dfx-toolbar">
         <label title="share of influence the kept nodes hold">nodes <input type="range" class="dfx-node-threshold" min="0.3" max="1" step="0.005"><span class="dfx-node-value"></span></label>
         <label title="share of edge influence the kept edges hold">edges <input type="range" class="dfx-edge-threshold" min="0.5" max="1" step="0.001"><span class="dfx-edge-value"></span></label>
@@ -210,8 +205,7 @@ export class CircuitView {
           <div class="dfx-details"><p class="dfx-muted">Hover a node for its details and heatmap; click to focus its inputs and outputs; Ctrl/Cmd-click to pin; G groups the pins. Drag a box or paint on the image to keep only the features active there.</p></div>
           <div class="dfx-pins"></div>
         </div>
-      </div>`;
-    container.appendChild(root);
+      </div>`);
     const find = (selector) => root.querySelector(selector);
     this.graphBox = find(".dfx-graph");
     this.canvas = find(".dfx-graph-canvas");

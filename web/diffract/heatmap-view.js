@@ -2,7 +2,7 @@
 // map at one step, with a feature picker, a step slider and the overlay's opacity.
 
 import { decodeMap, fitRect, loadImage, paintTokenMap } from "./heatmap.js";
-import { ensureStyle } from "./style.js";
+import { createRoot } from "./style.js";
 
 export class HeatmapView {
   /**
@@ -11,7 +11,6 @@ export class HeatmapView {
    *   data (base64 bytes, row by row), label?}]}
    */
   constructor(container, payload) {
-    ensureStyle(container.ownerDocument);
     this.grid = payload.grid;
     this.maps = payload.maps.map((m) => ({ ...m, values: decodeMap(m.data) }));
     this.features = [...new Set(this.maps.map((m) => m.feature))];
@@ -49,16 +48,13 @@ export class HeatmapView {
 
   #build(container) {
     const doc = container.ownerDocument;
-    const root = doc.createElement("div");
-    root.className = "dfx-root dfx-heatmap";
-    root.innerHTML = `
+    const root = createRoot(container, "dfx-heatmap", `
       <div class="dfx-toolbar">
         <label>feature <select class="dfx-feature"></select></label>
         <label>step <input type="range" class="dfx-step" min="0" step="1"><span class="dfx-step-value"></span></label>
         <label>opacity <input type="range" class="dfx-opacity" min="0" max="1" step="0.01"></label>
       </div>
-      <div class="dfx-image"><canvas></canvas></div>`;
-    container.appendChild(root);
+      <div class="dfx-image"><canvas></canvas></div>`);
     this.canvas = root.querySelector("canvas");
     this.picker = root.querySelector(".dfx-feature");
     for (const feature of this.features) {

@@ -26,7 +26,18 @@ const CSS = `
 .dfx-heatmap .dfx-image { flex: 1; aspect-ratio: auto; min-height: 120px; }
 `;
 
-export function ensureStyle(doc = document) {
+/** A viewer's root element (class "dfx-root <kind>") with `html` inside, appended to `container`. */
+export function createRoot(container, kind, html) {
+  const doc = container.ownerDocument;
+  ensureStyle(doc);
+  const root = doc.createElement("div");
+  root.className = `dfx-root ${kind}`;
+  root.innerHTML = html;
+  container.appendChild(root);
+  return root;
+}
+
+function ensureStyle(doc) {
   if (doc.getElementById("dfx-style")) return;
   const style = doc.createElement("style");
   style.id = "dfx-style";
