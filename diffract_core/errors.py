@@ -23,6 +23,14 @@ class CorruptFileError(DiffractError):
     """A weights or config file cannot be read as what it claims to be (truncated, damaged)."""
 
 
+class UnreadableFileError(DiffractError):
+    """A path that is not a readable regular file (permission denied, a folder, a FIFO or a device)."""
+
+
+class DestinationError(DiffractError):
+    """An output folder that cannot be written (read-only, or a file stands where the folder should be)."""
+
+
 class ConfigMismatchError(DiffractError):
     """A config contradicts the tensors stored beside it."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -28,9 +28,10 @@ from huggingface_hub.errors import (
 )
 
 from .errors import HubUnavailableError
+from .file_writing import prepare_destination
 from .transcoders.config import STREAMS, Kind, Stream
 from .transcoders.convert import convert_file, is_converted
-from .transcoders.native import write_manifest
+from .transcoders.native import recover_interrupted_writes, write_manifest
 from .transcoders.release import RELEASE_NAME, parse_release_name
 from .transcoders.transcoder_set import TranscoderSet
 
@@ -40,6 +41,7 @@ SAE_FOLDER = "temporal-aware-saes"
 RELEASED_LAYERS: dict[str, tuple[int, ...]] = {TRANSCODER_FOLDER: (*range(16), 18), SAE_FOLDER: (6, 12, 18)}
 FOLDER_KINDS: dict[str, Kind] = {TRANSCODER_FOLDER: "transcoder", SAE_FOLDER: "sae"}
 PRIVATE_CACHE = ".hub-download"
+HUB_TIMEOUT_S = 15.0  # connect and read timeout of each request to the Hub
 
 Progress = Callable[[int, int, str], None]
 _UNREACHABLE = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)
@@ -104,7 +106,9 @@ def _listed_layers(
             f"offline: cannot list the layers of {release.repo_id}/{release.folder}; pass the layers explicitly"
         )
     try:
-        files = HfApi(endpoint=endpoint, token=token).list_repo_files(release.repo_id, revision=release.revision)
+        info = HfApi(endpoint=endpoint, token=token).model_info(release.repo_id, revision=release.revision,
+                                                                timeout=HUB_TIMEOUT_S)
+        files = [sibling.rfilename for sibling in info.siblings or []]
     except Exception as exc:  # the listing is optional help: any failure is reported the same way
         raise HubUnavailableError(
             f"could not list {release.repo_id} on the Hub ({exc}); pass the layers explicitly or check the repo id"
@@ -139,6 +143,8 @@ def download_release(
     dest = Path(dest)
     layers = tuple(layers) if layers is not None else None
     paths = release_files(release, streams, layers, endpoint=endpoint, token=token, offline=offline)
+    prepare_destination(dest, "the download destination")
+    recover_interrupted_writes(dest)
     private_cache = cache_dir is None
     cache = Path(cache_dir) if cache_dir is not None else dest / PRIVATE_CACHE
     for done, repo_path in enumerate(paths):
@@ -148,6 +154,8 @@ def download_release(
         if is_converted(dest, name, dtype):
             continue
         try:
+            if not offline:
+                _check_answers(release, repo_path, cache, endpoint, token)
             local = hf_hub_download(
                 release.repo_id,
                 repo_path,
@@ -156,24 +164,43 @@ def download_release(
                 local_files_only=offline,
                 endpoint=endpoint,
                 token=token,
+                etag_timeout=HUB_TIMEOUT_S,
             )
         except _HUB_FAILURES as exc:
             raise _hub_error(exc, release, paths[done:], dest) from exc
-        convert_file(
-            Path(local),
-            dest,
-            dtype=dtype,
-            overwrite=True,
-            provenance={"hub_repo": release.repo_id, "hub_path": repo_path, "hub_revision": release.revision or "main"},
-        )
-        write_manifest(dest, release={"hub_repo": release.repo_id, "folder": release.folder})
-        if private_cache:
-            _drop_cached_file(Path(local))
+        try:
+            convert_file(
+                Path(local),
+                dest,
+                dtype=dtype,
+                overwrite=True,
+                provenance={"hub_repo": release.repo_id, "hub_path": repo_path, "hub_revision": release.revision or "main"},
+            )
+            write_manifest(dest, release={"hub_repo": release.repo_id, "folder": release.folder})
+        finally:  # converted, or refused: either way the raw file has no further use
+            if private_cache:
+                _drop_cached_file(Path(local))
     if private_cache:
         shutil.rmtree(cache, ignore_errors=True)
     if progress:
         progress(len(paths), len(paths), "done")
     return TranscoderSet.open(dest, kind=release.kind, streams=streams, layers=layers)
+
+
+def _check_answers(release: HubRelease, repo_path: str, cache: Path, endpoint: str | None,
+                   token: str | bool | None) -> None:
+    """One request with a connect and read timeout before a download the cache cannot serve.
+    huggingface_hub retries a server that accepts connections and never answers for minutes; this
+    fails within HUB_TIMEOUT_S, and the caller reports it with the instructions to download by hand."""
+    if isinstance(try_to_load_from_cache(release.repo_id, repo_path, cache_dir=cache, revision=release.revision), str):
+        return
+    url = hf_hub_url(release.repo_id, repo_path, revision=release.revision, endpoint=endpoint)
+    try:
+        get_hf_file_metadata(url, token=token, timeout=HUB_TIMEOUT_S)
+    except _HUB_FAILURES:
+        raise
+    except Exception as exc:  # the HTTP client's own timeout and network errors; their types vary between versions
+        raise TimeoutError(f"{url} did not answer within {HUB_TIMEOUT_S:g} s ({type(exc).__name__})") from exc
 
 
 def _drop_cached_file(snapshot_path: Path) -> None:

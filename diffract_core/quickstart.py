@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .file_writing import prepare_destination
 from .transcoders.config import KINDS, STREAMS, Kind, SiteSpec, Stream, TimeEmbeddingSpec, TranscoderConfig
 from .transcoders.convert import convert_release, format_reports, inspect_path
 from .transcoders.release import release_state_dict
@@ -78,6 +79,7 @@ class QuickstartResult:
 def run_quickstart(out: Path, seed: int = 0) -> QuickstartResult:
     """Write a small release, convert it to fp32 and to bf16, inspect both, and compare every
     converted site's outputs with the original module's on the same random activations and sigmas."""
+    prepare_destination(out, "the quickstart folder")
     originals = write_example_release(out / "release", seed=seed)
     reports, errors = {}, {}
     for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

@@ -15,10 +15,13 @@ from typing import Any
 import folder_paths
 from comfy_api.latest import io
 
+from ..diffract_core.atlas.cards import feature_labels
 from ..diffract_core.attribution.graph import CircuitGraph
 from ..diffract_core.attribution.serialize import CircuitFileError, load_graph, save_graph, save_neuronpedia
+from ..diffract_core.transcoders.transcoder_set import TranscoderSet
+from ..diffract_core.viewer import circuit_refs
 from . import circuit_store
-from .node_types import CATEGORY, Circuit
+from .node_types import CATEGORY, Circuit, Transcoders
 
 FORMATS = ("diffract", "neuronpedia")
 MAX_LISTED = 500
@@ -58,27 +61,31 @@ class SaveCircuit(io.ComfyNode):
             display_name="Save Circuit",
             category=CATEGORY,
             description="Write a circuit to ComfyUI's output folder as JSON (DifFRACT's schema, or the "
-            "circuit-tracer / Neuronpedia graph shape for their viewers).",
+            "circuit-tracer / Neuronpedia graph shape for their viewers). With the transcoders connected, "
+            "features are labelled from their feature atlas (Neuronpedia: as clerps).",
             inputs=[
                 Circuit.Input("circuit"),
                 io.String.Input("filename_prefix", default="diffract/circuit"),
                 io.Combo.Input("format", options=list(FORMATS), default="diffract"),
+                Transcoders.Input("transcoders", optional=True, tooltip="the traced transcoders: their atlas labels the features"),
             ],
             outputs=[io.String.Output(display_name="path")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, circuit: CircuitGraph, filename_prefix: str, format: str) -> io.NodeOutput:
+    def execute(cls, circuit: CircuitGraph, filename_prefix: str, format: str,
+                transcoders: TranscoderSet | None = None) -> io.NodeOutput:
+        labels = feature_labels(transcoders.atlas if transcoders is not None else None, circuit_refs(circuit))
         output = str(_output_dir())
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output)
         suffix = ".neuronpedia.json" if format == "neuronpedia" else ".json"
         name = f"{filename}_{counter:05}_{suffix}"
         path = Path(folder) / name
         if format == "neuronpedia":
-            save_neuronpedia(circuit, path, Path(name).stem, **_thresholds(circuit))
+            save_neuronpedia(circuit, path, Path(name).stem, labels, **_thresholds(circuit))
         else:
-            save_graph(circuit, path)
+            save_graph(circuit, path, labels)
         relative = path.relative_to(output).as_posix()
         return io.NodeOutput(relative, ui={"text": [relative], "diffract_saved": [{"subfolder": subfolder, "filename": name}]})
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import folder_paths
 
+from ..diffract_core.errors import CorruptFileError
 from ..diffract_core.toy.embedded import ASSETS as TOY_ASSETS
 from ..diffract_core.transcoders.native import CONFIG_FILE, MANIFEST_FILE, site_folders
 
@@ -31,7 +32,10 @@ def register_transcoder_folder() -> None:
 def _is_release(folder: Path) -> bool:
     if (folder / MANIFEST_FILE).is_file():
         return True
-    return any((site / CONFIG_FILE).is_file() for site in site_folders(folder))
+    try:
+        return any((site / CONFIG_FILE).is_file() for site in site_folders(folder))
+    except CorruptFileError:  # listed, so that loading it shows the reason
+        return True
 
 
 def release_folders() -> dict[str, Path]:

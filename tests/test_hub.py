@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffract_core.errors import HubUnavailableError
+from diffract_core.errors import HubUnavailableError, UnsafeCheckpointError
 from diffract_core.hub import DEFAULT_REPO_ID, SAE_FOLDER, HubRelease, download_release, release_files
 from diffract_core.quickstart import write_example_release
 
@@ -121,3 +121,44 @@ def test_release_files_cover_the_official_release() -> None:
     assert saes == [f"temporal-aware-saes/sae_img_{layer}.pt" for layer in (6, 12, 18)]
     with pytest.raises(ValueError, match=r"layer\(s\) \[16\] are not in Artalmaz31/DifFRACT"):
         release_files(HubRelease(), layers=[15, 16])
+
+
+def test_a_refused_file_does_not_stay_in_the_private_cache(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    crafted = tmp_path / "transcoder_img_0.pt"
+    torch.save({"encoder.weight": ["not", "a", "tensor"], "hook": os.system}, crafted)
+    put_in_cache(dest / ".hub-download", {"temporal-aware-transcoders/transcoder_img_0.pt": crafted})
+    with pytest.raises(UnsafeCheckpointError, match="refused before anything in it could run"):
+        download_release(dest, layers=[0], streams=["img"], offline=True)
+    assert not list((_cache_repo(dest / ".hub-download") / "blobs").iterdir())
+    assert not list((_cache_repo(dest / ".hub-download") / "snapshots" / COMMIT).rglob("*.pt"))
+
+
+def test_a_silent_endpoint_fails_within_a_minute_with_the_manual_instructions(tmp_path: Path) -> None:
+    """A local server that accepts connections and never answers: no real network."""
+    script = (
+        "import socket, threading, time\n"
+        "from diffract_core.hub import HubRelease, download_release, release_files\n"
+        "from diffract_core.errors import HubUnavailableError\n"
+        "server = socket.socket()\nserver.bind(('127.0.0.1', 0))\nserver.listen(8)\nheld = []\n"
+        "threading.Thread(target=lambda: [held.append(server.accept()) for _ in iter(int, 1)], daemon=True).start()\n"
+        "endpoint = f'http://127.0.0.1:{server.getsockname()[1]}'\n"
+        "for attempt in ('download', 'listing'):\n"
+        "    started = time.monotonic()\n"
+        "    try:\n"
+        "        if attempt == 'download':\n"
+        f"            download_release({str(tmp_path / 'dest')!r}, release=HubRelease(folder='temporal-aware-saes'),\n"
+        "                             layers=[6], streams=['txt'], endpoint=endpoint)\n"
+        "        else:\n"
+        "            release_files(HubRelease(repo_id='someone/else'), endpoint=endpoint)\n"
+        "    except HubUnavailableError as exc:\n"
+        "        print(attempt, round(time.monotonic() - started), exc)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=False)
+    download, listing = out.stdout.split("\nlisting ", 1)
+    seconds = int(download.split()[1])
+    assert seconds < 60, out.stdout
+    assert "Could not download temporal-aware-saes/sae_txt_6.pt: the Hub could not be reached" in download
+    assert f"python -m diffract_core convert {tmp_path / 'dest' / 'downloads'}" in download
+    assert int(listing.split()[0]) < 60 and "could not list someone/else on the Hub" in listing, out.stdout

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 
 from ..transcoders.config import Stream
+from .adjacency import SparseAdjacency
 
 NodeKind = Literal["feature", "error", "rest", "input", "bias", "target"]
 NODE_KINDS: tuple[NodeKind, ...] = ("feature", "error", "rest", "input", "bias", "target")
@@ -134,9 +135,16 @@ class CircuitGraph:
 
     # --- influence, pruning, scores --------------------------------------------------------------
 
+    def sparse_adjacency(self, edge_mask: torch.Tensor | None = None) -> SparseAdjacency:
+        """The edges as a sparse adjacency (GraphStructureError if they form a cycle or chain implausibly deep)."""
+        keep = slice(None) if edge_mask is None else edge_mask
+        return SparseAdjacency.build(len(self.nodes), self.edge_sources[keep], self.edge_targets[keep],
+                                     self.edge_weights[keep])
+
     def influence(self, edge_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Each node's total normalised influence on the target (circuit-tracer's node influence)."""
-        return compute_influence(normalize_rows(self.adjacency(edge_mask)), self.target_weights())
+        adjacency = self.sparse_adjacency(edge_mask)
+        return adjacency.influence(adjacency.normalized(), self.target_weights())
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:
         """circuit-tracer's pruning: keep the nodes holding `node_threshold` of the total influence and
@@ -146,45 +154,38 @@ class CircuitGraph:
         for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        adjacency = self.adjacency()
+        adjacency = self.sparse_adjacency()
         weights = self.target_weights()
-        influence = compute_influence(normalize_rows(adjacency), weights)
+        influence = adjacency.influence(adjacency.normalized(), weights)
         node_mask = influence >= find_threshold(influence, node_threshold)
         always = torch.tensor([node.kind in ("target", *TERMINAL) for node in self.nodes])
         node_mask |= always
-        pruned = adjacency.clone()
-        pruned[~node_mask] = 0
-        pruned[:, ~node_mask] = 0
-        normalized = normalize_rows(pruned)
-        edge_scores = normalized * (compute_influence(normalized, weights) + weights)[:, None]
-        keep = edge_scores >= find_threshold(edge_scores.flatten(), edge_threshold)
-        keep &= pruned != 0
+        pruned = torch.where(node_mask[adjacency.targets] & node_mask[adjacency.sources], adjacency.weights, 0.0)
+        normalized = adjacency.normalized(pruned)
+        edge_scores = normalized * (adjacency.influence(normalized, weights) + weights)[adjacency.targets]
+        keep = (edge_scores >= find_threshold(edge_scores, edge_threshold)) & (pruned != 0)
         features = torch.tensor([node.kind == "feature" for node in self.nodes])
         needs_out = torch.tensor([node.kind in ("feature", *UNEXPLAINED) for node in self.nodes])
-        while True:
-            before = node_mask.clone()
-            keep[~node_mask] = False
-            keep[:, ~node_mask] = False
-            node_mask &= ~needs_out | keep.any(0)
-            node_mask &= ~features | keep.any(1)
-            node_mask |= always
-            if torch.equal(before, node_mask):
-                break
-        edge_mask = keep[self.edge_targets, self.edge_sources]
+        _drop_dangling(adjacency, keep, node_mask, always, features, needs_out)
         full = influence.clone()
         full[self.target_index] = 1.0
-        return Pruned(node_mask, edge_mask, full)
+        return Pruned(node_mask, keep[adjacency.pair_of_edge], full)
 
     def scores(self) -> tuple[float, float]:
         """(replacement score, completeness score) as circuit-tracer defines them."""
-        normalized = normalize_rows(self.adjacency())
+        adjacency = self.sparse_adjacency()
+        normalized = adjacency.normalized()
         weights = self.target_weights()
-        influence = compute_influence(normalized, weights)
+        influence = adjacency.influence(normalized, weights)
         unexplained = self.indices(*UNEXPLAINED)
         explained = float(influence[self.indices(*TERMINAL)].sum())
         lost = float(influence[unexplained].sum())
         replacement = explained / (explained + lost) if explained + lost > 0 else 0.0
-        non_error = 1 - normalized[:, unexplained].sum(-1)
+        from_unexplained = torch.zeros(len(self.nodes), dtype=torch.bool)
+        from_unexplained[unexplained] = True
+        pairs = from_unexplained[adjacency.sources]
+        into_target = torch.zeros(len(self.nodes), dtype=torch.float64)
+        non_error = 1 - into_target.index_add_(0, adjacency.targets[pairs], normalized[pairs])
         output_influence = influence + weights
         completeness = float((non_error * output_influence).sum() / output_influence.sum())
         return replacement, completeness
@@ -204,21 +205,31 @@ class CircuitGraph:
         )
 
 
-def normalize_rows(matrix: torch.Tensor) -> torch.Tensor:
-    normalized = matrix.abs()
-    return normalized / normalized.sum(dim=1, keepdim=True).clamp(min=1e-10)
-
-
-def compute_influence(normalized: torch.Tensor, weights: torch.Tensor, max_iter: int = 1000) -> torch.Tensor:
-    """weights @ (A + A^2 + ...), summed until the paths run out (the graph is acyclic)."""
-    current = weights @ normalized
-    influence = current.clone()
-    for _ in range(max_iter):
-        if not current.any():
-            return influence
-        current = current @ normalized
-        influence += current
-    raise RuntimeError(f"influence did not converge in {max_iter} iterations: the graph has a cycle")
+def _drop_dangling(adjacency: SparseAdjacency, keep: torch.Tensor, node_mask: torch.Tensor, always: torch.Tensor,
+                   features: torch.Tensor, needs_out: torch.Tensor) -> None:
+    """Drop (in place) nodes left without a kept outgoing edge (`needs_out`) or incoming edge
+    (`features`), and their edges, until none is left. Each round touches only the edges of the
+    nodes it drops, so the whole cascade costs time linear in the edges."""
+    keep &= node_mask[adjacency.targets] & node_mask[adjacency.sources]
+    ones = torch.ones(len(keep), dtype=torch.long)
+    outgoing = torch.zeros(adjacency.size, dtype=torch.long).index_add_(0, adjacency.sources[keep], ones[keep])
+    incoming = torch.zeros(adjacency.size, dtype=torch.long).index_add_(0, adjacency.targets[keep], ones[keep])
+    candidates = torch.arange(adjacency.size)
+    while True:
+        dangling = node_mask[candidates] & ~always[candidates] & (
+            (needs_out[candidates] & (outgoing[candidates] == 0)) | (features[candidates] & (incoming[candidates] == 0))
+        )
+        dropped = candidates[dangling]
+        if len(dropped) == 0:
+            return
+        node_mask[dropped] = False
+        touched = torch.cat([adjacency.pairs_of(dropped, adjacency.by_source),
+                             adjacency.pairs_of(dropped, adjacency.by_target)])
+        touched = torch.unique(touched[keep[touched]])
+        keep[touched] = False
+        outgoing.index_add_(0, adjacency.sources[touched], -ones[touched])
+        incoming.index_add_(0, adjacency.targets[touched], -ones[touched])
+        candidates = torch.unique(torch.cat([adjacency.sources[touched], adjacency.targets[touched]]))
 
 
 def find_threshold(scores: torch.Tensor, threshold: float) -> torch.Tensor:

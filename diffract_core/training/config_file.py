@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
@@ -19,6 +20,8 @@ import tomllib
 from safetensors.torch import load_file
 
 from ..errors import DiffractError
+from ..file_reading import read_regular_file
+from ..file_writing import check_destination
 from ..flux.config import FluxConfig
 from ..flux.model import Flux, init_random_
 from ..sites import parse_sites
@@ -28,6 +31,11 @@ from .prompts import HashingPromptEncoder, PromptEncoder, PromptSplit, read_prom
 from .settings import TrainSettings, checked_keys
 
 TOP_LEVEL = {"out", "data", "model", "encoder", "prompts", "harvest", "train", "evaluate", "sweep"}
+MAX_CONFIG_BYTES = 1 << 20
+
+
+MODEL_KINDS = ("random", "reference", "toy")
+FLUX_PRESETS = {"schnell": FluxConfig.flux1_schnell, "dev": FluxConfig.flux1_dev, "tiny": FluxConfig.tiny}
 
 
 @dataclass(frozen=True)
@@ -39,17 +47,23 @@ class ModelSpec:
     dtype: str = "float32"  # the model's dtype while harvesting and in the spliced-in test
     device: str = "cpu"  # where the model runs ("cuda" on a GPU)
 
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model.kind {self.kind!r} is not a model kind: use one of "
+                             f"{', '.join(map(repr, MODEL_KINDS))}")
+        if isinstance(self.flux, str) and self.flux not in FLUX_PRESETS:
+            raise ValueError(f"model.flux {self.flux!r} is not a preset: use one of "
+                             f"{', '.join(map(repr, FLUX_PRESETS))}, or a table of FluxConfig fields")
+        dtype_from_name(self.dtype)
+
     def flux_config(self) -> FluxConfig:
         if self.kind == "toy":
             from ..toy.model import toy_flux_config
 
             return toy_flux_config()
-        presets = {"schnell": FluxConfig.flux1_schnell, "dev": FluxConfig.flux1_dev, "tiny": FluxConfig.tiny}
         if isinstance(self.flux, dict):
             return FluxConfig.from_dict(self.flux)
-        if self.flux not in presets:
-            raise DiffractError(f"[model] flux = {self.flux!r}: use one of {sorted(presets)} or a table of FluxConfig fields")
-        return presets[self.flux]()
+        return FLUX_PRESETS[self.flux]()
 
     def build(self) -> Flux:
         if self.kind == "toy":
@@ -70,8 +84,6 @@ class ModelSpec:
                     f"{self.weights} does not fit [model] flux = {self.flux!r}: missing {sorted(missing)[:5]}, "
                     f"unexpected {sorted(unexpected)[:5]}; set [model] flux to the weights' size"
                 )
-        else:
-            raise DiffractError(f"[model] kind = {self.kind!r}: use 'random', 'reference' or 'toy'")
         return model.to(self.device, dtype_from_name(self.dtype)).eval().requires_grad_(False)
 
     def describe(self) -> dict[str, Any]:
@@ -88,6 +100,12 @@ class EncoderSpec:
     tokens: int = 32  # hashing: text tokens per prompt
     seed: int = 0  # hashing: the word vectors' seed
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("hashing", "toy"):
+            raise ValueError(f"encoder.kind {self.kind!r} is not 'hashing' or 'toy'")
+        if self.tokens < 1:
+            raise ValueError(f"encoder.tokens must be at least 1, got {self.tokens}")
+
     def build(self, config: FluxConfig, model: ModelSpec) -> PromptEncoder:
         if self.kind == "toy":
             if model.kind != "toy":
@@ -95,8 +113,6 @@ class EncoderSpec:
             from ..toy.embedded import load_toy
 
             return load_toy(model.weights).text_encoder.to(model.device)
-        if self.kind != "hashing":
-            raise DiffractError(f"[encoder] kind = {self.kind!r}: use 'hashing' or 'toy'")
         return HashingPromptEncoder(config.context_in_dim, config.vec_in_dim, tokens=self.tokens, seed=self.seed)
 
 
@@ -105,6 +121,10 @@ class PromptSpec:
     file: str | None = None  # one prompt per line ('#' starts a comment line); adds to `list`
     list: tuple[str, ...] = ()  # prompts written in the config
     validation_fraction: float = 0.05  # chosen by a hash of each prompt's text: the splits never share a prompt
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"prompts.validation_fraction must lie in [0, 1), got {self.validation_fraction}")
 
     def split(self) -> PromptSplit:
         prompts = list(self.list) + (read_prompt_file(self.file) if self.file else [])
@@ -118,12 +138,28 @@ class EvaluateSpec:
     sigma_buckets: int = 4  # FVU per sigma bucket: [0, 0.25], (0.25, 0.5], ... for 4
     spliced_prompts: int = 16  # validation prompts generated for the spliced-in test (0: skip it)
 
+    def __post_init__(self) -> None:
+        if self.sigma_buckets < 1 or self.spliced_prompts < 0:
+            raise ValueError(f"evaluate.sigma_buckets must be at least 1 and spliced_prompts at least 0, got "
+                             f"{self.sigma_buckets} and {self.spliced_prompts}")
+
 
 @dataclass(frozen=True)
 class SweepSpec:
     l1_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of train.l1_img and l1_txt
     sae_l1_scales: tuple[float, ...] | None = None  # the SAEs' own (unset: l1_scales); an SAE needs a stronger L1 for the same L0
     kinds: tuple[str, ...] = KINDS  # what the sweep trains at each scale
+    steps: int | None = None  # training steps of each sweep run (unset: train.steps)
+
+    def __post_init__(self) -> None:
+        for name in ("l1_scales", "sae_l1_scales"):
+            scales = getattr(self, name)
+            if scales is not None and not (scales and all(0 < scale < math.inf for scale in scales)):
+                raise ValueError(f"sweep.{name} must be a non-empty list of positive numbers, got {list(scales)}")
+        if not self.kinds or any(kind not in KINDS for kind in self.kinds):
+            raise ValueError(f"sweep.kinds must list some of {list(KINDS)}, got {list(self.kinds)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"sweep.steps must be at least 1, got {self.steps}")
 
     def scales(self, kind: str) -> tuple[float, ...]:
         return self.sae_l1_scales if kind == "sae" and self.sae_l1_scales is not None else self.l1_scales
@@ -164,6 +200,9 @@ def _harvest(data: dict[str, Any], model: ModelSpec) -> HarvestSettings:
     table = dict(_table(data, "harvest"))
     sites = table.pop("sites", "all")
     if sites != "all":
+        if not (isinstance(sites, str) or (isinstance(sites, list) and all(isinstance(site, str) for site in sites))):
+            raise DiffractError(f"config [harvest]: harvest.sites = {sites!r:.80} is not a string or a list of strings "
+                                "(write e.g. 'img:0-3, txt:0' or 'all')")
         depth = model.flux_config().depth
         available = [(stream, layer) for layer in range(depth) for stream in STREAMS]
         text = sites if isinstance(sites, str) else ",".join(sites)
@@ -174,17 +213,15 @@ def _harvest(data: dict[str, Any], model: ModelSpec) -> HarvestSettings:
                 f"[harvest] sites = {sites!r} does not fit the model's double blocks 0..{depth - 1} "
                 "(write e.g. 'img:0-3, txt:0' or 'all')"
             ) from exc
-    if "latent_size" in table:
-        table["latent_size"] = tuple(table["latent_size"])
-    if "keep_steps" in table:
-        table["keep_steps"] = tuple(table["keep_steps"])
     return _spec(HarvestSettings, {"harvest": table}, "harvest")
 
 
 def load_run_config(path: Path) -> RunConfig:
+    """Read and check every key (types, ranges, writable folders) before any work starts."""
     path = Path(path)
+    fix = "point --config at a TOML (or .yaml) run config; `python -m diffract_core config` prints one"
     try:
-        text = path.read_text()
+        text = read_regular_file(path, max_bytes=MAX_CONFIG_BYTES, fix=fix, error=DiffractError)
     except FileNotFoundError as exc:
         raise DiffractError(f"config file {path} does not exist") from exc
     data = _parse(path, text)
@@ -192,7 +229,8 @@ def load_run_config(path: Path) -> RunConfig:
     if unknown:
         raise DiffractError(f"{path}: unknown table or key(s) {unknown}; valid: {', '.join(sorted(TOP_LEVEL))}")
     base = path.parent
-    out = base / data.get("out", "run")
+    out = check_destination(base / _folder(data, "out", "run"), "the run folder (config `out`)")
+    activations = base / _folder(data, "data", "") if "data" in data else out / "activations"
     model = _spec(ModelSpec, data, "model")
     if model.weights:
         model = replace(model, weights=str(base / model.weights))
@@ -201,7 +239,7 @@ def load_run_config(path: Path) -> RunConfig:
         prompts = replace(prompts, file=str(base / prompts.file))
     return RunConfig(
         out=out,
-        data=base / data["data"] if "data" in data else out / "activations",
+        data=check_destination(activations, "the activations folder (config `data`)"),
         model=model,
         encoder=_spec(EncoderSpec, data, "encoder"),
         prompts=prompts,
@@ -212,8 +250,17 @@ def load_run_config(path: Path) -> RunConfig:
     )
 
 
-def _parse(path: Path, text: str) -> dict[str, Any]:
+def _folder(data: dict[str, Any], key: str, default: str) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        raise DiffractError(f"config {key} = {value!r:.80} is not a folder path: write it as a string, "
+                            f'e.g. {key} = "run"')
+    return value
+
+
+def _parse(path: Path, raw: bytes) -> dict[str, Any]:
     try:
+        text = raw.decode("utf-8")
         if path.suffix in (".yaml", ".yml"):
             import yaml
 

@@ -10,6 +10,7 @@ fixed RAM budget.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import DiffractError, UnsupportedModelError
+from ..file_writing import check_destination
 from ..flux.model import Flux
 from ..flux.sampling import euler_sample, flux_sigmas
 from ..transcoders.config import STREAMS, dtype_from_name
@@ -95,8 +97,14 @@ class HarvestSettings:
         for name in ("steps", "prompts_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"harvest.{name} must be at least 1, got {getattr(self, name)}")
-        if self.ram_cap_mb <= 0:
+        if not 0 < self.ram_cap_mb < math.inf:
             raise ValueError(f"harvest.ram_cap_mb must be positive, got {self.ram_cap_mb}")
+        if not 0 < self.shift < math.inf or (self.guidance is not None and not math.isfinite(self.guidance)):
+            raise ValueError(f"harvest.shift must be a positive number and guidance a number, got {self.shift} and "
+                             f"{self.guidance}")
+        if len(self.latent_size) != 2 or not all(size >= 2 and size % 2 == 0 for size in self.latent_size):
+            raise ValueError(f"harvest.latent_size must be two even sizes of at least 2 (FLUX packs 2 x 2 latent "
+                             f"patches), got {list(self.latent_size)}")
         if self.keep_steps is not None and not all(0 <= s < self.steps for s in self.keep_steps):
             raise ValueError(f"harvest.keep_steps {list(self.keep_steps)} must lie in 0..{self.steps - 1}")
 
@@ -142,7 +150,7 @@ def harvest(
     model_info: dict[str, Any] | None = None,
 ) -> HarvestReport:
     """Sample every prompt of both splits and write `out/{train,validation}/{stream}_{layer}/`."""
-    out = Path(out)
+    out = check_destination(Path(out), "the harvest folder")
     sites = settings.sites or all_sites(model)
     d_model = model.config.hidden_size
     for stream, layer in sites:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import DiffractError
 from ..flux.model import Flux
 from ..render.plot import line_chart, side_by_side
@@ -65,11 +67,12 @@ class EvaluationReport:
 def run_evaluate(config: RunConfig, transcoders: Path | None = None, *,
                  generator: tuple[Flux, PromptEncoder] | None = None) -> EvaluationReport:
     """Per-site metrics on the validation activations, and the spliced-in generation test on the
-    validation prompts; written to `<transcoders>/../evaluation.json`. `generator`: the config's
-    model and encoder, already built (a sweep builds them once)."""
+    validation prompts; written to `<transcoders>/../evaluation.json`. The stored weights (fp32 or
+    half precision) are evaluated in fp32. `generator`: the config's model and encoder, already
+    built (a sweep builds them once)."""
     folder = Path(transcoders or config.out / RELEASE_DIR)
     kind = config.train.kind
-    sets = TranscoderSet.open(folder, kind=kind)
+    sets = TranscoderSet.open(folder, kind=kind).to(dtype=torch.float32)
     sites = []
     for site in sets.sites:
         shards = site_folder(config.data, "validation", site)
@@ -115,9 +118,10 @@ def format_evaluation(report: EvaluationReport) -> str:
 class SweepPoint:
     kind: str
     l1_scale: float
-    l0: float  # mean over sites
-    fvu: float  # mean over sites
-    latent_cosine: float | None
+    stream: str  # the sites of one stream: image and text sites differ too much to average together
+    l0: float  # mean over the stream's sites
+    fvu: float  # mean over the stream's sites
+    latent_cosine: float | None  # the run's spliced-in test (every site of both streams replaced)
     latent_mse: float | None
 
 
@@ -130,25 +134,27 @@ def run_sweep(config: RunConfig, progress: Progress | None = None) -> list[Sweep
     for kind in config.sweep.kinds:
         for scale in config.sweep.scales(kind):
             run = folder / f"{kind}_l1x{scale:g}"
-            override = {"kind": kind, "l1_img": config.train.l1_img * scale, "l1_txt": config.train.l1_txt * scale}
+            override = {"kind": kind, "l1_img": config.train.l1_img * scale, "l1_txt": config.train.l1_txt * scale,
+                        "steps": config.sweep.steps or config.train.steps}
             run_train(config, out=run, progress=progress, settings_override=override)
             kind_config = replace(config, train=replace(config.train, **override))
             report = run_evaluate(kind_config, run / RELEASE_DIR, generator=generator)
             spliced = report.spliced or {}
-            points.append(SweepPoint(
-                kind=kind, l1_scale=scale,
-                l0=sum(m.l0 for m in report.sites) / len(report.sites),
-                fvu=sum(m.fvu for m in report.sites) / len(report.sites),
-                latent_cosine=spliced.get("latent_cosine"), latent_mse=spliced.get("latent_mse"),
-            ))
+            for stream in sorted({m.site.split("_")[0] for m in report.sites}):
+                sites = [m for m in report.sites if m.site.split("_")[0] == stream]
+                points.append(SweepPoint(
+                    kind=kind, l1_scale=scale, stream=stream,
+                    l0=sum(m.l0 for m in sites) / len(sites), fvu=sum(m.fvu for m in sites) / len(sites),
+                    latent_cosine=spliced.get("latent_cosine"), latent_mse=spliced.get("latent_mse"),
+                ))
     write_sweep(folder, points)
     return points
 
 
-def matched_fvu(points: list[SweepPoint], kind: str, l0: float) -> float | None:
-    """`kind`'s FVU at this L0, interpolated linearly in log L0 between its two nearest points
-    (None outside the range it covers)."""
-    curve = sorted((p.l0, p.fvu) for p in points if p.kind == kind and p.l0 > 0)
+def matched_fvu(points: list[SweepPoint], kind: str, stream: str, l0: float) -> float | None:
+    """`kind`'s FVU on `stream` at this L0, interpolated linearly in log L0 between its two nearest
+    points (None outside the range it covers)."""
+    curve = sorted((p.l0, p.fvu) for p in points if p.kind == kind and p.stream == stream and p.l0 > 0)
     for (l0_a, fvu_a), (l0_b, fvu_b) in itertools.pairwise(curve):
         if l0_a <= l0 <= l0_b:
             weight = 0.0 if l0_b == l0_a else (math.log(l0) - math.log(l0_a)) / (math.log(l0_b) - math.log(l0_a))
@@ -158,23 +164,29 @@ def matched_fvu(points: list[SweepPoint], kind: str, l0: float) -> float | None:
 
 def write_sweep(folder: Path, points: list[SweepPoint]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    lines = ["| kind | L1 scale | L0 | FVU | SAE FVU at this L0 | final-latent cosine | final-latent MSE |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| kind | stream | L1 scale | L0 | FVU | SAE FVU at this L0 | final-latent cosine | final-latent MSE |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in points:
-        matched = matched_fvu(points, "sae", p.l0) if p.kind == "transcoder" else None
-        cells = [p.kind, f"{p.l1_scale:g}", f"{p.l0:.2f}", f"{p.fvu:.4f}",
+        matched = matched_fvu(points, "sae", p.stream, p.l0) if p.kind == "transcoder" else None
+        cells = [p.kind, p.stream, f"{p.l1_scale:g}", f"{p.l0:.2f}", f"{p.fvu:.4f}",
                  "" if matched is None else f"{matched:.4f}",
                  "" if p.latent_cosine is None else f"{p.latent_cosine:.4f}",
                  "" if p.latent_mse is None else f"{p.latent_mse:.4g}"]
         lines.append("| " + " | ".join(cells) + " |")
     (folder / "sweep.md").write_text("\n".join(lines) + "\n")
     (folder / "sweep.json").write_text(json.dumps([p.__dict__ for p in points], indent=1) + "\n")
-    kinds = sorted({p.kind for p in points})
-    charts = [line_chart({k: [(p.l0, p.fvu) for p in points if p.kind == k and p.l0 > 0] for k in kinds},
+    series = sorted({(p.kind, p.stream) for p in points})
+    charts = [line_chart({f"{k} ({s})": [(p.l0, p.fvu) for p in points if (p.kind, p.stream) == (k, s) and p.l0 > 0]
+                          for k, s in series},
                          title="Sparsity vs reconstruction (validation)", x_label="L0 (active features per token)",
                          y_label="FVU", log_x=True)]
     if all(p.latent_cosine is not None for p in points):
-        charts.append(line_chart({k: [(p.l0, p.latent_cosine) for p in points if p.kind == k and p.l0 > 0] for k in kinds},
-                                 title="Spliced-in generations", x_label="L0 (active features per token)",
+        kinds = sorted({p.kind for p in points})
+        runs = {k: sorted({(p.l1_scale, p.latent_cosine) for p in points if p.kind == k}) for k in kinds}
+        mean_l0 = {(p.kind, p.l1_scale): sum(q.l0 for q in points if (q.kind, q.l1_scale) == (p.kind, p.l1_scale))
+                   / sum(1 for q in points if (q.kind, q.l1_scale) == (p.kind, p.l1_scale)) for p in points}
+        charts.append(line_chart({k: [(mean_l0[k, scale], cosine) for scale, cosine in runs[k] if mean_l0[k, scale] > 0]
+                                  for k in kinds},
+                                 title="Spliced-in generations", x_label="L0 (mean over the streams)",
                                  y_label="final-latent cosine", log_x=True))
     side_by_side(charts).save(folder / "sweep.png")

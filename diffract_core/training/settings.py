@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from ..transcoders.config import KINDS, Kind, Stream
+from ..transcoders.config import KINDS, Kind, Stream, dtype_from_name
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,10 @@ class TrainSettings:
     log_every: int = 50  # steps between lines of metrics.jsonl
     checkpoint_every: int = 1000  # steps between resumable checkpoints (the last step always saves)
     seed: int = 0  # initialisation, data order and resampling
+    export_dtype: str = "float32"  # the release's storage dtype ("float16" or "bfloat16" halve it; training is fp32)
 
     def __post_init__(self) -> None:
+        dtype_from_name(self.export_dtype)
         if self.kind not in KINDS:
             raise ValueError(f"train.kind must be one of {KINDS}, got {self.kind!r}")
         if self.activation not in ("relu", "topk"):
@@ -60,6 +63,21 @@ class TrainSettings:
                 raise ValueError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.d_features is not None and self.d_features < 1:
             raise ValueError(f"train.d_features must be positive, got {self.d_features}")
+        for name, low, high in (("lr", 0.0, math.inf), ("resample_encoder_scale", 0.0, math.inf)):
+            if not low < getattr(self, name) < high:
+                raise ValueError(f"train.{name} must be a positive number, got {getattr(self, name)}")
+        for name in ("l1_img", "l1_txt", "weight_decay", "grad_clip"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"train.{name} must be a number >= 0, got {getattr(self, name)}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"train.{name} must lie in [0, 1), got {getattr(self, name)}")
+        for name in ("lr_final_fraction", "resample_until"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"train.{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.time_embed_dim < 4 or self.time_embed_dim % 2 or self.time_mlp_width < 1:
+            raise ValueError(f"train.time_embed_dim must be even and >= 4 and time_mlp_width >= 1, got "
+                             f"{self.time_embed_dim} and {self.time_mlp_width}")
 
     def features_for(self, d_model: int) -> int:
         return self.d_features or self.expansion_factor * d_model
@@ -96,9 +114,60 @@ class TrainSettings:
 
 
 def checked_keys(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """Refuse keys the dataclass does not have, naming the valid ones."""
+    """Refuse keys the dataclass does not have, naming the valid ones, and values whose type does not
+    fit the field's annotation (lists stand for tuples), naming the key and the type expected."""
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known, key=str)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in [{where}]; valid keys: {', '.join(sorted(known))}")
+    hints = get_type_hints(cls)
+    for key, value in data.items():
+        if not _fits(value, hints[key]):
+            raise ValueError(f"{where}.{key} = {value!r:.80} is not {_describe(hints[key])}")
     return dict(data)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is Literal:
+        return any(type(value) is type(arg) and value == arg for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(item, args[0]) for item in value)
+        return len(value) == len(args) and all(_fits(item, arg) for item, arg in zip(value, args))
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+    return isinstance(value, origin or hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_plural(_describe(args[0]))}"
+        if len(set(args)) == 1:
+            return f"a list of {len(args)} {_plural(_describe(args[0]))}"
+        return f"a list [{', '.join(map(_describe, args))}]"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "unset",
+             dict: "a table"}
+    return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plural(description: str) -> str:
+    return {"an integer": "integers", "a number": "numbers", "a string": "strings"}.get(description, description)

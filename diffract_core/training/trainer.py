@@ -16,13 +16,18 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import DiffractError
+from ..errors import CorruptFileError, DiffractError
+from ..file_reading import parse_json, read_regular_file
+from ..file_writing import check_destination, replace_atomically, write_text_atomically
+from ..transcoders.config import dtype_from_name
 from ..transcoders.native import save_site, write_manifest
+from ..transcoders.release import load_checkpoint
 from ..transcoders.transcoder_set import SiteKey
 from .distributed import DistributedPlan, plan_from_environment
 from .evaluation import site_metrics
@@ -35,7 +40,10 @@ STATE_FILE = "state.json"
 METRICS_FILE = "metrics.jsonl"
 RELEASE_DIR = "transcoders"
 # Settings that may change between a checkpoint and its resumption without changing the result.
-RESUMABLE_CHANGES = frozenset({"log_every", "checkpoint_every"})
+RESUMABLE_CHANGES = frozenset({"log_every", "checkpoint_every", "export_dtype"})
+NO_RESUME = "pass --no-resume to start over in this run folder (or train into a new one)"
+MAX_STATE_BYTES = 1 << 20
+MAX_LOG_BYTES = 1 << 30
 
 Progress = Callable[[int, int, dict[str, float]], None]
 
@@ -66,6 +74,10 @@ def train(
     With `resume`, a run folder that holds a checkpoint continues from it, bit-identically. With
     `until_step`, the run checkpoints and returns at that step (for time-limited jobs)."""
     data, out = Path(data), Path(out)
+    if until_step is not None and until_step < 1:
+        raise DiffractError(f"until_step must be at least 1, got {until_step}: it is the step to checkpoint and "
+                            "stop at")
+    check_destination(out, "the run folder")
     sites = list(sites) if sites is not None else harvested_sites(data, "train")
     plan = plan_from_environment(sites)
     try:
@@ -156,10 +168,16 @@ def _trim_log(out: Path, step: int) -> None:
     path = out / METRICS_FILE
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= step]
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(kept))
-    os.replace(temporary, path)
+    kept = []
+    if step > 0:
+        text = read_regular_file(path, max_bytes=MAX_LOG_BYTES, fix=NO_RESUME).decode("utf-8", "replace")
+        for number, line in enumerate(text.splitlines(keepends=True), start=1):
+            record = parse_json(line, f"{path} line {number}", NO_RESUME)
+            if not (isinstance(record, dict) and isinstance(record.get("step"), int)):
+                raise CorruptFileError(f"{path} line {number} is not a metrics record with a step; {NO_RESUME}")
+            if record["step"] <= step:
+                kept.append(line)
+    write_text_atomically(path, "".join(kept))
 
 
 def _checkpoint(out: Path, settings: TrainSettings, plan: DistributedPlan, trainers: dict[SiteKey, SiteTrainer],
@@ -170,16 +188,11 @@ def _checkpoint(out: Path, settings: TrainSettings, plan: DistributedPlan, train
     plan.barrier()
     for site, trainer in trainers.items():
         if trainer.group.is_leader:
-            path = folder / f"{site_dir_name(site)}.pt"
-            temporary = path.with_name(path.name + ".tmp")
-            torch.save(trainer.state_dict(), temporary)
-            os.replace(temporary, path)
+            replace_atomically(folder / f"{site_dir_name(site)}.pt", partial(torch.save, trainer.state_dict()))
     plan.barrier()
     if plan.is_main:
         state = {"step": step, "settings": settings.to_dict()}
-        temporary = folder / (STATE_FILE + ".tmp")
-        temporary.write_text(json.dumps(state, indent=1) + "\n")
-        os.replace(temporary, folder / STATE_FILE)
+        write_text_atomically(folder / STATE_FILE, json.dumps(state, indent=1) + "\n")
     plan.barrier()
 
 
@@ -187,24 +200,37 @@ def _resume(out: Path, settings: TrainSettings, trainers: dict[SiteKey, SiteTrai
     state_path = out / CHECKPOINT_DIR / STATE_FILE
     if not state_path.exists():
         return 0
-    state = json.loads(state_path.read_text())
+    text = read_regular_file(state_path, max_bytes=MAX_STATE_BYTES, fix=NO_RESUME)
+    state = parse_json(text, str(state_path), NO_RESUME)
+    if not (isinstance(state, dict) and _is_step(state.get("step")) and isinstance(state.get("settings"), dict)):
+        raise CorruptFileError(f'{state_path} lacks "step" (an integer >= 0) or "settings" (an object); {NO_RESUME}')
     saved = state["settings"]
     changed = sorted(k for k, v in settings.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(settings, k)!r}" for k in changed)
+        details = ", ".join(f"{k}: {saved.get(k)!r:.40} -> {getattr(settings, k)!r}" for k in changed)
         raise DiffractError(
             f"{out} holds a checkpoint trained with other settings ({details}); resume with the same settings, "
             "or train into a new folder (or pass --no-resume to start over in this one)"
         )
-    step = int(state["step"])
+    step = state["step"]
     for site, trainer in trainers.items():
         path = out / CHECKPOINT_DIR / f"{site_dir_name(site)}.pt"
         if not path.exists():
-            raise DiffractError(f"{path} is missing: the checkpoint at step {step} is incomplete; train into a new folder")
-        trainer.load_state_dict(torch.load(path, map_location=trainer.device, weights_only=True))
+            raise DiffractError(f"{path} is missing: the checkpoint at step {step} is incomplete; {NO_RESUME}")
+        checkpoint = load_checkpoint(path, NO_RESUME, map_location=trainer.device)
+        try:
+            trainer.load_state_dict(checkpoint)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            raise CorruptFileError(
+                f"{path} is not a checkpoint of this run ({type(exc).__name__}: {exc!s:.200}); {NO_RESUME}"
+            ) from exc
         if trainer.step != step:
-            raise DiffractError(f"{path} holds step {trainer.step}, but {state_path} says {step}; train into a new folder")
+            raise DiffractError(f"{path} holds step {trainer.step}, but {state_path} says {step}; {NO_RESUME}")
     return step
+
+
+def _is_step(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _export(data: Path, out: Path, settings: TrainSettings, plan: DistributedPlan,
@@ -229,7 +255,8 @@ def _export(data: Path, out: Path, settings: TrainSettings, plan: DistributedPla
         if (validation / "index.json").exists():
             record["validation"] = site_metrics(transcoder, ActivationShards(validation)).to_dict()
         config = replace(transcoder.config, training=record)
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in transcoder.state_dict().items()}
+        dtype = dtype_from_name(settings.export_dtype)
+        tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in transcoder.state_dict().items()}
         save_site(release, config, tensors, overwrite=True)
     plan.barrier()
     if plan.is_main:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 
 from ..errors import CorruptFileError
+from ..file_reading import parse_json
 
 Stream = Literal["img", "txt"]
 Kind = Literal["transcoder", "sae"]
@@ -17,6 +19,13 @@ STREAMS: tuple[Stream, ...] = ("img", "txt")
 KINDS: tuple[Kind, ...] = ("transcoder", "sae")
 FORMAT_NAME = "diffract-transcoder"
 FORMAT_VERSION = 1
+
+# Far above any real transcoder (FLUX: d_model 3072, 49152 features, a 256-wide time embedding), low
+# enough that a config or checkpoint declaring more is refused before anything of that size is allocated.
+MAX_D_MODEL = 65_536
+MAX_D_FEATURES = 1 << 24
+MAX_TIME_WIDTH = 65_536
+MAX_LAYER = 999
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -40,6 +49,14 @@ def dtype_name(dtype: torch.dtype) -> str:
         if candidate == dtype:
             return name
     raise ValueError(f"transcoder weights must be float32, bfloat16 or float16, not {dtype}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,22 @@ class TranscoderConfig:
     training: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        for name, value, low, high in (("d_model", self.d_model, 1, MAX_D_MODEL),
+                                       ("d_features", self.d_features, 1, MAX_D_FEATURES),
+                                       ("time_embedding.dim", self.time_embedding.dim, 2, MAX_TIME_WIDTH),
+                                       ("time_embedding.mlp_width", self.time_embedding.mlp_width, 1, MAX_TIME_WIDTH),
+                                       ("site.layer", self.site.layer, 0, MAX_LAYER)):
+            if not _is_int(value) or not low <= value <= high:
+                raise CorruptFileError(f"config {name} must be an integer in {low}..{high}, got {value!r}")
+        if not isinstance(self.site.model_family, str) or not isinstance(self.training, (dict, type(None))):
+            raise CorruptFileError("config site.model_family must be a string and training an object (or null)")
+        embedding = self.time_embedding
+        if not (_is_number(embedding.max_period) and embedding.max_period > 1
+                and _is_number(embedding.freq_shift) and embedding.dim / 2 - embedding.freq_shift > 0):
+            raise CorruptFileError(
+                f"config time_embedding max_period {embedding.max_period!r} must be a number above 1 and freq_shift "
+                f"{embedding.freq_shift!r} a number below dim / 2"
+            )
         if self.kind not in KINDS:
             raise CorruptFileError(f"config kind {self.kind!r} is not one of {KINDS}")
         if self.site.stream not in STREAMS:
@@ -101,7 +134,7 @@ class TranscoderConfig:
             raise CorruptFileError(
                 f"config activation {self.activation!r} is not supported; this version reads 'relu' and 'topk' transcoders"
             )
-        if self.activation == "topk" and not (isinstance(self.topk, int) and 0 < self.topk <= self.d_features):
+        if self.activation == "topk" and not (_is_int(self.topk) and 0 < self.topk <= self.d_features):
             raise CorruptFileError(f"config activation 'topk' needs topk in 1..d_features, got {self.topk!r}")
         if self.activation == "relu" and self.topk is not None:
             raise CorruptFileError(f"config topk = {self.topk!r} needs activation 'topk', not 'relu'")
@@ -112,10 +145,8 @@ class TranscoderConfig:
             )
         if self.time_embedding.order != "sin_cos" or self.time_embedding.dim % 2:
             raise CorruptFileError("config time_embedding must be an even-sized sin-first ('sin_cos') embedding")
-        for name in ("d_model", "d_features"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise CorruptFileError(f"config {name} must be a positive integer, got {getattr(self, name)!r}")
-        dtype_from_name(self.dtype)
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
+            raise CorruptFileError(f"config dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -160,7 +191,7 @@ class TranscoderConfig:
             return cls(
                 d_model=data["d_model"],
                 d_features=data["d_features"],
-                site=SiteSpec(stream=site["stream"], layer=int(site["layer"]), model_family=site["model_family"]),
+                site=SiteSpec(stream=site["stream"], layer=site["layer"], model_family=site["model_family"]),
                 kind=data["kind"],
                 time_embedding=TimeEmbeddingSpec(**data["time_embedding"]),
                 activation=data["activation"],
@@ -174,11 +205,8 @@ class TranscoderConfig:
             raise CorruptFileError(f"{source} is missing or mistypes a field ({exc!r}); re-convert the weights") from exc
 
     @classmethod
-    def from_json(cls, text: str, source: str = "config") -> TranscoderConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CorruptFileError(f"{source} is not valid JSON ({exc}); re-convert the weights") from exc
+    def from_json(cls, text: str | bytes, source: str = "config") -> TranscoderConfig:
+        data = parse_json(text, source, "re-convert the weights")
         if not isinstance(data, dict):
-            raise CorruptFileError(f"{source} must hold a JSON object")
+            raise CorruptFileError(f"{source} must hold a JSON object; re-convert the weights")
         return cls.from_dict(data, source)

@@ -10,18 +10,28 @@ import torch
 from safetensors import safe_open
 
 from ..errors import CorruptFileError, UnknownFileNameError
+from ..file_reading import check_readable_file, describe_size
+from ..file_writing import prepare_destination
 from .config import TranscoderConfig
 from .native import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     file_sha256,
     read_site_config,
+    recover_interrupted_writes,
     save_site,
     site_folder_name,
     site_folders,
     write_manifest,
 )
-from .release import RELEASE_NAME_HELP, ReleaseName, config_from_release, load_release_state_dict, native_tensors, parse_release_name
+from .release import (
+    RELEASE_NAME_HELP,
+    ReleaseName,
+    config_from_release,
+    load_release_state_dict,
+    native_tensors,
+    parse_release_name,
+)
 
 Progress = Callable[[int, int, str], None]
 
@@ -97,8 +107,10 @@ def convert_release(
     progress: Progress | None = None,
 ) -> list[Path]:
     """Convert a release folder (transcoder_*.pt and sae_*.pt) into a native release folder.
-    Sites already converted are kept unless `overwrite`."""
+    Sites already converted are kept unless `overwrite`; what a killed earlier run left is resolved first."""
     files = find_release_files(src)
+    prepare_destination(dst, "the destination")
+    recover_interrupted_writes(dst)
     written = []
     for done, (path, name) in enumerate(files.items()):
         if progress:
@@ -134,7 +146,7 @@ class SiteReport:
             str(self.d_model),
             str(self.d_features),
             self.dtype,
-            _human_size(self.size_bytes),
+            describe_size(self.size_bytes),
             f"{self.sha256[:16]} ({self.checksum_status})",
             self.path.name,
         ]
@@ -164,6 +176,7 @@ def _native_report(folder: Path) -> SiteReport:
 
 
 def _check_readable(weights: Path) -> None:
+    check_readable_file(weights, "re-convert or re-download the site")
     try:
         with safe_open(str(weights), framework="pt") as handle:
             handle.keys()
@@ -195,14 +208,3 @@ def format_reports(reports: list[SiteReport]) -> str:
     rows = [REPORT_HEADER, *(report.row() for report in sorted(reports, key=lambda r: (r.kind, r.stream, r.layer)))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(REPORT_HEADER))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
-
-
-def _human_size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    value, unit = size / 1024, "KiB"
-    for bigger in ("MiB", "GiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.1f} {unit}"

@@ -3,6 +3,11 @@ plus a release-level `manifest.json` listing the sites.
 
 Loading memory-maps the safetensors file: tensors are views of the file's pages, so a 1.2 GB site
 costs page cache, not a second private copy, unless the caller asks for another dtype or device.
+
+Writing a site never leaves a release without it: the new site is written into a hidden staging
+folder, the old one renamed aside, the new one renamed in, and only then the old one deleted. A run
+killed on the way leaves hidden folders that `recover_interrupted_writes` resolves on the next write:
+an old site whose replacement never arrived goes back in place, everything else is deleted.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -20,7 +26,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import ConfigMismatchError, CorruptFileError
+from ..errors import ConfigMismatchError, CorruptFileError, DestinationError
+from ..file_reading import check_readable_file, parse_json, read_regular_file
+from ..file_writing import give_usual_permissions, prepare_destination, write_text_atomically
 from .config import TranscoderConfig, dtype_name
 from .release import check_finite
 from .transcoder import Transcoder
@@ -29,6 +37,12 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "diffract-transcoder-release"
+MAX_JSON_BYTES = 16 * 2**20  # a site's config (with its training record) and a manifest are a few KiB
+_RECONVERT = "re-run `python -m diffract_core convert` on the original files (or download the site again)"
+# Hidden folders a site write makes beside the site: `.{site}.{random}.staging` and `.{site}.replaced`.
+_STAGING = "staging"
+_REPLACED = "replaced"
+_DEBRIS = re.compile(r"^\.((?:transcoder|sae)_(?:img|txt)_\d+)\.(.+)$")
 
 
 def site_folder_name(kind: str, stream: str, layer: int) -> str:
@@ -37,8 +51,20 @@ def site_folder_name(kind: str, stream: str, layer: int) -> str:
 
 def site_folders(root: Path) -> list[Path]:
     """The site folders directly under a release folder. Hidden folders (staging folders of an
-    interrupted write, the Hub download cache) are never sites."""
-    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / CONFIG_FILE).is_file())
+    interrupted write, the Hub download cache) are never sites; a site folder, or a file in it, that
+    links out of the release is refused (a shared release could otherwise point anywhere)."""
+    folders = sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / CONFIG_FILE).is_file())
+    inside = root.resolve()
+    for folder in folders:
+        own = folder.resolve()
+        for path, home in ((folder, inside), (folder / CONFIG_FILE, own), (folder / WEIGHTS_FILE, own)):
+            resolved = path.resolve()
+            if resolved.parent != home:
+                raise CorruptFileError(
+                    f"{path} links to {resolved}, outside the release {root}: copy the site into the release "
+                    "(cp -rL) instead of linking to it"
+                )
+    return folders
 
 
 def expected_shapes(config: TranscoderConfig) -> dict[str, tuple[int, ...]]:
@@ -67,27 +93,62 @@ def file_sha256(path: Path, block: int = 1 << 24) -> str:
 
 
 def save_site(root: Path, config: TranscoderConfig, tensors: Mapping[str, torch.Tensor], overwrite: bool = False) -> Path:
-    """Write one site folder atomically: into a temporary folder first, then renamed into place,
-    so an interrupted write never leaves a half-written site behind."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Write one site folder: staged in a hidden folder, then swapped in (see the module's docstring)."""
+    prepare_destination(root, "the release folder")
     target = root / site_folder_name(config.kind, config.site.stream, config.site.layer)
+    recover_interrupted_writes(root, target.name)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     config = config.with_dtype(_single_dtype(tensors))
     _check_against_config(config, {key: (tuple(t.shape), t.dtype) for key, t in tensors.items()}, str(target))
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     try:
-        save_file(dict(tensors), str(staging / WEIGHTS_FILE))
-        checksum = file_sha256(staging / WEIGHTS_FILE)
-        config = replace(config, provenance={**config.provenance, "weights_sha256": checksum})
-        (staging / CONFIG_FILE).write_text(config.to_json())
-        if target.exists():
-            shutil.rmtree(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=f".{_STAGING}", dir=root))
+        try:
+            save_file(dict(tensors), str(staging / WEIGHTS_FILE))
+            checksum = file_sha256(staging / WEIGHTS_FILE)
+            config = replace(config, provenance={**config.provenance, "weights_sha256": checksum})
+            (staging / CONFIG_FILE).write_text(config.to_json())
+            give_usual_permissions(staging)
+            _swap_in(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    except PermissionError as exc:  # the folder looked writable (ACLs, NFS root_squash, immutable files)
+        raise DestinationError(f"{target} cannot be written ({exc.strerror}: {exc.filename}); choose a folder this "
+                               "user can write, or change its permissions") from exc
+    return target
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Old site aside, new site in, old site deleted: at every moment one complete site exists,
+    under its own name or aside, where `recover_interrupted_writes` finds it."""
+    aside = target.with_name(f".{target.name}.{_REPLACED}")
+    if target.exists():
+        os.replace(target, aside)
+    try:
         os.replace(staging, target)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if aside.exists():
+            os.replace(aside, target)
         raise
-    return target
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_interrupted_writes(root: Path, name: str | None = None) -> None:
+    """Resolve what a killed site write left in `root` (only site `name`'s, if given): a site renamed
+    aside whose replacement never arrived goes back in place; staging folders, and old sites whose
+    replacement did arrive, are deleted."""
+    if not root.is_dir():
+        return
+    for debris in root.iterdir():
+        match = _DEBRIS.match(debris.name)
+        if match is None or (name is not None and match[1] != name) or not debris.is_dir() or debris.is_symlink():
+            continue
+        site = root / match[1]
+        if match[2] == _REPLACED and not site.exists():
+            os.replace(debris, site)
+        else:
+            shutil.rmtree(debris, ignore_errors=True)
 
 
 def _single_dtype(tensors: Mapping[str, torch.Tensor]) -> torch.dtype:
@@ -100,13 +161,13 @@ def _single_dtype(tensors: Mapping[str, torch.Tensor]) -> torch.dtype:
 def read_site_config(folder: Path) -> TranscoderConfig:
     path = folder / CONFIG_FILE
     try:
-        text = path.read_text()
+        data = read_regular_file(path, max_bytes=MAX_JSON_BYTES, fix=_RECONVERT)
     except FileNotFoundError as exc:
         raise CorruptFileError(
             f"{folder} has no {CONFIG_FILE}; a native transcoder site folder holds {CONFIG_FILE} and {WEIGHTS_FILE}: "
             "re-run `python -m diffract_core convert` on the original files"
         ) from exc
-    return TranscoderConfig.from_json(text, source=str(path))
+    return TranscoderConfig.from_json(data, source=str(path))
 
 
 def _check_against_config(
@@ -144,6 +205,7 @@ def load_site(
     config = read_site_config(folder)
     weights = folder / WEIGHTS_FILE
     try:
+        check_readable_file(weights, _RECONVERT)
         with safe_open(str(weights), framework="pt") as handle:
             found = {key: (tuple(handle.get_slice(key).get_shape()), _slice_dtype(handle.get_slice(key))) for key in handle.keys()}
             _check_against_config(config, found, str(folder))
@@ -192,20 +254,24 @@ def write_manifest(root: Path, release: Mapping[str, object] | None = None) -> P
             }
         )
     path = root / MANIFEST_FILE
-    previous = read_manifest(root).get("release", {}) if path.exists() else {}
+    previous = read_manifest(root)["release"] if path.exists() else {}
     manifest = {"format": MANIFEST_FORMAT, "format_version": 1, "release": dict(release or previous), "sites": sites}
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(temporary, path)
-    return path
+    return write_text_atomically(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(root: Path) -> dict[str, object]:
+    """The manifest, checked: a format this version reads, `release` an object, `sites` a list."""
     path = root / MANIFEST_FILE
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CorruptFileError(f"{path} is not valid JSON ({exc}); delete it and re-run convert") from exc
+    fix = f"delete {path} and re-run convert (it is rebuilt from the site folders)"
+    data = parse_json(read_regular_file(path, max_bytes=MAX_JSON_BYTES, fix=fix), str(path), fix)
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise CorruptFileError(f"{path} is not a {MANIFEST_FORMAT} manifest; delete it and re-run convert")
+        raise CorruptFileError(f"{path} is not a {MANIFEST_FORMAT} manifest; {fix}")
+    data.setdefault("release", {})
+    data.setdefault("sites", [])
+    if not isinstance(data["release"], dict):
+        raise CorruptFileError(
+            f'{path}: "release" must be an object of facts about the release, not {data["release"]!r:.80}; {fix}'
+        )
+    if not isinstance(data["sites"], list):
+        raise CorruptFileError(f'{path}: "sites" must be a list of site folders; {fix}')
     return data

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +16,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CorruptFileError, NonFiniteWeightsError, ShapeMismatchError, UnknownFileNameError, UnsafeCheckpointError
+from ..errors import (
+    CorruptFileError,
+    NonFiniteWeightsError,
+    ShapeMismatchError,
+    UnknownFileNameError,
+    UnsafeCheckpointError,
+)
+from ..file_reading import check_readable_file, describe_size
 from .config import Kind, SiteSpec, Stream, TimeEmbeddingSpec, TranscoderConfig
 
 RELEASE_NAME = re.compile(r"^(?P<kind>transcoder|sae)_(?P<stream>img|txt)_(?P<layer>\d+)\.pt$")
@@ -57,26 +65,65 @@ def parse_release_name(path: str | Path) -> ReleaseName:
 
 
 def load_release_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Open a released `.pt` file safely: tensors only, memory-mapped where the file allows."""
+    """Open a released `.pt` file safely: tensors only, memory-mapped where the file allows, and no
+    tensor declaring more bytes than the file holds."""
     path = Path(path)
+    fix = "get the file again from the official release, or re-save it with torch.save(module.state_dict(), path)"
+    state = _plain_tensor_dict(load_checkpoint(path, fix), path.name)
+    declared = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    stored = path.stat().st_size
+    if declared > stored:
+        raise CorruptFileError(
+            f"{path.name} declares {describe_size(declared)} of tensors but the file holds {describe_size(stored)}: "
+            "its tensors are views that would expand when read (a crafted or damaged file), so it was refused "
+            f"before allocating them; {fix}"
+        )
+    return state
+
+
+def load_checkpoint(path: Path, fix: str, map_location: torch.device | str = "cpu") -> object:
+    """`torch.load` restricted to tensors and plain containers (the restricted unpickler refuses
+    anything else before it can run), memory-mapped where the file allows. A refusal or an unreadable
+    file is a typed error naming the file and `fix`."""
+    check_readable_file(path, fix)
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) torch.save format
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch's advice, not the user's
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                return torch.load(path, map_location=map_location, weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
-            f"{path.name} holds objects other than tensors, so it was refused before anything in it could run "
-            f"({str(exc).splitlines()[0]}). Only plain state dicts of tensors are accepted: re-save the "
-            "checkpoint with torch.save(module.state_dict(), path), or get it from the official release"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+            f"{path} holds objects other than tensors ({_refusal_reason(exc)}), so it was refused before anything "
+            f"in it could run. Only plain state dicts of tensors are accepted: {fix}"
+        ) from None  # torch's own message advises loading the file unrestricted: it must not reach the user
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
         raise CorruptFileError(
-            f"{path.name} cannot be read as a torch checkpoint ({exc}); it may be truncated: download it again"
+            f"{path} cannot be read as a torch checkpoint ({_first_line(exc)}); it is truncated or damaged: {fix}"
         ) from exc
-    return _plain_tensor_dict(obj, path.name)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
+_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", re.DOTALL)
+
+
+def _refusal_reason(exc: Exception) -> str:
+    """What the restricted unpickler refused, without torch's advice to load the file unrestricted."""
+    text = _ANSI.sub("", str(exc))
+    if found := _GLOBAL.search(text):
+        return f"it imports {found[1]}, which a file of tensors never needs"
+    if found := _UNPICKLER_ERROR.search(text):
+        return " ".join(found[1].split())
+    return "a pickle instruction the safe loader does not allow"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = _ANSI.sub("", str(exc)).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _plain_tensor_dict(obj: object, name: str) -> dict[str, torch.Tensor]:
@@ -126,20 +173,24 @@ def config_from_release(
             )
     if embed_dim % 2:
         raise ShapeMismatchError(f"{name.file_name}: the time embedding width {embed_dim} must be even")
-    for key in RELEASE_KEYS:
-        check_finite(state_dict[key], f"{name.file_name}: {key}")
     dtypes = {state_dict[key].dtype for key in RELEASE_KEYS}
     if len(dtypes) != 1:
         raise ShapeMismatchError(f"{name.file_name} mixes tensor dtypes {sorted(map(str, dtypes))}")
-    return TranscoderConfig(
-        d_model=d_model,
-        d_features=d_features,
-        site=SiteSpec(stream=name.stream, layer=name.layer),
-        kind=name.kind,
-        time_embedding=TimeEmbeddingSpec(dim=embed_dim, mlp_width=mlp_width),
-        dtype=str(dtypes.pop()).removeprefix("torch."),
-        provenance=provenance,
-    )
+    try:
+        config = TranscoderConfig(
+            d_model=d_model,
+            d_features=d_features,
+            site=SiteSpec(stream=name.stream, layer=name.layer),
+            kind=name.kind,
+            time_embedding=TimeEmbeddingSpec(dim=embed_dim, mlp_width=mlp_width),
+            dtype=str(dtypes.pop()).removeprefix("torch."),
+            provenance=provenance,
+        )
+    except CorruptFileError as exc:  # sizes or dtype outside what a transcoder can be
+        raise ShapeMismatchError(f"{name.file_name} does not describe a usable transcoder: {exc}") from exc
+    for key in RELEASE_KEYS:
+        check_finite(state_dict[key], f"{name.file_name}: {key}")
+    return config
 
 
 def _shape(state_dict: Mapping[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:

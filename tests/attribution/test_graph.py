@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from diffract_core.attribution.adjacency import GraphStructureError
 from diffract_core.attribution.graph import CircuitGraph, CircuitNode, edge_list
 
 
@@ -53,3 +55,30 @@ def test_pruning_keeps_the_influential_path_and_always_the_terminals() -> None:
     assert {"input:img@0", "bias@0", "target:img:2:5@0", "feature:txt:1:2@0"} <= kept
     sub = graph.subgraph(tight)
     assert len(sub.nodes) == int(tight.node_mask.sum()) and sub.target.kind == "target"
+
+
+def test_sparse_influence_equals_the_dense_path_sum_on_random_graphs() -> None:
+    """influence = w (A + A^2 + ...) = w ((I - A)^-1 - I), A the row-normalised |adjacency| (dense, small)."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        n = int(torch.randint(4, 40, (1,), generator=generator))
+        kinds = ["input", "bias", *["feature"] * (n - 4), "error", "target"]
+        nodes = [CircuitNode(kind, 0, None if kind == "bias" else "img", i, i, value=1.0) for i, kind in enumerate(kinds)]
+        pairs = torch.randint(0, n, (4 * n, 2), generator=generator).sort(dim=1).values  # source < target: acyclic
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+        weights = torch.randn(len(pairs), generator=generator, dtype=torch.float64)
+        graph = CircuitGraph(nodes, pairs[:, 0], pairs[:, 1], weights)
+        dense = graph.adjacency().abs()
+        normalized = dense / dense.sum(1, keepdim=True).clamp(min=1e-10)
+        start = graph.target_weights()
+        expected = start @ torch.linalg.inv(torch.eye(n, dtype=torch.float64) - normalized) - start
+        assert torch.allclose(graph.influence(), expected, atol=1e-12)
+
+
+def test_a_cycle_is_refused() -> None:
+    graph = _graph()
+    graph.edge_sources = torch.cat([graph.edge_sources, torch.tensor([1])])
+    graph.edge_targets = torch.cat([graph.edge_targets, torch.tensor([0])])
+    graph.edge_weights = torch.cat([graph.edge_weights, torch.tensor([1.0], dtype=torch.float64)])
+    with pytest.raises(GraphStructureError, match="edges form a cycle"):
+        graph.influence()

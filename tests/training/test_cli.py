@@ -47,6 +47,7 @@ spliced_prompts = 3
 [sweep]
 l1_scales = [1, 30]
 sae_l1_scales = [30, 1000]
+steps = 30
 """
 PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green", "pink") for s in ("circle", "square", "star")]
 
@@ -86,10 +87,15 @@ def test_harvest_train_evaluate_sweep(config: Path) -> None:
     swept = run_cli("sweep", "--config", str(config), cwd=folder)
     assert swept.returncode == 0, swept.stderr
     table = (folder / "run/sweep/sweep.md").read_text().splitlines()
-    assert len(table) == 2 + 4 and table[2].startswith("| transcoder | 1 |") and table[-1].startswith("| sae | 1000 |")
+    assert len(table) == 2 + 8  # per kind, L1 scale and stream
+    assert table[2].startswith("| transcoder | img | 1 |") and table[-1].startswith("| sae | txt | 1000 |")
     points = json.loads((folder / "run/sweep/sweep.json").read_text())
-    l0 = {(p["kind"], p["l1_scale"]): p["l0"] for p in points}
-    assert l0["transcoder", 30] < l0["transcoder", 1] and l0["sae", 1000] < l0["sae", 30]  # stronger L1, sparser
+    l0 = {(p["kind"], p["l1_scale"], p["stream"]): p["l0"] for p in points}
+    # stronger L1, sparser (in this 30-step run the transcoder's image site has not started to fire yet)
+    assert l0["sae", 1000, "img"] < l0["sae", 30, "img"] and l0["sae", 1000, "txt"] < l0["sae", 30, "txt"]
+    assert l0["transcoder", 30, "txt"] < l0["transcoder", 1, "txt"]
+    swept_site = json.loads((folder / "run/sweep/sae_l1x30/transcoders/sae_img_0/config.json").read_text())
+    assert swept_site["training"]["steps"] == 30  # [sweep] steps, not [train] steps
     with Image.open(folder / "run/sweep/sweep.png") as plot:
         assert plot.width > plot.height > 300  # two panels: FVU and spliced-in cosine against L0
 
@@ -164,10 +170,53 @@ def test_the_toy_model_and_its_encoder_come_from_one_toy_file(tmp_path: Path) ->
     model = config.model.build()
     encoder = config.encoder.build(model.config, config.model)
     assert model.config == toy_flux_config() and config.harvest.sites == (("img", 3),)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), toy.flux.state_dict().values()))
+    stored = (weight.to(torch.float16).float() for weight in toy.flux.state_dict().values())  # saved in fp16
+    assert all(torch.equal(a.float(), b) for a, b in zip(model.state_dict().values(), stored))
     context, pooled = encoder(["a red circle"])
     assert context.shape == (1, 8, 64) and not context.requires_grad
     (tmp_path / "bad.toml").write_text("[encoder]\nkind = 'toy'\n")
     bad = load_run_config(tmp_path / "bad.toml")
     with pytest.raises(DiffractError, match="set \\[model\\] kind = 'toy'"):
         bad.encoder.build(bad.model.flux_config(), bad.model)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[train]\nsteps = 'ten'\n", r"config \[train\]: train.steps = 'ten' is not an integer"),
+        ("[train]\nsteps = 2.5\n", r"train.steps = 2.5 is not an integer"),
+        ("[train]\nbatch_size = true\n", r"train.batch_size = True is not an integer"),
+        ("[train]\nlr = nan\n", r"train.lr must be a positive number, got nan"),
+        ("[train]\nlr = -1\n", r"train.lr must be a positive number, got -1"),
+        ("[harvest]\nlatent_size = [0, -4]\n", r"harvest.latent_size must be two even sizes of at least 2.*\[0, -4\]"),
+        ("[harvest]\nlatent_size = 64\n", r"harvest.latent_size = 64 is not a list of 2 integers"),
+        ("[harvest]\nsites = 5\n", r"harvest.sites = 5 is not a string or a list of strings"),
+        ("[prompts]\nvalidation_fraction = 1.5\n", r"prompts.validation_fraction must lie in \[0, 1\)"),
+        ("[sweep]\nkinds = ['clt']\n", r"sweep.kinds must list some of"),
+        ("out = 5\n", r"config out = 5 is not a folder path: write it as a string"),
+        ('out = "taken.txt"\n', r"the run folder \(config `out`\) .*taken.txt is a file, not a folder"),
+        ('data = "taken.txt/activations"\n', r"the activations folder \(config `data`\) .* cannot be created: .*taken.txt is a file"),
+    ],
+)
+def test_config_values_are_checked_before_any_work(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "taken.txt").write_text("not a folder")
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(DiffractError, match=message):
+        load_run_config(tmp_path / "bad.toml")
+
+
+def test_a_read_only_run_folder_is_refused_at_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: Path(path) != tmp_path and real_access(path, mode, *a, **k))
+    (tmp_path / "run.toml").write_text("[train]\nsteps = 10\n")
+    with pytest.raises(DiffractError, match=r"the run folder \(config `out`\) .*run cannot be written: its nearest existing folder"):
+        load_run_config(tmp_path / "run.toml")
+
+
+def test_the_stop_step_must_be_positive(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text("[train]\nsteps = 10\n")
+    done = run_cli("train", "--config", "run.toml", "--until-step", "-5", cwd=tmp_path)
+    assert done.returncode == 2 and "--until-step: must be a whole number of at least 1, got '-5'" in done.stderr
+    assert not (tmp_path / "run").exists()

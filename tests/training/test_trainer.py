@@ -4,13 +4,15 @@ dead features, a resumed run is bit-identical, and settings are checked."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffract_core.errors import DiffractError
+from diffract_core.errors import CorruptFileError, DiffractError, UnsafeCheckpointError
 from diffract_core.training.distributed import SiteGroup
 from diffract_core.training.shards import ActivationShards, site_folder
 from diffract_core.training.site_trainer import SiteTrainer
@@ -112,6 +114,19 @@ def test_the_sae_learns_y_from_y(synthetic_data: Path, tmp_path: Path) -> None:
     assert TranscoderSet.open(tmp_path / "run/transcoders", kind="sae").sites == [SITE]
 
 
+def test_the_release_can_be_stored_in_half_precision(synthetic_data: Path, tmp_path: Path) -> None:
+    train(synthetic_data, tmp_path / "full", quick_settings(steps=20), sites=[SITE])
+    train(synthetic_data, tmp_path / "half", quick_settings(steps=20, export_dtype="float16"), sites=[SITE])
+    full, half = weights(tmp_path / "full"), weights(tmp_path / "half")
+    assert {t.dtype for t in half.values()} == {torch.float16}
+    for name, tensor in full.items():
+        assert torch.equal(half[name], tensor.half()), name  # the same training, only stored smaller
+    config = json.loads((tmp_path / "half/transcoders/transcoder_img_0/config.json").read_text())
+    assert config["dtype"] == "float16"
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        quick_settings(export_dtype="float8")
+
+
 def test_decoder_rows_stay_unit_norm_and_schedules_apply(synthetic_data: Path) -> None:
     settings = quick_settings(l1_warmup_steps=20, lr_warmup_steps=5, lr_final_fraction=0.1)
     trainer = SiteTrainer(SITE, 64, settings, SiteGroup((0,), 0))
@@ -148,3 +163,54 @@ def test_the_topk_variant_trains_at_fixed_sparsity(synthetic_data: Path, tmp_pat
     assert transcoder.config.activation == "topk" and transcoder.config.topk == 8
     validation = transcoder.config.training["validation"]
     assert validation["l0"] <= 8 and validation["fvu"] < 0.2
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])
+
+
+RESUME_DAMAGE = {
+    "truncated checkpoint": ("checkpoint/img_0.pt", _truncate, CorruptFileError, r"img_0.pt cannot be read as a torch checkpoint"),
+    "malicious checkpoint": ("checkpoint/img_0.pt", lambda p: torch.save({"transcoder": _RunsCodeWhenUnpickled()}, p),
+                             UnsafeCheckpointError, r"img_0.pt holds objects other than tensors \(it imports \w+.system"),
+    "checkpoint of something else": ("checkpoint/img_0.pt", lambda p: torch.save({"weights": torch.zeros(2)}, p),
+                                     CorruptFileError, r"img_0.pt is not a checkpoint of this run \(KeyError"),
+    "state without settings": ("checkpoint/state.json", lambda p: p.write_text('{"step": 20}'),
+                               CorruptFileError, r'state.json lacks "step" \(an integer >= 0\) or "settings"'),
+    "broken state": ("checkpoint/state.json", lambda p: p.write_text('{"step": 2'),
+                     CorruptFileError, r"state.json is not valid JSON"),
+    "broken metrics line": ("metrics.jsonl", lambda p: p.write_text(p.read_text() + '{"site": "img_0", "st\n'),
+                            CorruptFileError, r"metrics.jsonl line 3 is not valid JSON"),
+}
+
+
+@pytest.fixture(scope="module")
+def stopped_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("stopped") / "run"
+    train(synthetic_data, run, quick_settings(), sites=[SITE], until_step=20)
+    return run
+
+
+@pytest.mark.parametrize("damage", RESUME_DAMAGE)
+def test_damaged_resume_files_are_named_with_the_way_out(synthetic_data: Path, stopped_run: Path, tmp_path: Path,
+                                                         damage: str) -> None:
+    relative, spoil, error, message = RESUME_DAMAGE[damage]
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    spoil(run / relative)
+    with pytest.raises(error, match=message) as refused:
+        train(synthetic_data, run, quick_settings(), sites=[SITE])
+    assert "--no-resume" in str(refused.value)
+    assert train(synthetic_data, run, quick_settings(), sites=[SITE], resume=False).finished
+
+
+def test_checkpoints_leave_no_temporary_files_and_the_stop_step_must_be_positive(synthetic_data: Path,
+                                                                                  stopped_run: Path) -> None:
+    assert sorted(p.name for p in (stopped_run / "checkpoint").iterdir()) == ["img_0.pt", "state.json"]
+    with pytest.raises(DiffractError, match="until_step must be at least 1, got -5"):
+        train(synthetic_data, stopped_run, quick_settings(), sites=[SITE], until_step=-5)

@@ -1,6 +1,9 @@
 import copy
 import ctypes
 import json
+import os
+import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,13 +13,16 @@ import torch
 from diffract_core.errors import (
     ConfigMismatchError,
     CorruptFileError,
+    DestinationError,
     DimensionMismatchError,
     NonFiniteWeightsError,
     SiteNotLoadedError,
+    UnreadableFileError,
 )
 from diffract_core.quickstart import random_transcoder, write_example_release
 from diffract_core.transcoders import TranscoderSet, convert_release, load_site, save_site
-from diffract_core.transcoders.native import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, read_manifest
+from diffract_core.transcoders.convert import inspect_path
+from diffract_core.transcoders.native import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, read_manifest, read_site_config
 
 
 def _native_release(tmp_path: Path, **kwargs: object) -> Path:
@@ -110,6 +116,19 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["transcoder_img_0"]
 
 
+def test_a_write_denied_after_the_checks_is_a_destination_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Permission checks can pass and the write still be denied (ACLs, NFS root_squash)."""
+    transcoder = random_transcoder("img", 0, d_model=8, d_features=16, time_dim=4)
+
+    def denied(*args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".staging"))
+
+    monkeypatch.setattr("diffract_core.transcoders.native.tempfile.mkdtemp", denied)
+    with pytest.raises(DestinationError, match="transcoder_img_0 cannot be written \\(Permission denied"):
+        save_site(tmp_path, transcoder.config, dict(transcoder.state_dict()))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_site_names_the_sites_held(tmp_path: Path) -> None:
     native = _native_release(tmp_path, layers=(0, 1, 2, 5), streams=("img",))
     transcoders = TranscoderSet.open(native)
@@ -152,3 +171,120 @@ def test_non_finite_native_weights_are_refused_at_load(tmp_path: Path) -> None:
     save_site(tmp_path, transcoder.config, tensors)
     with pytest.raises(NonFiniteWeightsError, match="transcoder_txt_7: W_dec contains NaN or Inf"):
         TranscoderSet.open(tmp_path)[("txt", 7)]
+
+
+KILL_POINTS = {
+    # after the new site is staged: the release still holds the old site, beside a staging folder
+    "staged": "import diffract_core.transcoders.native as native\n"
+              "real = native.give_usual_permissions\n"
+              "def killed(folder):\n    real(folder)\n    os._exit(9)\n"
+              "native.give_usual_permissions = killed\n",
+    # inside the replace window: the old site renamed aside, the new one not yet renamed in
+    "old site aside": "real = os.replace\n"
+                      "def killed(source, target):\n    real(source, target)\n"
+                      "    if str(target).endswith('.replaced'):\n        os._exit(9)\n"
+                      "os.replace = killed\n",
+}
+
+
+@pytest.mark.parametrize("kill_point", KILL_POINTS)
+def test_a_conversion_killed_midway_is_repaired_by_the_next_run(tmp_path: Path, kill_point: str) -> None:
+    native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
+    site = native / "transcoder_img_0"
+    before = read_site_config(site).provenance["weights_sha256"]
+    script = (
+        "import os, sys\nfrom pathlib import Path\n" + KILL_POINTS[kill_point]
+        + "from diffract_core.transcoders import convert_release\n"
+        f"convert_release(Path({str(tmp_path / 'release')!r}), Path({str(native)!r}), dtype=__import__('torch').bfloat16, "
+        "overwrite=True)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert killed.returncode == 9, killed.stderr
+    debris = sorted(p.name for p in native.iterdir() if p.name.startswith("."))
+    assert debris and all(name.startswith(".transcoder_img_0.") for name in debris)
+
+    convert_release(tmp_path / "release", native)  # the next run, without --overwrite
+    assert sorted(p.name for p in native.iterdir()) == [MANIFEST_FILE, "transcoder_img_0"]
+    assert read_site_config(site).provenance["weights_sha256"] == before, "the old site is back, unchanged"
+    assert TranscoderSet.open(native)[("img", 0)].W_enc.dtype == torch.float32
+
+
+def test_converted_sites_are_readable_by_others(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
+    finally:
+        os.umask(previous)
+    site = native / "transcoder_img_0"
+    assert stat.S_IMODE(site.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in site.iterdir()} == {0o644}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs are a POSIX feature")
+def test_a_fifo_as_weights_is_refused_without_blocking(tmp_path: Path, returns_within) -> None:
+    native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
+    weights = native / "transcoder_img_0" / WEIGHTS_FILE
+    weights.unlink()
+    os.mkfifo(weights)
+    with pytest.raises(UnreadableFileError, match=r"weights.safetensors is a FIFO \(named pipe\), not a regular file.*convert"):
+        returns_within(10, lambda: TranscoderSet.open(native)[("img", 0)])
+    with pytest.raises(UnreadableFileError, match="FIFO"):
+        returns_within(10, lambda: inspect_path(native))
+
+
+def test_unreadable_weights_say_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
+    weights = native / "transcoder_img_0" / WEIGHTS_FILE
+    real_open = os.open
+
+    def denied(target, *args, **kwargs):  # root reads everything: deny as for any other user
+        if Path(target) == weights:
+            raise PermissionError(13, "Permission denied", str(target))
+        return real_open(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(UnreadableFileError, match=r"weights.safetensors cannot be read: permission denied") as error:
+        TranscoderSet.open(native)[("img", 0)]
+    assert "No such file" not in str(error.value)
+
+
+def test_a_site_linked_from_outside_the_release_is_refused(tmp_path: Path) -> None:
+    native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
+    outside = tmp_path / "elsewhere"
+    (native / "transcoder_img_0").rename(outside)
+    (native / "transcoder_img_0").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(CorruptFileError, match=r"transcoder_img_0 links to .*elsewhere, outside the release.*cp -rL"):
+        TranscoderSet.open(native)
+
+
+@pytest.mark.parametrize("file_name", [CONFIG_FILE, MANIFEST_FILE])
+def test_deeply_nested_json_is_refused_by_name(tmp_path: Path, file_name: str) -> None:
+    native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
+    path = native / "transcoder_img_0" / CONFIG_FILE if file_name == CONFIG_FILE else native / MANIFEST_FILE
+    path.write_text('{"format": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    open_it = (lambda: TranscoderSet.open(native)) if file_name == CONFIG_FILE else (lambda: read_manifest(native))
+    with pytest.raises(CorruptFileError, match=rf"{file_name} nests 100001 levels deep"):
+        open_it()
+    if file_name == CONFIG_FILE:
+        with pytest.raises(CorruptFileError, match="levels deep"):
+            inspect_path(native)
+    else:
+        with pytest.raises(CorruptFileError, match="levels deep.*delete .*manifest.json and re-run convert"):
+            convert_release(tmp_path / "release", native, overwrite=True)
+
+
+def test_a_manifest_with_a_malformed_release_is_named(tmp_path: Path) -> None:
+    native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
+    manifest = json.loads((native / MANIFEST_FILE).read_text())
+    (native / MANIFEST_FILE).write_text(json.dumps({**manifest, "release": "abc"}))
+    with pytest.raises(CorruptFileError, match=r'manifest.json: "release" must be an object.*delete .*re-run convert'):
+        convert_release(tmp_path / "release", native, overwrite=True)
+
+
+@pytest.mark.parametrize(("field", "value"), [("d_features", 10**12), ("d_model", True), ("time_embedding", {"dim": 10**9})])
+def test_configs_declaring_absurd_sizes_are_refused(tmp_path: Path, field: str, value: object) -> None:
+    native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
+    path = native / "transcoder_img_0" / CONFIG_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(CorruptFileError, match="must be an integer in"):
+        TranscoderSet.open(native)

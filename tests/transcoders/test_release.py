@@ -11,6 +11,7 @@ from diffract_core.errors import (
     NonFiniteWeightsError,
     ShapeMismatchError,
     UnknownFileNameError,
+    UnreadableFileError,
     UnsafeCheckpointError,
 )
 from diffract_core.quickstart import random_transcoder, write_example_release
@@ -114,3 +115,36 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     assert not zipfile.is_zipfile(path)
     with pytest.raises(CorruptFileError, match="transcoder_img_0.pt cannot be read.*truncated"):
         load_release_state_dict(path)
+
+
+def test_a_refused_pickle_names_what_it_imports_without_torchs_advice(tmp_path: Path) -> None:
+    path = tmp_path / "transcoder_img_0.pt"
+    torch.save({"encoder.weight": _RunsCodeWhenUnpickled(tmp_path / "code-ran")}, path)
+    with pytest.raises(UnsafeCheckpointError) as error:
+        load_release_state_dict(path)
+    message = str(error.value)
+    assert "it imports posix.system" in message or "it imports nt.system" in message
+    assert "weights_only" not in message and "\x1b" not in message and error.value.__cause__ is None
+
+
+def test_tensors_declaring_more_than_the_file_holds_are_refused_before_allocation(tmp_path: Path) -> None:
+    state = release_state_dict(random_transcoder("img", 0, d_model=16, d_features=32, time_dim=4).state_dict())
+    features = 10**9  # stride-0 views: 132 GB declared, a few floats stored
+    state["encoder.weight"] = torch.zeros(1, 1).expand(features, 16)
+    state["encoder.bias"] = torch.zeros(1).expand(features)
+    state["decoder.weight"] = torch.zeros(1, 1).expand(16, features)
+    path = tmp_path / "transcoder_img_0.pt"
+    torch.save(state, path)
+    assert path.stat().st_size < 64 * 1024
+    with pytest.raises(CorruptFileError, match=r"declares 122.9 GiB of tensors but the file holds [\d.]+ KiB.*refused before allocating"):
+        load_release_state_dict(path)
+    with pytest.raises(CorruptFileError, match="declares"):
+        convert_release(tmp_path, tmp_path / "native")
+    assert not any((tmp_path / "native").iterdir())
+
+
+@pytest.mark.skipif(os.name == "nt", reason="FIFOs are a POSIX feature")
+def test_a_fifo_named_like_a_release_file_is_refused(tmp_path: Path, returns_within) -> None:
+    os.mkfifo(tmp_path / "transcoder_img_0.pt")
+    with pytest.raises(UnreadableFileError, match=r"transcoder_img_0.pt is a FIFO"):
+        returns_within(10, lambda: convert_release(tmp_path, tmp_path / "native"))
