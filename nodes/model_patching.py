@@ -31,7 +31,7 @@ import torch
 from comfy.patcher_extension import WrappersMP
 
 from ..diffract_core.errors import UnsupportedModelError
-from ..diffract_core.recording import COND, CallContext, FeatureRecording, MlpMode, PatchedMLP, SteeringSpec
+from ..diffract_core.recording import COND, CallContext, FeatureRecording, MlpMode, PatchedMLP, Steering
 from ..diffract_core.recording.call_inputs import keep_call_inputs
 from ..diffract_core.transcoders.transcoder_set import SiteKey, TranscoderSet
 
@@ -132,8 +132,9 @@ def record_features(
     return clone
 
 
-def steer_features(model: Any, transcoders: TranscoderSet, spec: SteeringSpec) -> Any:
-    """A clone of `model` that also applies `spec`; steering specs chain and compose."""
+def steer_features(model: Any, transcoders: TranscoderSet, spec: Steering) -> Any:
+    """A clone of `model` that also applies `spec` (a SteeringSpec or CircuitSteering); steering
+    specs chain and compose."""
     sites = sorted({feature.site for feature in spec.features})
     check_flux(model, transcoders, sites)
     clone, state = _clone_with_state(model)

@@ -3,7 +3,7 @@ or summed over an image region; or the strongest feature of a region."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -32,6 +32,7 @@ class TargetSpec:
     mode: TargetMode = "argmax"
     position: int | None = None  # token index in the stream (image tokens row-major)
     region: torch.Tensor | None = None  # a MASK of the generated image, [H, W] or [1, H, W]
+    against: int | None = None  # a contrastive target: the feature minus this feature of the same site
 
     def __post_init__(self) -> None:
         if self.mode not in TARGET_MODES:
@@ -40,6 +41,8 @@ class TargetSpec:
             raise DiffractError(f"a {self.mode} target needs a feature (stream:layer:feature)")
         if self.mode == "position" and self.position is None:
             raise DiffractError("a position target needs a token position")
+        if self.against is not None and (self.against == self.feature or self.mode == "strongest_in_region"):
+            raise DiffractError("a contrastive target needs a named feature and another feature of the same site to subtract")
         if self.mode in ("region", "strongest_in_region"):
             if self.region is None:
                 raise DiffractError(f"a {self.mode} target needs a MASK region: connect one")
@@ -95,6 +98,12 @@ def resolve_target(model: ReplacementModel, spec: TargetSpec, grid: Grid | None)
             )
         label = f"{name} summed over the region ({int((weights > 0).sum())} tokens)"
     row = model.feature_row(spec.stream, spec.layer, feature, weights)
+    if spec.against is not None:
+        if not 0 <= spec.against < transcoder.d_features:
+            raise DiffractError(f"feature {spec.against} to subtract is out of range (0..{transcoder.d_features - 1})")
+        other = model.feature_row(spec.stream, spec.layer, spec.against, weights)
+        row = replace(row, direction=row.direction - other.direction, constant=row.constant - other.constant)
+        label = f"{label} minus {spec.stream}:{spec.layer}:{spec.against}"
     positions = torch.nonzero(weights).flatten()
     return RootTarget(row, feature, label, positions, weights[positions])
 

@@ -4,7 +4,7 @@ the sparse recording, and steering specs in delta form."""
 from .patched_mlp import MLP_MODES, CallContext, MlpMode, PatchedMLP
 from .recording import COND, UNCOND, FeatureRecording, RecordKey
 from .reference import patch_reference_model
-from .steering import STEER_MODES, SteeringSpec, SteerMode
+from .steering import STEER_MODES, PerImageSteering, Steering, SteeringSpec, SteerMode
 
 __all__ = [
     "COND",
@@ -15,8 +15,10 @@ __all__ = [
     "FeatureRecording",
     "MlpMode",
     "PatchedMLP",
+    "PerImageSteering",
     "RecordKey",
     "SteerMode",
+    "Steering",
     "SteeringSpec",
     "patch_reference_model",
 ]

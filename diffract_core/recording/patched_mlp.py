@@ -26,7 +26,7 @@ from ..spatial import Grid
 from ..transcoders.transcoder import SparseCodes, Transcoder
 from ..transcoders.transcoder_set import SiteKey
 from .recording import COND, FeatureRecording, RecordKey
-from .steering import SteeringSpec
+from .steering import Steering
 
 MlpMode = Literal["observe", "replace", "replace_without_error"]
 MLP_MODES: tuple[MlpMode, ...] = ("observe", "replace", "replace_without_error")
@@ -66,7 +66,7 @@ class PatchedMLP(nn.Module):
         *,
         mode: MlpMode = "observe",
         recording: FeatureRecording | None = None,
-        steering: tuple[SteeringSpec, ...] = (),
+        steering: tuple[Steering, ...] = (),
     ) -> None:
         super().__init__()
         if mode not in MLP_MODES:
@@ -94,7 +94,7 @@ class PatchedMLP(nn.Module):
     def site(self) -> SiteKey:
         return self.transcoder.config.site.key
 
-    def with_steering(self, spec: SteeringSpec) -> PatchedMLP:
+    def with_steering(self, spec: Steering) -> PatchedMLP:
         """A new patch that also applies `spec` (chained steering nodes compose this way)."""
         return PatchedMLP(
             self.mlp, self.transcoder, self.context, mode=self.mode, recording=self.recording, steering=(*self.steering, spec)

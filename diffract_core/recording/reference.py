@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from ..flux.model import Flux
 from ..transcoders.transcoder_set import SiteKey, TranscoderSet
 from .call_inputs import keep_call_inputs
 from .patched_mlp import CallContext, MlpMode, PatchedMLP
 from .recording import COND, FeatureRecording
-from .steering import SteeringSpec
-
-if TYPE_CHECKING:
-    from ..attribution.steering import CircuitSteering  # also has .chunks and .delta(); attribution imports recording
+from .steering import Steering
 
 
 @contextmanager
@@ -26,7 +22,7 @@ def patch_reference_model(
     sites: Iterable[SiteKey] | None = None,
     mode: MlpMode = "observe",
     recording: FeatureRecording | None = None,
-    steering: Iterable[SteeringSpec | CircuitSteering] = (),
+    steering: Iterable[Steering] = (),
     chunks: tuple[int, ...] = (COND,),
 ) -> Iterator[CallContext]:
     """Replace the chosen sites' MLPs (default: every site the transcoders hold) while the block

@@ -8,8 +8,9 @@ exactly the decoder-weighted change of their activations, so a setting that leav
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -18,6 +19,20 @@ from ..features import FeatureRef
 from ..spatial import Grid, mask_to_token_weights
 from ..transcoders.transcoder import Transcoder
 from .recording import COND, UNCOND
+
+class Steering(Protocol):
+    """What a patched MLP applies: the features it touches, the chunks it acts on, and the change of
+    the MLP output it makes for input rows x ([batch, tokens, d_model]) at `sigma` (None: nothing
+    here). SteeringSpec, attribution's CircuitSteering and PerImageSteering are the three kinds."""
+
+    @property
+    def features(self) -> tuple[FeatureRef, ...]: ...
+
+    @property
+    def chunks(self) -> frozenset[int]: ...
+
+    def delta(self, transcoder: Transcoder, x: torch.Tensor, sigma: float, grid: Grid | None = None) -> torch.Tensor | None: ...
+
 
 SteerMode = Literal["scale", "set", "add", "ablate"]
 STEER_MODES: tuple[SteerMode, ...] = ("scale", "set", "add", "ablate")
@@ -98,3 +113,40 @@ class SteeringSpec:
             weights = self.token_weights(grid, x.shape[-2])
             change = change * weights.to(change.device, change.dtype)[None, :, None]
         return torch.matmul(change, transcoder.decoder_vectors(index))
+
+
+@dataclass(frozen=True)
+class PerImageSteering:
+    """Each image of a batch steered its own way: `by_image[i]` holds the steerings of batch row i
+    (of each chunk), so one run steers many images differently, each as if it were alone."""
+
+    by_image: tuple[tuple[Steering, ...], ...]
+    chunks: frozenset[int] = frozenset({COND, UNCOND})
+
+    def __post_init__(self) -> None:
+        for steerings in self.by_image:
+            for steering in steerings:
+                if not self.chunks <= steering.chunks:
+                    raise ValueError(f"a steering of this batch acts on chunks {sorted(steering.chunks)} only, not on "
+                                     f"all of {sorted(self.chunks)}: give PerImageSteering the chunks they share")
+
+    @property
+    def features(self) -> tuple[FeatureRef, ...]:
+        return tuple(dict.fromkeys(ref for steerings in self.by_image for s in steerings for ref in s.features))
+
+    def delta(self, transcoder: Transcoder, x: torch.Tensor, sigma: float, grid: Grid | None = None) -> torch.Tensor | None:
+        if len(self.by_image) > x.shape[0]:
+            raise InputShapeError(f"steerings for {len(self.by_image)} images, but the batch holds {x.shape[0]}")
+        site = transcoder.config.site.key
+        out = None
+        for row, steerings in enumerate(self.by_image):
+            for steering in steerings:
+                if not any(ref.site == site for ref in steering.features):
+                    continue
+                delta = steering.delta(transcoder, x[row : row + 1], sigma, grid)
+                if delta is None:
+                    continue
+                if out is None:
+                    out = delta.new_zeros(*x.shape[:-1], delta.shape[-1])
+                out[row] += delta[0]
+        return out

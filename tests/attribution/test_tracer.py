@@ -68,3 +68,16 @@ def test_region_and_position_targets(model, transcoders, call) -> None:
         trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 2, silent, "region", region=corner), step=1)
     with pytest.raises(DiffractError, match="needs a MASK region"):
         TargetSpec("img", 2, 3, "region")
+
+
+def test_a_contrastive_target_is_the_difference_of_two_features_and_conserves(model, transcoders, call) -> None:
+    settings = TraceSettings(max_feature_nodes=10)
+    target = lambda feature, against=None: TargetSpec("img", 3, feature, "position", position=5, against=against)
+    first = trace_circuit(model.double_blocks, transcoders, call, target(7), step=1, settings=settings)
+    second = trace_circuit(model.double_blocks, transcoders, call, target(9), step=1, settings=settings)
+    contrast = trace_circuit(model.double_blocks, transcoders, call, target(7, against=9), step=1, settings=settings)
+    assert contrast.target.value == pytest.approx(first.target.value - second.target.value, rel=1e-5, abs=1e-6)
+    assert float(contrast.conservation().max()) < 1e-5
+    assert contrast.target.label == "img:3:7 at image token 5 (row 0, col 5) minus img:3:9"
+    with pytest.raises(DiffractError, match="another feature of the same site"):
+        target(7, against=7)

@@ -7,7 +7,15 @@ from diffract_core.errors import DiffractError, InputShapeError
 from diffract_core.features import FeatureRef
 from diffract_core.flux import Flux, FluxConfig, init_random_
 from diffract_core.quickstart import random_transcoder
-from diffract_core.recording import COND, UNCOND, FeatureRecording, PatchedMLP, SteeringSpec, patch_reference_model
+from diffract_core.recording import (
+    COND,
+    UNCOND,
+    FeatureRecording,
+    PatchedMLP,
+    PerImageSteering,
+    SteeringSpec,
+    patch_reference_model,
+)
 from diffract_core.recording.patched_mlp import CallContext
 from diffract_core.transcoders import TranscoderSet
 
@@ -126,6 +134,31 @@ def test_steering_is_delta_form(model: Flux, transcoders: TranscoderSet) -> None
             PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", mask=mask),))(
                 torch.randn(2, 30, model.config.hidden_size)
             )
+
+
+def test_per_image_steering_steers_each_image_as_if_it_were_alone(model: Flux, transcoders: TranscoderSet) -> None:
+    transcoder = transcoders[("img", 0)]
+    x = torch.randn(3, 24, model.config.hidden_size, generator=torch.Generator().manual_seed(6))
+    mlp = model.double_blocks[0].img_mlp
+    context = CallContext(sigmas=torch.full((3,), 0.5), chunks=(COND,), image_grid=(4, 6))
+    alone = CallContext(sigmas=torch.full((1,), 0.5), chunks=(COND,), image_grid=(4, 6))
+    scale = SteeringSpec((FeatureRef("img", 0, 4),), "scale", -2.0)
+    ablate = SteeringSpec((FeatureRef("img", 0, 17), FeatureRef("img", 0, 5)), "ablate")
+    elsewhere = SteeringSpec((FeatureRef("img", 1, 4),), "ablate")
+    batch = PerImageSteering(((ablate,), (elsewhere,), (scale, ablate)))
+    assert set(batch.features) == {*scale.features, *ablate.features, *elsewhere.features}
+    with torch.no_grad():
+        y = mlp(x)
+        out = PatchedMLP(mlp, transcoder, context, steering=(batch,))(x)
+        assert torch.equal(out[1], y[1])  # its steering is at another site
+        for row, specs in ((0, (ablate,)), (2, (scale, ablate))):
+            expected = PatchedMLP(mlp, transcoder, alone, steering=specs)(x[row : row + 1])
+            assert torch.allclose(out[row], expected[0], atol=1e-6) and not torch.equal(out[row], y[row])
+        assert PerImageSteering(((elsewhere,),)).delta(transcoder, x, 0.5) is None
+        with pytest.raises(InputShapeError, match="steerings for 4 images, but the batch holds 3"):
+            PerImageSteering(((scale,),) * 4).delta(transcoder, x, 0.5)
+    with pytest.raises(ValueError, match="acts on chunks \\[0\\] only"):
+        PerImageSteering(((SteeringSpec(scale.features, "ablate", chunks=frozenset({COND})),),))
 
 
 def test_records_are_keyed_by_sigma_and_chunk(model: Flux, transcoders: TranscoderSet) -> None:
