@@ -1,5 +1,6 @@
 """`python -m diffract_core COMMAND`: demo (the embedded toy, end to end), convert, inspect, download,
-quickstart; harvest, train, evaluate, sweep (transcoder training, each from a config file); toy-train."""
+quickstart; harvest, train, evaluate, sweep (transcoder training, each from a config file); toy-train;
+atlas (a release's feature atlas)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,29 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import DiffractError
+from .errors import DestinationError, DiffractError
+from .file_writing import prepare_destination, replace_atomically
 from .transcoders.config import STREAMS, dtype_from_name
 
 
-def parse_layers(text: str) -> list[int]:
-    """`0-15,18` -> [0, 1, ..., 15, 18]."""
-    layers: list[int] = []
+def parse_layers(text: str) -> list[int] | None:
+    """`0-15,18` -> [0, 1, ..., 15, 18]; `all` -> None (every released layer)."""
+    from .sites import parse_layers as parse_layer_list
+
     try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            first, _, last = part.partition("-")
-            layers.extend(range(int(first), int(last or first) + 1))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"layers must look like '0-15,18', got {text!r}") from exc
-    return layers
+        return parse_layer_list(text)
+    except DiffractError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _dtype(text: str):
@@ -170,7 +180,9 @@ def cmd_toy_train(args: argparse.Namespace) -> None:
     from .toy.model import ToyTrainSettings, train_toy
 
     settings = ToyTrainSettings(steps=args.steps, seed=args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.is_dir():
+        raise DestinationError(f"--out {args.out} is a folder: name the .safetensors file to write")
+    prepare_destination(args.out.parent, "the folder of --out")
     bar = tqdm(total=settings.steps, desc="toy-train", unit="step", file=sys.stderr, dynamic_ncols=True)
 
     def progress(done: int, _total: int, loss: float) -> None:
@@ -178,9 +190,7 @@ def cmd_toy_train(args: argparse.Namespace) -> None:
         bar.update(done - bar.n)
 
     def save(model) -> None:
-        partial = args.out.with_name(args.out.name + ".partial")
-        model.save(partial)
-        os.replace(partial, args.out)
+        replace_atomically(args.out, model.save)
 
     model, _ = train_toy(settings, progress=progress, snapshot=save, snapshot_every=args.snapshot_every)
     bar.close()
@@ -192,10 +202,65 @@ def cmd_toy_train(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .toy.demo import DemoSettings, run_demo, summary
 
+    prepare_destination(args.out, "--out")
     print(summary(run_demo(args.out, DemoSettings(seed=args.seed))))
 
 
+def cmd_atlas(args: argparse.Namespace) -> None:
+    from .atlas import Atlas, AtlasSettings, build_atlas
+    from .atlas.prompts import read_prompts
+    from .atlas.sampling import decoder_for
+    from .atlas.storage import atlas_folder
+    from .file_writing import check_destination
+    from .sites import parse_sites
+    from .toy.generate import IMAGE_SIZE, STEPS
+    from .training.config_file import EncoderSpec, ModelSpec
+    from .training.harvest import HarvestSettings
+    from .transcoders import TranscoderSet
+
+    transcoders = TranscoderSet.open(args.release, kind=args.kind)
+    model_spec = ModelSpec(kind=args.model, weights=args.weights, flux=args.flux, device=args.device)
+    toy = args.model == "toy"
+    encoder_spec = EncoderSpec(kind=args.encoder or ("toy" if toy else "hashing"))
+    toy_latent = IMAGE_SIZE // 2
+    sampling = HarvestSettings(steps=args.steps or (STEPS if toy else HarvestSettings.steps),
+                               latent_size=tuple(args.latent_size or ((toy_latent, toy_latent) if toy else (64, 64))),
+                               prompts_per_call=args.batch, seed=args.seed)
+    sites = parse_sites(args.sites, transcoders.sites) if args.sites else None
+    settings = AtlasSettings(sampling=sampling, sites=sites, k=args.k, sigma_buckets=args.buckets, top_n=args.top_n,
+                             vocabulary_size=args.vocabulary, crops_per_feature=args.crops, cap_mb=args.cap_mb,
+                             checkpoint_every=args.checkpoint_every)
+    prompts = read_prompts(args.prompts)
+    out = check_destination(args.out or atlas_folder(args.release, args.kind), "--out")
+    model = model_spec.build()
+    encoder = encoder_spec.build(model.config, model_spec)
+    bars: list[_Bar] = []  # opened with the first progress report: a prompt file refused before sampling shows none
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(_Bar("atlas"))
+        bars[0].steps(done, total, {}, "atlas (prompts)")
+
+    try:
+        result = build_atlas(model, encoder, transcoders, prompts, out, settings, decode=decoder_for(model_spec),
+                             resume=not args.no_resume, progress=progress, model_info=model_spec.describe(),
+                             prompt_source=args.prompts)
+    finally:
+        for bar in bars:
+            bar.close()
+    if not result.written:
+        return
+    atlas = Atlas.load(out, {site: transcoders.config(site) for site in transcoders.sites})
+    labels = [label for site in atlas.sites for label in atlas.labels(site).values()]
+    named = sum(label.confidence > 0 for label in labels)
+    size = sum(path.stat().st_size for path in Path(out).iterdir())
+    print(f"wrote {out}: {result.prompts} prompts, {len(atlas.sites)} sites, {len(labels)} features fired, "
+          f"{named} labelled, {size / 2**20:.2f} MiB, {result.seconds:.1f} s ({result.resumed_batches} of "
+          f"{result.batches} batches resumed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .atlas import AtlasSettings
     from .hub import DEFAULT_REPO_ID, TRANSCODER_FOLDER
     from .toy.model import ToyTrainSettings
 
@@ -242,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train transcoders (or SAEs); harvests first if needed; torchrun-able")
     train.add_argument("--config", type=Path, required=True, help=config_help)
     train.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in the run folder and start over")
-    train.add_argument("--until-step", type=int, default=None, help="checkpoint and stop at this step")
+    train.add_argument("--until-step", type=_positive_int, default=None, help="checkpoint and stop at this step")
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="FVU, L0, dead features and the spliced-in generation test")
@@ -262,9 +327,44 @@ def build_parser() -> argparse.ArgumentParser:
     toy_train = commands.add_parser("toy-train", help="train the embedded toy FLUX on coloured-shape scenes")
     toy_train.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     toy_train.add_argument("--seed", type=int, default=0)
-    toy_train.add_argument("--steps", type=int, default=ToyTrainSettings.steps)
-    toy_train.add_argument("--snapshot-every", type=int, default=500, help="also save the weights every N steps")
+    toy_train.add_argument("--steps", type=_positive_int, default=ToyTrainSettings.steps)
+    toy_train.add_argument("--snapshot-every", type=_positive_int, default=500,
+                           help="also save the weights every N steps")
     toy_train.set_defaults(run=cmd_toy_train)
+
+    atlas = commands.add_parser("atlas", help="a release's feature atlas: statistics, top examples and a label per "
+                                "feature; torchrun-able")
+    atlas.add_argument("--release", type=Path, required=True, help="the native release folder")
+    atlas.add_argument("--prompts", type=Path, required=True, help="one prompt per line ('#' starts a comment line)")
+    atlas.add_argument("--out", type=Path, default=None,
+                       help="the atlas folder (default: RELEASE/atlas, atlas-sae for SAEs)")
+    atlas.add_argument("--kind", choices=("transcoder", "sae"), default="transcoder")
+    atlas.add_argument("--model", choices=("toy", "random", "reference"), default="toy",
+                       help="toy: the embedded toy FLUX; reference: --weights; random: seeded random weights")
+    atlas.add_argument("--weights", default=None, help="reference: FLUX safetensors (BFL names); toy: a toy-train file")
+    atlas.add_argument("--flux", default="tiny", help="reference / random: schnell, dev or tiny")
+    atlas.add_argument("--encoder", choices=("toy", "hashing"), default=None,
+                       help="default: toy for the toy, else hashing")
+    atlas.add_argument("--device", default="cpu")
+    atlas.add_argument("--sites", default=None, help="e.g. 'img:0-3 txt:0' (default: every site of the release)")
+    atlas.add_argument("--steps", type=int, default=None, help="sampling steps (default: the toy's 12, else 4)")
+    atlas.add_argument("--latent-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                       help="latent height and width (default: the toy's 16 16, else 64 64)")
+    atlas.add_argument("--batch", type=int, default=8, help="prompts sampled together")
+    atlas.add_argument("--seed", type=int, default=0, help="the noise's seed")
+    atlas.add_argument("--k", type=int, default=AtlasSettings.k, help="features recorded per token")
+    atlas.add_argument("--buckets", type=int, default=AtlasSettings.sigma_buckets,
+                       help="sigma buckets of the statistics")
+    atlas.add_argument("--top-n", type=int, default=AtlasSettings.top_n, help="top activating prompts kept per feature")
+    atlas.add_argument("--crops", type=int, default=AtlasSettings.crops_per_feature,
+                       help="image crops kept per feature")
+    atlas.add_argument("--vocabulary", type=int, default=AtlasSettings.vocabulary_size, help="prompt words tracked")
+    atlas.add_argument("--cap-mb", type=float, default=AtlasSettings.cap_mb, help="the build's own memory cap")
+    atlas.add_argument("--checkpoint-every", type=int, default=AtlasSettings.checkpoint_every,
+                       help="batches between saves")
+    atlas.add_argument("--no-resume", action="store_true",
+                       help="ignore a stopped build of the same atlas and start over")
+    atlas.set_defaults(run=cmd_atlas)
     return parser
 
 
