@@ -1,111 +1,83 @@
-"""Binding on the embedded toy's held-out prompt set, and what steering does to its binding errors.
+"""The binding benchmark on the embedded toy: circuit-guided steering against standard SAE steering,
+transcoder features chosen without a circuit, random features, re-sampling and nothing, at matched
+dose (diffract_core/toy/binding_benchmark.py says how).
 
-Every held-out prompt is sampled once per seed with all double-block MLPs recorded. For each image
-where a shape came out in another colour, the wrong colour's feature is traced over the object's
-region (diffract_core/toy/repair.py), and the image is re-sampled from the same noise four times:
-  circuit:          the circuit's top --top features (text and image) scaled by --strength where they fired;
-  circuit in object: its top --top image features, the same strength, inside the object only;
-  single feature:   the traced feature alone, the same strength, inside the object;
-  random features:  --top features drawn at random among those active in the object, the same way
-                    (the control: what any strong edit of the object does).
-All at every step (or --traced-step-only). Other images are left as they were. The table gives the
-prompt set's binding score with each (as a ratio to no steering), the errors each fixed, and how
-much each changed the image inside and outside the target object (precision: the inside share of
-the per-pixel change).
+    python benchmarks/toy_binding.py --json binding.json            # 1,600 held-out images
+    python benchmarks/toy_binding.py --images 200 --bootstrap 200   # a quick look
 
-    python benchmarks/toy_binding.py                 # 240 images
-    python benchmarks/toy_binding.py --images 24
+Prints the toy's binding-error rate (with the shuffled-label control), one row per arm (fix rate at
+the matched change inside the object with its 95 % interval, change outside, object right), the
+fix rate of every arm at several levels, the paired tests, and the wall time of each phase.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import time
+from dataclasses import fields
+from pathlib import Path
 
-import torch
-
-from diffract_core.recording import FeatureRecording
-from diffract_core.toy.binding import score_binding
-from diffract_core.toy.embedded import load_toy, open_toy_transcoders
-from diffract_core.toy.generate import generate, toy_noise
-from diffract_core.toy.repair import RepairSettings, binding_errors, colour_selectivity, repair
-from diffract_core.toy.scenes import held_out_prompts
-
-CONDITIONS = ("none", "circuit", "circuit in object", "single feature", "random features")
+from diffract_core.toy.binding_benchmark import ARMS, BenchmarkReport, BenchmarkSettings, run_benchmark
+from diffract_core.toy.embedded import load_toy, open_toy_saes, open_toy_transcoders
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=240, help="held-out prompts sampled (one seed each)")
-    parser.add_argument("--batch", type=int, default=48, help="images sampled and recorded together")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--layer", type=int, default=RepairSettings.layer)
-    parser.add_argument("--step", type=int, default=RepairSettings.step)
-    parser.add_argument("--top", type=int, default=RepairSettings.top)
-    parser.add_argument("--strength", type=float, default=RepairSettings.strength)
-    parser.add_argument("--budget", type=int, default=RepairSettings.budget)
-    parser.add_argument("--traced-step-only", action="store_true", help="steer at the traced step only")
+    defaults = BenchmarkSettings()
+    for f in fields(BenchmarkSettings):
+        value = getattr(defaults, f.name)
+        if isinstance(value, tuple):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=float if f.name == "doses" else int, nargs="+",
+                                default=list(value))
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--arms", nargs="+", default=[arm.name for arm in ARMS], metavar="NAME",
+                        help="arms to run (default: all): " + "; ".join(arm.name for arm in ARMS))
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    settings = RepairSettings(layer=args.layer, step=args.step, budget=args.budget, top=args.top, strength=args.strength,
-                              steps="traced step" if args.traced_step_only else "all steps")
+    unknown = sorted(set(args.arms) - {arm.name for arm in ARMS})
+    if unknown:
+        parser.error(f"unknown arms {unknown}; choose from {[arm.name for arm in ARMS]}")
+    settings = BenchmarkSettings(**{f.name: tuple(getattr(args, f.name)) if isinstance(getattr(defaults, f.name), tuple)
+                                    else getattr(args, f.name) for f in fields(BenchmarkSettings)})
+    began = time.perf_counter()
+    report = run_benchmark(load_toy(), {"transcoders": open_toy_transcoders(), "saes": open_toy_saes()}, settings,
+                           arms=[arm for arm in ARMS if arm.name in args.arms])
+    report.seconds["total"] = time.perf_counter() - began
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+        print(f"figures: {args.json}")
 
-    model, transcoders = load_toy(), open_toy_transcoders()
-    control = torch.Generator().manual_seed(args.seed)
-    prompts = held_out_prompts(args.images, seed=args.seed)
-    seeds = [args.seed * 100_000 + i for i in range(len(prompts))]
-    scores: dict[str, list[float]] = {name: [] for name in CONDITIONS}
-    fixed = {name: 0 for name in CONDITIONS[1:]}
-    inside: dict[str, list[float]] = {name: [] for name in CONDITIONS[1:]}
-    outside: dict[str, list[float]] = {name: [] for name in CONDITIONS[1:]}
-    errors_seen = 0
-    seconds = {"sample and record": 0.0, "trace and steer": 0.0}
-    for start in range(0, len(prompts), args.batch):
-        batch_prompts = prompts[start : start + args.batch]
-        noise = toy_noise(seeds[start : start + args.batch])
-        began = time.perf_counter()
-        recording = FeatureRecording(sites=tuple(transcoders.sites), k=16, keep_input_steps=frozenset({settings.step}))
-        images = generate(model, batch_prompts, noise, transcoders=transcoders, recording=recording)
-        per_image = [score_binding(image, prompt) for prompt, image in zip(batch_prompts, images)]
-        seconds["sample and record"] += time.perf_counter() - began
-        began = time.perf_counter()
-        batch_scores = {name: [s.score for s in per_image] for name in CONDITIONS}
-        errors = binding_errors(per_image)
-        errors_seen += len(errors)
-        selectivity = colour_selectivity(recording, per_image, settings.layer, settings.step) if errors else None
-        for error in errors:
-            result = repair(model, transcoders, recording, error, selectivity, noise[error.index : error.index + 1],
-                            images[error.index], settings, control=control)
-            for name, outcome in result.outcomes.items():
-                batch_scores[name][error.index] = outcome.score_after
-                fixed[name] += outcome.fixed
-                inside[name].append(outcome.change_inside)
-                outside[name].append(outcome.change_outside)
-        seconds["trace and steer"] += time.perf_counter() - began
-        for name in CONDITIONS:
-            scores[name] += batch_scores[name]
-        print(f"[{min(start + args.batch, len(prompts))}/{len(prompts)}] binding errors so far: {errors_seen}", flush=True)
 
-    n = len(prompts)
-    where = "at the traced step" if args.traced_step_only else "at every step"
-    print(f"\nheld-out prompt set: {n} images, {errors_seen} binding errors (a shape in another colour); steered: "
-          f"top {args.top} circuit features (where they fired / image ones in the object) / the traced feature / "
-          f"{args.top} random active features, scale "
-          f"{args.strength:g} {where}; traced: img:{args.layer} at step {args.step}")
-    print(f"{'steering':<18}{'binding score':>14}{'vs none':>9}{'errors fixed':>14}{'change in':>11}{'change out':>12}"
-          f"{'precision':>11}")
-    base = sum(scores["none"]) / n
-    for name in CONDITIONS:
-        score = sum(scores[name]) / n
-        row = f"{name:<18}{score:>14.4f}{score / base if base else float('nan'):>8.3f}x"
-        if name == "none":
-            print(row)
-            continue
-        mean_in = sum(inside[name]) / max(len(inside[name]), 1)
-        mean_out = sum(outside[name]) / max(len(outside[name]), 1)
-        precision = mean_in / (mean_in + mean_out) if mean_in + mean_out > 0 else float("nan")
-        print(f"{row}{f'{fixed[name]}/{errors_seen}':>14}{mean_in:>11.4f}{mean_out:>12.4f}{precision:>11.3f}")
-    total = sum(seconds.values())
-    print("time: " + ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in seconds.items()))
+def _pct(value: float) -> str:
+    return "   n/a" if math.isnan(value) else f"{100 * value:5.1f}%"
+
+
+def print_report(report: BenchmarkReport) -> None:
+    s = report.settings
+    print(f"\n{report.images} held-out images: binding errors {report.binding_error_rate:.3f} "
+          f"(shuffled labels {report.shuffled_binding_error_rate:.3f}); {len(report.cases)} errors steered, "
+          f"img:{s.layer} features chosen at step {s.step}, k = {s.k}, doses {list(s.doses)}")
+    print(f"matched dose: mean change inside the object = {report.level:.3f} (0..1 per channel)")
+    print(f"{'arm':<28}{'fixed':>8}{'95% CI':>17}{'change out':>12}{'object right':>14}")
+    for name, row in report.table.items():
+        ci = f"{_pct(row['ci_low'])}..{_pct(row['ci_high'])}"
+        note = "" if row["matched"] else f"   (as is: change inside {row['change_inside']:.3f})"
+        print(f"{name:<28}{_pct(row['fixed']):>8}{ci:>17}{row['change_outside']:>12.4f}{_pct(row['object_right']):>14}{note}")
+    print("\nfixed at other matched levels of change inside the object:")
+    print(f"{'arm':<28}" + "".join(f"{level:>9}" for level in report.levels))
+    for name, row in report.table.items():
+        if row["matched"]:
+            print(f"{name:<28}" + "".join(f"{_pct(row['fixed_at_levels'][str(level)]):>9}" for level in report.levels))
+    print("\npaired tests (difference of fix rates at the matched dose, bootstrap over errors):")
+    for name, test in report.tests.items():
+        print(f"  {name:<52} {100 * test['difference']:+6.1f} points  "
+              f"[{100 * test['ci_low']:+.1f}, {100 * test['ci_high']:+.1f}]  p = {test['p']:.3f}")
+    total = report.seconds.get("total", sum(report.seconds.values()))
+    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items()) + f" (total {total / 60:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The benchmark scripts still run (at tiny sizes); their figures come from full-size runs."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,11 +68,34 @@ def test_training_throughput_reports_rates_and_the_harvest_memory() -> None:
     assert lines[-1].startswith("harvest, twice the prompts: rise over the baseline")
 
 
-def test_toy_binding_compares_every_steering_with_none() -> None:
-    out = subprocess.run([sys.executable, str(BENCHMARKS / "toy_binding.py"), "--images", "12", "--batch", "12"],
-                         capture_output=True, text=True, timeout=300)
+def test_toy_binding_runs_every_arm_and_writes_its_figures(tmp_path: Path) -> None:
+    figures = tmp_path / "binding.json"
+    args = ["--images", "16", "--batch", "16", "--doses", "1", "3", "--bootstrap", "20", "--per-step", "2",
+            "--random-draws", "1", "--budget", "20", "--json", str(figures)]
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "toy_binding.py"), *args], capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(figures.read_text())
+    assert data["errors"] > 0 and data["images"] == 16
+    assert {"none", "re-sample", "random features", "SAE selective", "circuit"} <= set(data["arms"])
+    for row in data["arms"].values():
+        assert {"fixed", "ci_low", "ci_high", "change_inside", "change_outside"} <= set(row)
+    assert "circuit vs SAE selective" in data["tests"]
+    assert "matched dose: mean change inside the object" in out.stdout and "paired tests" in out.stdout
+
+
+def test_atlas_build_reports_its_ratio_and_its_memory_against_the_cap() -> None:
+    args = ["--hidden", "32", "--heads", "2", "--depth", "2", "--features", "64", "--pixels", "64", "--text-tokens", "4",
+            "--steps", "2", "--prompts", "6", "--batch", "3", "--k", "4", "--cap-mb", "16", "--repeats", "1", "--threads", "1"]
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "atlas_build.py"), *args], capture_output=True, text=True, timeout=300,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    table = lines[lines.index(next(line for line in lines if line.startswith("steering"))) + 1 :]
-    assert [line.split()[0] for line in table[:5]] == ["none", "circuit", "circuit", "single", "random"]
-    assert table[5].startswith("time:")
+    assert lines[2].startswith("plain sampling (baseline)") and lines[3].startswith("atlas build")
+    assert float(lines[3].split()[-1][:-1]) > 0
+    assert [line.rsplit(None, 1)[0] for line in lines[7:11]] == [
+        "sampling only (baseline)", "atlas build", "sampling only, twice the prompts", "atlas build, twice the prompts"]
+    assert lines[-2].startswith("atlas build: rise over sampling the same prompts")
+    assert lines[-1].startswith("atlas build, twice the prompts: rise over sampling the same prompts")

@@ -1,21 +1,33 @@
 """The embedded toy: coloured-shape scenes, their prompts, and an exact binding scorer."""
 
-from .binding import BindingScore, DetectedObject, PromptSetScore, find_objects, score_binding, score_prompt_set
-from .scenes import COLOURS, HELD_OUT, SHAPES, Scene, ShapeObject, parse_prompt, render, sample_scene
+from .binding import (
+    BindingScore,
+    DetectedObject,
+    ObjectScore,
+    PromptSetScore,
+    find_objects,
+    score_binding,
+    score_prompt_set,
+    shuffled_label_binding_errors,
+)
+from .scenes import COLOURS, SHAPES, Scene, ShapeObject, is_held_out, parse_prompt, render, sample_scene, scene_for
 
 __all__ = [
     "COLOURS",
-    "HELD_OUT",
     "SHAPES",
     "BindingScore",
     "DetectedObject",
+    "ObjectScore",
     "PromptSetScore",
     "Scene",
     "ShapeObject",
     "find_objects",
+    "is_held_out",
     "parse_prompt",
     "render",
     "sample_scene",
+    "scene_for",
     "score_binding",
     "score_prompt_set",
+    "shuffled_label_binding_errors",
 ]

@@ -7,9 +7,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..attribution.steering import CircuitSteering
 from ..flux.sampling import euler_sample, flux_sigmas
-from ..recording import FeatureRecording, SteeringSpec, patch_reference_model
+from ..recording import FeatureRecording, Steering, patch_reference_model
 from ..transcoders.transcoder_set import TranscoderSet
 from . import codec
 from .model import ToyModel
@@ -33,11 +32,11 @@ def generate(
     steps: int = STEPS,
     transcoders: TranscoderSet | None = None,
     recording: FeatureRecording | None = None,
-    steering: Iterable[SteeringSpec | CircuitSteering] = (),
+    steering: Iterable[Steering] = (),
 ) -> torch.Tensor:
     """Images [B, 3, H, W] in [0, 1] for `prompts` from `noise` (one prompt per noise row). With
     `transcoders`, the double-block MLPs are patched for the run: `recording` keeps every step's
-    features, `steering` (SteeringSpec or CircuitSteering) changes them."""
+    features, `steering` (SteeringSpec, CircuitSteering or PerImageSteering) changes them."""
     if len(prompts) != noise.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {noise.shape[0]} noise latents: give one latent per prompt")
     context, pooled = model.text_encoder(list(prompts))

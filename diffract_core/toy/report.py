@@ -3,16 +3,15 @@ offline and can be mailed around."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+
+from ..render.images import png_data_uri
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
@@ -23,18 +22,6 @@ img.pixel { image-rendering: pixelated; border: 1px solid #ccc; }
 table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; }
 .bad { color: #b00020; } .good { color: #006d2c; } code { background: #f4f4f4; padding: 0 .2em; }
 """
-
-
-def png_data_uri(image: torch.Tensor, scale: int = 1) -> str:
-    """An image [3, H, W] or [H, W, 3] in [0, 1] as a data: URI, enlarged `scale` times without smoothing."""
-    if image.shape[0] == 3 and image.shape[-1] != 3:
-        image = image.permute(1, 2, 0)
-    pixels = Image.fromarray((image.clamp(0, 1) * 255).round().byte().cpu().numpy())
-    if scale != 1:
-        pixels = pixels.resize((pixels.width * scale, pixels.height * scale), Image.NEAREST)
-    buffer = io.BytesIO()
-    pixels.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def figure(image: torch.Tensor, caption: str, scale: int = 4) -> str:

@@ -76,3 +76,52 @@ def test_the_toy_workflow_runs_end_to_end_with_every_pack_node(comfy_server, pac
     prompt = next(n for n in workflow["nodes"] if n["type"] == "DiffractToyTextEncode")["widgets_values"][0]
     expected = generate(load_toy(), [prompt], toy_noise([0]))[0].permute(1, 2, 0)
     assert float((before - expected).abs().mean()) < 0.01
+
+
+def test_the_toys_sae_baseline_steers_comfyuis_sampler_like_the_library(comfy_run):
+    """Load Transcoders with kind = sae opens the toy's SAEs; Steer Feature on an SAE feature
+    changes what ComfyUI's own sampler draws, exactly as the library's SAE steering does, and
+    scale 1 changes nothing."""
+    proc = comfy_run("""
+import torch, harness_boot as hb
+import comfy.sample
+nodes = hb.PACK.nodes
+core = hb.PACK.diffract_core
+import importlib
+toy_nodes = importlib.import_module(hb.PACK_NAME + ".nodes.toy_nodes")
+embedded = importlib.import_module(hb.PACK_NAME + ".diffract_core.toy.embedded")
+generate = importlib.import_module(hb.PACK_NAME + ".diffract_core.toy.generate")
+recording_mod = importlib.import_module(hb.PACK_NAME + ".diffract_core.recording")
+features_mod = importlib.import_module(hb.PACK_NAME + ".diffract_core.features")
+codec = importlib.import_module(hb.PACK_NAME + ".diffract_core.toy.codec")
+nodes.transcoder_folders.register_transcoder_folder()
+(saes,) = nodes.LoadTranscoders.execute("diffract-toy", "img+txt", "all", "auto", "sae").args
+model, encoder = toy_nodes.ToyModelLoader.execute("diffract-toy (embedded)").args
+prompt = "a blue circle and a red square"
+(cond,) = toy_nodes.ToyTextEncode.execute(encoder, prompt).args
+latent = torch.zeros(1, 16, 16, 16)
+
+def run(m):
+    noise = comfy.sample.prepare_noise(latent, 0)
+    return comfy.sample.sample(m, noise, 12, 1.0, "euler", "simple", cond, cond, latent, seed=0, disable_pbar=True)
+
+toy = embedded.load_toy()
+rec = recording_mod.FeatureRecording(sites=(("img", 2),), k=4)
+with torch.no_grad():
+    generate.generate(toy, [prompt], generate.toy_noise([0]), transcoders=saes, recording=rec)
+feature = int(rec.codes(("img", 2), 2).indices[0, :, 0].mode().values)
+steer = lambda s: nodes.SteerFeature.execute(model, saes, f"img:2:{feature}", "scale", s, 0.0, 1.0, "cond+uncond").args[0]
+plain = run(model)
+same = torch.equal(run(steer(1.0)), plain)
+ablated = codec.decode(run(steer(0.0)), raw=True)
+spec = recording_mod.SteeringSpec((features_mod.FeatureRef("img", 2, feature),), "ablate")
+with torch.no_grad():
+    library = generate.generate(toy, [prompt], generate.toy_noise([0]), transcoders=saes, steering=[spec])
+    unsteered = generate.generate(toy, [prompt], generate.toy_noise([0]))
+hb.emit(dict(kinds=sorted({saes.config(s).kind for s in saes}), sites=len(saes.sites), same=same,
+             changed=float((ablated - unsteered).abs().max()), gap=float((ablated - library).abs().mean())))
+""")
+    r = proc.result
+    assert r["kinds"] == ["sae"] and r["sites"] == 8 and r["same"]
+    assert r["changed"] > 1e-3
+    assert r["gap"] < 0.01  # ComfyUI's simple scheduler rounds the sigmas to 1/1000

@@ -73,3 +73,46 @@ def test_load_transcoders_lists_the_toys_release(pack, models_dir) -> None:
     assert "diffract-toy" in options
     (transcoders,) = fake_runtime.run_node(nodes.LoadTranscoders, release="diffract-toy").args
     assert sorted(transcoders.sites) == sorted((s, layer) for s in ("img", "txt") for layer in range(4))
+
+
+def test_the_toys_sae_baseline_loads_and_steers_the_toy_in_the_comfy_path(pack, models_dir, toy_nodes, loaded, core) -> None:
+    """Load Transcoders (kind sae) opens the SAEs beside the transcoders; Steer Feature steers an
+    SAE feature while ComfyUI's FLUX samples the toy: scale 1 is bit-identical, ablation changes the
+    image the way the library's SAE steering does."""
+    import fake_runtime
+
+    nodes = pack.nodes
+    nodes.transcoder_folders.register_transcoder_folder()
+    (saes,) = fake_runtime.run_node(nodes.LoadTranscoders, release="diffract-toy", kind="sae").args
+    assert sorted(saes.sites) == sorted((s, layer) for s in ("img", "txt") for layer in range(4))
+    assert {saes.config(site).kind for site in saes} == {"sae"}
+    model, text_encoder = loaded
+    generate = importlib.import_module("diffract_pack.diffract_core.toy.generate")
+    recording_module = importlib.import_module("diffract_pack.diffract_core.recording")
+    prompt = "a blue circle and a red square"
+    (conditioning,) = fake_runtime.run_node(toy_nodes.ToyTextEncode, text_encoder=text_encoder, text=prompt).args
+    (context, extra), = conditioning
+    noise = generate.toy_noise([3])
+    sigmas = importlib.import_module("diffract_pack.diffract_core.flux.sampling").flux_sigmas(generate.STEPS)
+    recording = recording_module.FeatureRecording(sites=(("img", 2),), k=4)
+    with torch.no_grad():
+        toy = importlib.import_module("diffract_pack.diffract_core.toy.embedded").load_toy()
+        generate.generate(toy, [prompt], noise, transcoders=saes, recording=recording)
+    strongest = int(recording.codes(("img", 2), 2).indices[0, :, 0].mode().values)
+    features = f"img:2:{strongest}"
+
+    def sample(strength: float) -> torch.Tensor:
+        (steered,) = fake_runtime.run_node(nodes.SteerFeature, model=model, transcoders=saes, features=features,
+                                           mode="scale", strength=strength).args
+        with torch.no_grad():
+            return fake_runtime.sample(steered, noise, sigmas, (context, extra["pooled_output"]))
+
+    with torch.no_grad():
+        plain = fake_runtime.sample(model, noise, sigmas, (context, extra["pooled_output"]))
+    assert torch.equal(sample(1.0), plain)
+    amplified = sample(16.0)  # one SAE feature alone barely moves the toy: amplify it to see it
+    spec = recording_module.SteeringSpec((core.features.FeatureRef("img", 2, strongest),), "scale", 16.0)
+    expected = generate.generate(toy, [prompt], noise, transcoders=saes, steering=[spec])
+    image = core.toy.codec.decode(amplified)
+    assert (image - generate.generate(toy, [prompt], noise)).abs().max() > 1e-3
+    torch.testing.assert_close(image, expected, atol=1e-4, rtol=0)
