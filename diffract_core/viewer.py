@@ -1,5 +1,5 @@
 """What the web viewers (`web/diffract/`) need from Python: heatmap payloads (token maps quantised to
-bytes, base64) and, for standalone pages such as the demo's report, the viewer's ES modules joined
+bytes, base64), circuit payloads (the graph with its features' atlas labels and cards) and, for standalone pages such as the demo's report, the viewer's ES modules joined
 into one inline script so the page opens offline."""
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from typing import Any
 
 import torch
 
+from .atlas import Atlas
+from .atlas.cards import feature_cards, feature_labels
+from .attribution.graph import CircuitGraph
+from .attribution.serialize import graph_to_dict
 from .errors import DiffractError
 from .features import FeatureRef
 from .recording import FeatureRecording
@@ -40,9 +44,11 @@ def heatmap_payload(
     batch_index: int = 0,
     normalize: Normalize = "per_feature",
     opacity: float = 0.6,
+    atlas: Atlas | None = None,
 ) -> dict[str, Any]:
     """The heatmap viewer's data: every (feature, step) map over the image grid, normalised as the
-    Feature Heatmaps node does; `image` is a URL or data: URI of the generated image (or None)."""
+    Feature Heatmaps node does; `image` is a URL or data: URI of the generated image (or None);
+    `labels` holds the atlas's labels of the features (none without an atlas)."""
     grid = image_grid_of(recording)
     maps = normalize_maps(activation_maps(recording, features, steps, chunk, batch_index), normalize)
     return {
@@ -54,7 +60,21 @@ def heatmap_payload(
             for i, feature in enumerate(features)
             for j, step in enumerate(steps)
         ],
+        "labels": feature_labels(atlas, features),
     }
+
+
+def circuit_refs(graph: CircuitGraph) -> list[FeatureRef]:
+    """The distinct features of a circuit's feature and target nodes."""
+    return list(dict.fromkeys(FeatureRef(node.stream, node.layer, node.feature)  # type: ignore[arg-type]
+                              for node in graph.nodes if node.feature is not None))
+
+
+def circuit_payload(graph: CircuitGraph, atlas: Atlas | None = None) -> dict[str, Any]:
+    """The circuit viewer's data: the graph as `graph_to_dict` writes it, node labels from the atlas,
+    and `features`: a card per feature for the hover panel (label, confidence, top examples)."""
+    refs = circuit_refs(graph)
+    return {**graph_to_dict(graph, feature_labels(atlas, refs)), "features": feature_cards(atlas, refs)}
 
 
 def standalone_script() -> str:

@@ -5,6 +5,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from . import circuit_store
+from .atlas_nodes import BuildFeatureAtlas, ExplainFeature
 from .circuit_files import LoadCircuit, SaveCircuit
 from .circuit_nodes import SteerCircuit, TraceCircuit
 from .inspect_nodes import FeatureHeatmaps, TopFeatures
@@ -25,6 +26,8 @@ NODES: tuple[type[io.ComfyNode], ...] = (
     SteerCircuit,
     SaveCircuit,
     LoadCircuit,
+    BuildFeatureAtlas,
+    ExplainFeature,
     ToyModelLoader,
     ToyTextEncode,
     ToyDecode,

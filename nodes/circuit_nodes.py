@@ -142,8 +142,9 @@ class TraceCircuit(io.ComfyNode):
         graph.metadata["pruning"] = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
         pruned = graph.subgraph(graph.prune(node_threshold, edge_threshold))
         picture = render_circuit(pruned)
-        circuit_id = circuit_store.publish(graph)
-        payload = circuit_store.summary(graph, circuit_id)
+        atlas = transcoders.atlas
+        circuit_id = circuit_store.publish(graph, atlas)
+        payload = circuit_store.summary(graph, circuit_id, atlas=atlas)
         payload["pruned"] = {"nodes": len(pruned.nodes), "edges": int(pruned.edge_weights.numel())}
         payload["image"] = preview_ref(image, batch_index, cls)
         return io.NodeOutput(
@@ -187,4 +188,4 @@ class SteerCircuit(io.ComfyNode):
     ) -> io.NodeOutput:
         spec = circuit_steering(circuit, nodes, mode=mode, strength=strength, steps=steps, chunks=CHUNK_CHOICES[apply_to])  # type: ignore[arg-type]
         check_features(list(spec.features), transcoders)
-        return io.NodeOutput(steer_features(model, transcoders, spec))  # type: ignore[arg-type]
+        return io.NodeOutput(steer_features(model, transcoders, spec))

@@ -1,5 +1,6 @@
 """Where the web widget gets a traced circuit: the node's UI payload carries only a summary and an
-opaque id, and `GET /diffract/circuit/{id}` serves the full graph JSON. Ids are random hex
+opaque id, and `GET /diffract/circuit/{id}` serves the full graph JSON (with its features' atlas
+labels and cards, `diffract_core.viewer.circuit_payload`). Ids are random hex
 strings checked against a strict pattern and looked up in memory, never turned into paths.
 
 ComfyUI surface used: `server.PromptServer.instance.routes` (an aiohttp RouteTableDef), only when
@@ -13,19 +14,23 @@ import secrets
 from collections import OrderedDict
 from typing import Any
 
+from ..diffract_core.atlas import Atlas
+from ..diffract_core.atlas.cards import feature_labels
 from ..diffract_core.attribution.graph import CircuitGraph
-from ..diffract_core.attribution.serialize import graph_to_dict
+from ..diffract_core.attribution.serialize import node_label
+from ..diffract_core.viewer import circuit_payload, circuit_refs
 
 ROUTE = "/diffract/circuit/{circuit_id}"
 _ID = re.compile(r"^[0-9a-f]{32}$")
 KEEP = 16  # circuits served at once; older ones drop out (re-run Trace Circuit to see them again)
 
-_circuits: OrderedDict[str, CircuitGraph] = OrderedDict()
+_circuits: OrderedDict[str, tuple[CircuitGraph, Atlas | None]] = OrderedDict()
 
 
-def publish(graph: CircuitGraph) -> str:
+def publish(graph: CircuitGraph, atlas: Atlas | None = None) -> str:
+    """Serve `graph` (with the labels and cards of `atlas`, the transcoders' atlas) under a new id."""
     circuit_id = secrets.token_hex(16)
-    _circuits[circuit_id] = graph
+    _circuits[circuit_id] = (graph, atlas)
     while len(_circuits) > KEEP:
         _circuits.popitem(last=False)
     return circuit_id
@@ -35,15 +40,16 @@ def lookup(circuit_id: str) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) for a request of `circuit_id`."""
     if not _ID.match(circuit_id or ""):
         return 400, {"error": "a circuit id is 32 lowercase hex characters"}
-    graph = _circuits.get(circuit_id)
-    if graph is None:
+    entry = _circuits.get(circuit_id)
+    if entry is None:
         return 404, {"error": f"no circuit {circuit_id} here (the server keeps the last {KEEP}): run Trace Circuit again"}
-    return 200, graph_to_dict(graph)
+    return 200, circuit_payload(*entry)
 
 
-def summary(graph: CircuitGraph, circuit_id: str, top: int = 12) -> dict[str, Any]:
+def summary(graph: CircuitGraph, circuit_id: str, top: int = 12, atlas: Atlas | None = None) -> dict[str, Any]:
     """The small payload the node shows and the widget starts from."""
     meta = graph.metadata
+    labels = feature_labels(atlas, circuit_refs(graph))
     influence = graph.influence()
     features = sorted(graph.indices("feature"), key=lambda i: -float(influence[i]))[:top]
     return {
@@ -58,7 +64,8 @@ def summary(graph: CircuitGraph, circuit_id: str, top: int = 12) -> dict[str, An
         "conservation": meta.get("conservation", {}),
         "passes": meta.get("passes", {}),
         "faithfulness": {k: meta["faithfulness"][k] for k in ("spearman", "mean_relative_error")} if "faithfulness" in meta else None,
-        "top_features": [{"id": graph.nodes[i].id, "feature": graph.nodes[i].feature_spec, "influence": float(influence[i])} for i in features],
+        "top_features": [{"id": graph.nodes[i].id, "feature": graph.nodes[i].feature_spec, "influence": float(influence[i]),
+                          "label": node_label(graph.nodes[i], labels)} for i in features],
     }
 
 

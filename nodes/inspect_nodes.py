@@ -8,17 +8,25 @@ from typing import Any
 import torch
 from comfy_api.latest import io, ui
 
+from ..diffract_core.atlas import Atlas
+from ..diffract_core.atlas.cards import feature_labels
 from ..diffract_core.errors import DiffractError
 from ..diffract_core.features import SPEC_HELP, parse_features
 from ..diffract_core.recording import FeatureRecording
 from ..diffract_core.render import NORMALIZE_MODES, FeatureStat, format_table, render_feature_heatmaps, top_features
 from ..diffract_core.sites import LAYERS_HELP, parse_layers, parse_steps
 from ..diffract_core.spatial import mask_to_token_weights
+from ..diffract_core.transcoders.transcoder_set import TranscoderSet
 from ..diffract_core.viewer import heatmap_payload
-from .node_types import AFTER_SAMPLING, CATEGORY, STREAM_CHOICES, Recording, streams_of
+from .node_types import AFTER_SAMPLING, CATEGORY, STREAM_CHOICES, Recording, Transcoders, streams_of
 
 CHUNKS = {"cond": 0, "uncond": 1}
 STEPS_HELP = "steps like 0, 2-3, or all"
+ATLAS_HELP = "the recorded transcoders: their feature atlas labels the features"
+
+
+def atlas_of(transcoders: TranscoderSet | None) -> Atlas | None:
+    return transcoders.atlas if transcoders is not None else None
 
 
 def _finished(recording: FeatureRecording) -> FeatureRecording:
@@ -53,6 +61,7 @@ class FeatureHeatmaps(io.ComfyNode):
                 io.Combo.Input("normalize", options=list(NORMALIZE_MODES), default="per_feature"),
                 io.Combo.Input("chunk", options=list(CHUNKS), default="cond"),
                 io.Int.Input("batch_index", default=0, min=0, max=4096),
+                Transcoders.Input("transcoders", optional=True, tooltip=ATLAS_HELP),
             ],
             outputs=[io.Image.Output(display_name="IMAGE"), io.Mask.Output(display_name="MASK")],
             is_output_node=True,  # shows its overlays in the node even with nothing connected
@@ -69,6 +78,7 @@ class FeatureHeatmaps(io.ComfyNode):
         normalize: str,
         chunk: str,
         batch_index: int,
+        transcoders: TranscoderSet | None = None,
     ) -> io.NodeOutput:
         _finished(recording)
         refs = parse_features(features)
@@ -82,7 +92,7 @@ class FeatureHeatmaps(io.ComfyNode):
             "sigmas": [recording.schedule[step] for step in chosen_steps],
             "order": "feature-major",
             "viewer": heatmap_payload(recording, refs, chosen_steps, image=None, chunk=CHUNKS[chunk], batch_index=batch_index,
-                                      normalize=normalize, opacity=opacity),  # type: ignore[arg-type]
+                                      normalize=normalize, opacity=opacity, atlas=atlas_of(transcoders)),  # type: ignore[arg-type]
             "image": preview_ref(image, batch_index, cls),
         }
         preview = ui.PreviewImage(overlay_batch, cls=cls).as_dict()
@@ -111,6 +121,7 @@ class TopFeatures(io.ComfyNode):
                 io.Clip.Input("clip", optional=True, tooltip="with the prompt: label text rows with their tokens"),
                 io.String.Input("prompt", optional=True, multiline=True, default="", tooltip="the prompt the text was encoded from"),
                 io.Image.Input("image", optional=True, tooltip="the decoded image, under the heatmaps of the node's viewer"),
+                Transcoders.Input("transcoders", optional=True, tooltip=ATLAS_HELP + " (a label column)"),
             ],
             outputs=[io.String.Output(display_name="table")],
             is_output_node=True,  # shows its table in the node even with nothing connected
@@ -131,6 +142,7 @@ class TopFeatures(io.ComfyNode):
         clip: Any = None,
         prompt: str = "",
         image: torch.Tensor | None = None,
+        transcoders: TranscoderSet | None = None,
     ) -> io.NodeOutput:
         _finished(recording)
         chosen_streams = streams_of(streams)
@@ -151,12 +163,14 @@ class TopFeatures(io.ComfyNode):
             n=rows,
             token_labels=labels,
         )
-        table = format_table(stats)
-        payload = {"rows": [_row(stat, recording) for stat in stats], "region": mask is not None}
+        atlas = atlas_of(transcoders)
+        atlas_labels = None if atlas is None else feature_labels(atlas, [stat.feature for stat in stats])
+        table = format_table(stats, atlas_labels)
+        payload = {"rows": [_row(stat, recording, atlas_labels) for stat in stats], "region": mask is not None}
         image_features = list(dict.fromkeys(stat.feature for stat in stats if stat.feature.stream == "img"))
         if image_features and recording.image_grid is not None:
             payload["viewer"] = heatmap_payload(recording, image_features, recording.steps, image=None, chunk=CHUNKS[chunk],
-                                                batch_index=batch_index)
+                                                batch_index=batch_index, atlas=atlas)
             payload["image"] = preview_ref(image, batch_index, cls)
         return io.NodeOutput(table, ui={"text": [table], "diffract_top_features": [payload]})
 
@@ -169,9 +183,10 @@ def preview_ref(image: torch.Tensor | None, batch_index: int, cls: type[io.Comfy
     return ui.PreviewImage(image[pick : pick + 1], cls=cls).as_dict()["images"][0]
 
 
-def _row(stat: FeatureStat, recording: FeatureRecording) -> dict[str, Any]:
+def _row(stat: FeatureStat, recording: FeatureRecording, labels: dict[str, str] | None) -> dict[str, Any]:
     return {
         "feature": str(stat.feature),
+        "label": (labels or {}).get(str(stat.feature)),
         "step": stat.step,
         "sigma": recording.schedule[stat.step],
         "token": stat.token,

@@ -7,6 +7,7 @@ CATEGORY = "DifFRACT"
 Transcoders = io.Custom("TRANSCODERS")  # diffract_core TranscoderSet
 Recording = io.Custom("FEATURE_RECORDING")  # diffract_core FeatureRecording
 Circuit = io.Custom("CIRCUIT")  # diffract_core CircuitGraph
+FeatureAtlas = io.Custom("FEATURE_ATLAS")  # diffract_core Atlas
 
 AFTER_SAMPLING = "the sampler's output: makes this node run after sampling"
 STREAM_CHOICES = ("img+txt", "img", "txt")

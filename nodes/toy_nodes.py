@@ -16,26 +16,16 @@ import comfy.supported_models
 import torch
 from comfy_api.latest import io
 
-from ..diffract_core.flux.config import FluxConfig
 from ..diffract_core.toy import codec
 from ..diffract_core.toy.embedded import load_toy
 from ..diffract_core.toy.model import ToyModel
 from ..diffract_core.toy.text_encoder import VOCABULARY, ToyTextEncoder
+from .flux_models import comfy_unet_config
 from .node_types import CATEGORY
 
 ToyTextEncoderType = io.Custom("DIFFRACT_TOY_TEXT_ENCODER")  # diffract_core ToyTextEncoder (a small nn.Module)
 EMBEDDED = "diffract-toy (embedded)"
 LATENT_HINT = "an empty latent of 128 x 128 (Empty Latent Image) is the toy's 16 x 16 latent, a 32 px image"
-
-
-def comfy_unet_config(config: FluxConfig) -> dict:
-    """ComfyUI's FLUX unet_config for a FluxConfig (ComfyUI counts latent channels before patchifying)."""
-    return {"image_model": "flux", "in_channels": config.in_channels // config.patch_size**2,
-            "out_channels": config.out_channels, "vec_in_dim": config.vec_in_dim,
-            "context_in_dim": config.context_in_dim, "hidden_size": config.hidden_size, "mlp_ratio": config.mlp_ratio,
-            "num_heads": config.num_heads, "depth": config.depth, "depth_single_blocks": config.depth_single_blocks,
-            "axes_dim": list(config.axes_dim), "theta": config.theta, "patch_size": config.patch_size,
-            "qkv_bias": config.qkv_bias, "guidance_embed": config.guidance_embed, "txt_ids_dims": []}
 
 
 def comfy_flux_model(toy: ToyModel) -> comfy.model_patcher.ModelPatcher:

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..diffract_core.hub import DEFAULT_REPO_ID, SAE_FOLDER, TRANSCODER_FOLDER, HubRelease, download_release
 from ..diffract_core.sites import LAYERS_HELP, parse_layers
-from ..diffract_core.transcoders.transcoder_set import TranscoderSet
+from ..diffract_core.transcoders.transcoder_set import TranscoderSet, describe_sites
 from .node_types import CATEGORY, STREAM_CHOICES, Transcoders, streams_of
 from .progress import NodeProgress
 from .transcoder_folders import download_destination, release_folder, release_folders
@@ -19,12 +19,16 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _runtime_dtype(transcoders: TranscoderSet, choice: str) -> TranscoderSet:
-    """The chosen dtype; `auto` keeps the stored one, except fp32 weights on a CUDA device run in bf16."""
+    """The chosen dtype; `auto` keeps the stored one, except that fp32 weights on a CUDA device run
+    in bf16 and half-precision weights on a CPU run in fp32 (CPUs are slow and coarse in half precision)."""
     if choice != "auto":
         return transcoders.to(dtype=_DTYPES[choice])
     stored = {transcoders.config(site).torch_dtype for site in transcoders}
-    if stored == {torch.float32} and comfy.model_management.get_torch_device().type == "cuda":
+    device = comfy.model_management.get_torch_device().type
+    if stored == {torch.float32} and device == "cuda":
         return transcoders.to(dtype=torch.bfloat16)
+    if device == "cpu" and stored & {torch.float16, torch.bfloat16}:
+        return transcoders.to(dtype=torch.float32)
     return transcoders
 
 
@@ -36,7 +40,8 @@ class LoadTranscoders(io.ComfyNode):
             display_name="Load Transcoders (DifFRACT)",
             category=CATEGORY,
             description="Open a converted transcoder release from models/transcoders/. Weights load lazily, "
-            "memory-mapped, when a site is first used. Reads local files only.",
+            "memory-mapped, when a site is first used. Reads local files only. A feature atlas beside the release "
+            "(Build Feature Atlas) is checked here and labels the features in every DifFRACT node.",
             inputs=[
                 io.Combo.Input("release", options=sorted(release_folders()), tooltip="a folder under models/transcoders/"),
                 io.Combo.Input("streams", options=list(STREAM_CHOICES), default="img+txt"),
@@ -45,7 +50,7 @@ class LoadTranscoders(io.ComfyNode):
                     "dtype",
                     options=list(DTYPE_CHOICES),
                     default="auto",
-                    tooltip="auto: as stored, but fp32 files run in bf16 on a CUDA device",
+                    tooltip="auto: as stored, but fp32 files run in bf16 on a CUDA device and fp16/bf16 files in fp32 on a CPU",
                 ),
                 io.Combo.Input("kind", options=["transcoder", "sae"], default="transcoder"),
             ],
@@ -57,7 +62,10 @@ class LoadTranscoders(io.ComfyNode):
         transcoders = TranscoderSet.open(
             release_folder(release), kind=kind, streams=streams_of(streams), layers=parse_layers(layers)
         )
-        return io.NodeOutput(_runtime_dtype(transcoders, dtype))
+        atlas = transcoders.atlas  # one that does not belong to this release is refused here, naming the fix
+        note = (f"feature atlas: {len(atlas.prompts)} prompts, sites {describe_sites(atlas.sites)}" if atlas is not None
+                else "no feature atlas beside this release: features show as indices (Build Feature Atlas makes one)")
+        return io.NodeOutput(_runtime_dtype(transcoders, dtype), ui={"text": [note]})
 
 
 class DownloadTranscoders(io.ComfyNode):

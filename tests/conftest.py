@@ -1,6 +1,9 @@
 """Test-wide safety: nothing may reach the network. huggingface_hub reads HF_HUB_OFFLINE when it is
 first imported, which happens after this file runs.
 
+`returns_within`: runs a call that must not block (a FIFO handed to a loader, a silent server) in a
+thread, and fails instead of hanging the suite.
+
 Browser fixtures for the viewer tests (tests/web/ and the opt-in tests/comfyui/): headless Chromium
 (Debian's `chromium`, driven by Playwright's Python client). Without a browser they skip, unless
 DIFFRACT_REQUIRE_BROWSER=1 (as `.ci/run` sets): then a missing browser fails them. Screenshots go to
@@ -15,8 +18,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +29,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 OUR_URLS = ("/extensions/", "/diffract/", "file://")
+
+
+def _returns_within(seconds: float, call: Callable[[], Any]) -> Any:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except Exception as exc:  # noqa: BLE001 - re-raised in the test's thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+@pytest.fixture
+def returns_within() -> Callable[[float, Callable[[], Any]], Any]:
+    return _returns_within
 
 
 def chromium_path() -> str | None:
@@ -76,3 +104,17 @@ def artifacts() -> Path:
     folder = Path(os.environ.get("DIFFRACT_ARTIFACTS", ROOT / "test-artifacts")) / "web"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def labelled_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny atlas world's release (tests/atlas/tiny_world.py) with its feature atlas beside it, for
+    the tests of what shows atlas labels (viewers, nodes, browser)."""
+    from diffract_core.atlas import build_atlas
+    from diffract_core.transcoders import TranscoderSet
+    from tests.atlas.tiny_world import PROMPTS, SETTINGS, decode, encoder, tiny_model, write_release
+
+    model = tiny_model()
+    release = write_release(tmp_path_factory.mktemp("labelled") / "release", model)
+    build_atlas(model, encoder(model), TranscoderSet.open(release), PROMPTS, release / "atlas", SETTINGS, decode=decode)
+    return release

@@ -67,9 +67,9 @@ def test_demo_is_the_main_job(tmp_path: Path) -> None:
     result = run_cli("demo", "--out", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
     report = (tmp_path / "demo" / "report.html").read_text()
-    assert "binding errors traced and steered:" in result.stdout and "steered (circuit)" in result.stdout
-    for heading in ("The grid and its binding score", "The binding error", "step by step", "Its circuit", "Steering it",
-                    "Every binding error of the grid"):
+    assert "binding errors traced and steered:" in result.stdout and "shown: " in result.stdout
+    for heading in ("Which steering fixes binding errors? The benchmark", "step by step", "Its circuit", "The grid",
+                    "Every error the demo steered"):
         assert heading in report
     assert report.count("data:image/png;base64,") > 60  # 48 grid images, 12 heatmaps, before / after, the graph
     assert (tmp_path / "demo" / "circuit.json").is_file()
@@ -82,3 +82,47 @@ def test_toy_train_writes_a_loadable_toy(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     toy = ToyModel.load(tmp_path / "toy.safetensors")
     assert toy.info["steps_done"] == 3 and toy.info["trained"]["seed"] == 2 and len(toy.info["losses"]) == 3
+
+
+def test_bad_arguments_are_refused_by_name(tmp_path: Path) -> None:
+    steps = run_cli("toy-train", "--out", str(tmp_path / "toy.safetensors"), "--steps", "0")
+    assert steps.returncode == 2 and "--steps: must be a whole number of at least 1, got '0'" in steps.stderr
+    layers = run_cli("download", str(tmp_path / "dest"), "--layers", "5-1", "--offline")
+    assert layers.returncode == 2 and "layer range '5-1' runs backwards; write it as 1-5" in layers.stderr
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_file_where_an_output_folder_should_be_is_named(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("keep me")
+    for command in (["demo", "--out"], ["quickstart", "--out"], ["toy-train", "--out"]):
+        target = tmp_path / "README.md" if command[0] != "toy-train" else tmp_path / "README.md" / "toy.safetensors"
+        result = run_cli(*command, str(target))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "README.md is a file, not a folder" in result.stderr
+    assert (tmp_path / "README.md").read_text() == "keep me"
+
+
+def test_read_only_destinations_are_refused_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    import os
+
+    from diffract_core.cli import main
+
+    write_example_release(tmp_path / "release", layers=(0,), streams=("img",), kinds=("transcoder",), d_model=8, d_features=16)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: Path(path) != locked and real_access(path, mode, *a, **k))
+    for argv in (["convert", str(tmp_path / "release"), str(locked / "native")], ["quickstart", "--out", str(locked / "qs")],
+                 ["toy-train", "--out", str(locked / "toy.safetensors"), "--steps", "1"], ["demo", "--out", str(locked / "demo")]):
+        assert main(argv) == 2
+        assert "is read-only for this user; choose a writable folder" in capsys.readouterr().err
+    assert list(locked.iterdir()) == []
+
+
+def test_convert_names_a_malformed_manifest_field(tmp_path: Path) -> None:
+    write_example_release(tmp_path / "release", layers=(0,), streams=("img",), kinds=("transcoder",), d_model=8, d_features=16)
+    (tmp_path / "native").mkdir()
+    (tmp_path / "native" / "manifest.json").write_text('{"format": "diffract-transcoder-release", "release": "abc"}')
+    result = run_cli("convert", str(tmp_path / "release"), str(tmp_path / "native"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert '"release" must be an object of facts about the release' in result.stderr and "delete" in result.stderr

@@ -37,3 +37,36 @@ def test_an_import_cycle_is_refused(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(viewer, "WEB_MODULES", tmp_path)
     with pytest.raises(DiffractError, match="cycle"):
         viewer.standalone_script()
+
+
+def test_payloads_carry_atlas_labels_and_cards(labelled_release) -> None:
+    from diffract_core.atlas.cards import feature_labels
+    from diffract_core.atlas.sampling import sample_recorded
+    from diffract_core.attribution.graph import CircuitGraph, CircuitNode
+    from diffract_core.features import FeatureRef
+    from diffract_core.transcoders import TranscoderSet
+    from tests.atlas.tiny_world import SETTINGS, decode, encoder, tiny_model
+
+    transcoders = TranscoderSet.open(labelled_release)
+    atlas = transcoders.atlas
+    model = tiny_model()
+    image_refs = [FeatureRef("img", 0, i) for i in list(atlas.labels(("img", 0)))[:3]]
+    recording, _ = sample_recorded(model, encoder(model), transcoders, ["a red circle"], [("img", 0)], SETTINGS, decode)
+    payload = viewer.heatmap_payload(recording, image_refs, recording.steps, image=None, atlas=atlas)
+    assert payload["labels"] == feature_labels(atlas, image_refs)
+    assert viewer.heatmap_payload(recording, image_refs, recording.steps, image=None)["labels"] == {}
+
+    site = max((s for s in atlas.sites if s[0] == "txt"), key=lambda s: max(l.confidence for l in atlas.labels(s).values()))
+    labels = atlas.labels(site)
+    indices = sorted(labels, key=lambda i: -labels[i].confidence)[:2]
+    refs = [FeatureRef("txt", site[1], i) for i in indices]
+    assert labels[indices[0]].confidence > 0, "the tiny world's atlas is confident about some feature"
+    nodes = [CircuitNode("feature", 0, "txt", site[1], indices[0], 1.0),
+             CircuitNode("feature", 0, "txt", site[1], indices[1], 1.0, label="mine"),
+             CircuitNode("target", 0, "img", 1, 3, 1.0, label="the target")]
+    graph = CircuitGraph(nodes, torch.tensor([0, 1]), torch.tensor([2, 2]), torch.tensor([0.5, 0.5]), {})
+    data = viewer.circuit_payload(graph, atlas)
+    assert [n["label"] for n in data["nodes"]] == [labels[indices[0]].text, "mine", "the target"]
+    assert set(data["features"]) == {str(refs[0]), str(refs[1]), "img:1:3"}  # the target's card too
+    assert data["features"]["img:1:3"]["examples"][0]["crop"].startswith("data:image/png;base64,")
+    assert viewer.circuit_payload(graph)["features"] == {} and feature_labels(None, refs) == {}

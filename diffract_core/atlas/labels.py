@@ -10,7 +10,9 @@ activation and closes at least `min_gain` of the gap between its base rate and 1
 
 The label names the (at most `max_attributes`) standing-out attributes of different kinds with the
 highest gain, then the stream and the steps where the feature fires most; its confidence is the
-first attribute's gain. With none standing out, or too few prompts to judge, it is "unclear".
+first attribute's gain. A feature that fired in enough prompts but on nothing that stands out is
+"broad", leaning towards its highest-gain attribute if any gains at all (confidence 0: it says
+where and when the feature fires, not what it is about). Too few prompts to judge: "unclear".
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .statistics import sigma_bucket
 
 UNCLEAR = "unclear"
 NEVER_FIRED = "never fired"
+BROAD = "broad"
 KINDS = ("colour", "token", "word", "region")  # ties in gain go to the earlier kind
 
 
@@ -59,8 +62,13 @@ class Attribute:
 @dataclass(frozen=True)
 class FeatureLabel:
     text: str
-    confidence: float  # the first attribute's gain; 0 when unclear
+    confidence: float  # the first attribute's gain; 0 when unclear or broad
     attributes: tuple[Attribute, ...] = ()
+
+    @property
+    def describes(self) -> bool:
+        """Whether the label says more than a bare index: anything but "unclear" and "never fired"."""
+        return self.text not in (UNCLEAR, NEVER_FIRED)
 
     def to_json(self) -> list[Any]:
         return [self.text, self.confidence, [[a.kind, a.value, a.share, a.gain] for a in self.attributes]]
@@ -128,13 +136,19 @@ def label_site(stream: str, arrays: Mapping[str, torch.Tensor], *, vocabulary: S
     """One label per live feature of a site (rows of `arrays`, an atlas site's stored arrays)."""
     rows = arrays["features"].shape[0]
     found: list[list[tuple[float, int, int, _Candidates, float]]] = [[] for _ in range(rows)]
+    leaning: list[tuple[float, int, _Candidates, float] | None] = [None] * rows  # the best gain, standing out or not
     for group in _candidates(stream, arrays, vocabulary, cells, rule):
         gain = torch.where(group.base < 1, (group.share - group.base) / (1 - group.base).clamp(min=1e-12), 0.0)
-        ok = (group.share >= rule.min_share) & (gain >= rule.min_gain)
-        ok = ok if group.eligible is None else ok & group.eligible
+        allowed = torch.ones_like(gain, dtype=torch.bool) if group.eligible is None else group.eligible
+        ok = (group.share >= rule.min_share) & (gain >= rule.min_gain) & allowed
         hits = zip(torch.nonzero(ok).tolist(), gain[ok].tolist(), group.share[ok].tolist())
         for (row, column), gain_at, share in hits:
             found[row].append((gain_at, KINDS.index(group.kind), column, group, share))
+        if gain.shape[1]:
+            best_gain, best_column = torch.where(allowed, gain, -1.0).max(1)
+            for row, (g, c) in enumerate(zip(best_gain.tolist(), best_column.tolist())):
+                if g > 0 and (leaning[row] is None or g > leaning[row][0]):  # type: ignore[index]
+                    leaning[row] = (g, c, group, float(group.share[row, c]))
     rate = arrays["fired"].double() / arrays["tokens"].double().clamp(min=1)
     active = (rate >= rule.active_rate * rate.max(1, keepdim=True).values).tolist()
     prompts_fired = arrays["prompts_fired"].tolist()
@@ -142,8 +156,12 @@ def label_site(stream: str, arrays: Mapping[str, torch.Tensor], *, vocabulary: S
     stream_word = "image" if stream == "img" else "text"
     labels = []
     for row in range(rows):
-        if prompts_fired[row] < rule.min_prompts or not found[row]:
+        if prompts_fired[row] < rule.min_prompts:
             labels.append(FeatureLabel(UNCLEAR, 0.0))
+            continue
+        steps = _steps_text(active[row], step_buckets)
+        if not found[row]:
+            labels.append(_broad(leaning[row], row, f"{stream_word}, {steps}"))
             continue
         chosen: list[Attribute] = []
         for gain, _order, column, group, share in sorted(found[row], key=lambda item: (-item[0], item[1], item[2])):
@@ -153,8 +171,15 @@ def label_site(stream: str, arrays: Mapping[str, torch.Tensor], *, vocabulary: S
             chosen.append(Attribute(group.kind, value, round(share, 4), round(gain, 4)))
             if len(chosen) == rule.max_attributes:
                 break
-        steps = _steps_text(active[row], step_buckets)
         text = f"{', '.join(a.describe() for a in chosen)} ({stream_word}, {steps})"
         labels.append(FeatureLabel(text, chosen[0].gain, tuple(chosen)))
     return labels
+
+
+def _broad(leaning: tuple[float, int, _Candidates, float] | None, row: int, where: str) -> FeatureLabel:
+    if leaning is None:
+        return FeatureLabel(f"{BROAD} ({where})", 0.0)
+    gain, column, group, share = leaning
+    attribute = Attribute(group.kind, group.value(row, column), round(share, 4), round(gain, 4))
+    return FeatureLabel(f"{BROAD}, leaning {attribute.describe()} ({where})", 0.0, (attribute,))
 

@@ -29,7 +29,7 @@ from ..toy.model import ToyModel
 from ..toy.scenes import BACKGROUND, COLOURS, SHAPES, parse_prompt
 from ..transcoders.transcoder_set import SiteKey, TranscoderSet
 from .colours import colour_term
-from .labels import UNCLEAR, Attribute
+from .labels import Attribute
 from .prompts import PAD, PromptSet
 from .sampling import batch_count, batch_prompt_ids, sample_recorded, site_calls
 from .storage import Atlas
@@ -193,7 +193,7 @@ def _score(atlas: Atlas, mass: dict[SiteKey, torch.Tensor], attributes: list[Tru
                 kinds = sorted({kind for kind, _ in pure})
                 for kind in kinds:
                     evaluation.by_attribute[kind] = evaluation.by_attribute.get(kind, 0) + 1
-            if label.text == UNCLEAR:
+            if label.confidence == 0:  # unclear, or broad: nothing stands out to be right or wrong about
                 continue
             score.labelled += 1
             first = [index[a] for a in named_by(label.attributes[0]) if a in index]

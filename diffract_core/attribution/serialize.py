@@ -7,22 +7,32 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import DiffractError
+from ..file_reading import parse_json, read_regular_file
+from ..file_writing import write_text_atomically
 from ..transcoders.config import STREAMS
+from .adjacency import GraphStructureError
 from .graph import NODE_KINDS, CircuitGraph, CircuitNode
 
 FORMAT = "diffract-circuit"
 VERSION = 1
+# Bounds checked before anything of that size is built; far above what Trace Circuit writes.
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_NODES = 200_000
 MAX_EDGES = 20_000_000
-MAX_POSITIONS = 1_000_000
+MAX_POSITIONS = 1_000_000  # token positions of one stream
+MAX_TOTAL_POSITIONS = 20_000_000  # over all nodes
+MAX_TEXT_TOKENS = 65_536
+MAX_METADATA_DEPTH = 8
+MAX_METADATA_VALUES = 100_000
+MAX_METADATA_STRING = 10_000  # characters of one string
+MAX_METADATA_CHARACTERS = 1_000_000  # of all strings together: the metadata travels to the browser
 
 
 class CircuitFileError(DiffractError):
@@ -32,12 +42,16 @@ class CircuitFileError(DiffractError):
 # --- ours ----------------------------------------------------------------------------------------
 
 
-def graph_to_dict(graph: CircuitGraph) -> dict[str, Any]:
+Labels = Mapping[str, str]  # feature spec ("img:12:40684") -> label, e.g. the atlas's (atlas.cards.feature_labels)
+
+
+def graph_to_dict(graph: CircuitGraph, labels: Labels | None = None) -> dict[str, Any]:
+    """The graph in our schema; feature nodes without a label of their own take theirs from `labels`."""
     return {
         "format": FORMAT,
         "version": VERSION,
         "metadata": graph.metadata,
-        "nodes": [_node_to_dict(node) for node in graph.nodes],
+        "nodes": [_node_to_dict(node, labels or {}) for node in graph.nodes],
         "edges": {
             "source": graph.edge_sources.tolist(),
             "target": graph.edge_targets.tolist(),
@@ -46,7 +60,14 @@ def graph_to_dict(graph: CircuitGraph) -> dict[str, Any]:
     }
 
 
-def _node_to_dict(node: CircuitNode) -> dict[str, Any]:
+def node_label(node: CircuitNode, labels: Labels) -> str:
+    """The node's own label (the target's, or one a user gave it) wins over `labels`."""
+    if node.label or node.feature_spec is None:
+        return node.label
+    return labels.get(node.feature_spec, "")
+
+
+def _node_to_dict(node: CircuitNode, labels: Labels) -> dict[str, Any]:
     return {
         "id": node.id,
         "kind": node.kind,
@@ -57,98 +78,96 @@ def _node_to_dict(node: CircuitNode) -> dict[str, Any]:
         "value": node.value,
         "positions": node.positions.tolist(),
         "activations": [round(v, 6) for v in node.activations.tolist()],
-        "label": node.label,
+        "label": node_label(node, labels),
     }
 
 
-def save_graph(graph: CircuitGraph, path: str | os.PathLike[str]) -> Path:
-    return _write_json(graph_to_dict(graph), Path(path))
+def save_graph(graph: CircuitGraph, path: str | os.PathLike[str], labels: Labels | None = None) -> Path:
+    return _write_json(graph_to_dict(graph, labels), Path(path))
 
 
-def save_neuronpedia(graph: CircuitGraph, path: str | os.PathLike[str], slug: str, **thresholds: float) -> Path:
+def save_neuronpedia(graph: CircuitGraph, path: str | os.PathLike[str], slug: str, labels: Labels | None = None,
+                     **thresholds: float) -> Path:
     """The graph in the circuit-tracer / Neuronpedia viewer shape (see `neuronpedia_graph`)."""
-    return _write_json(neuronpedia_graph(graph, slug, **thresholds), Path(path))
+    return _write_json(neuronpedia_graph(graph, slug, labels=labels, **thresholds), Path(path))
 
 
 def _write_json(data: dict[str, Any], path: Path) -> Path:
-    """Write atomically: a failed write leaves any existing file as it was."""
-    text = json.dumps(data, allow_nan=False, separators=(",", ":"))
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """Write atomically (a failed write leaves any existing file as it was), readable by others: a
+    circuit file is meant to be shared."""
+    return write_text_atomically(path, json.dumps(data, allow_nan=False, separators=(",", ":")))
 
 
 def load_graph(path: str | os.PathLike[str]) -> CircuitGraph:
     path = Path(path)
-    if not path.is_file():
-        raise CircuitFileError(f"no circuit file at {path.name}: pick a .json file saved by Save Circuit")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise CircuitFileError(f"{path.name} is {path.stat().st_size / 2**20:.0f} MiB, more than a circuit file can be ({MAX_FILE_BYTES // 2**20} MiB)")
+    fix = "it cannot be loaded as a circuit"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CircuitFileError(f"{path.name} is not valid JSON ({exc}): it is not a circuit file") from None
-    return graph_from_dict(data, source=path.name)
-
-
-def _refuse_constant(name: str) -> float:
-    raise CircuitFileError(f"the file holds {name}, which is not a number a circuit can contain")
+        data = read_regular_file(path, max_bytes=MAX_FILE_BYTES, fix=fix, error=CircuitFileError)
+    except FileNotFoundError:
+        raise CircuitFileError(f"no circuit file at {path.name}: pick a .json file saved by Save Circuit") from None
+    document = parse_json(data, path.name, fix, error=CircuitFileError, allow_constants=False)
+    return graph_from_dict(document, source=path.name)
 
 
 def graph_from_dict(data: Any, source: str = "the circuit") -> CircuitGraph:
-    """Validate every field and build the graph; any problem raises CircuitFileError naming it."""
+    """Validate every field and build the graph; any problem raises CircuitFileError naming it.
+    Every size is checked before anything of that size is built."""
     check = _Checker(source)
     check.that(isinstance(data, dict), "is not a JSON object")
-    check.that(data.get("format") == FORMAT, f'is not a DifFRACT circuit (its "format" is {data.get("format")!r}, expected {FORMAT!r})')
+    check.that(data.get("format") == FORMAT,
+               f'is not a DifFRACT circuit (its "format" is {data.get("format")!r:.80}, expected {FORMAT!r})')
     version = data.get("version")
-    check.that(isinstance(version, int) and not isinstance(version, bool), '"version" is missing or not an integer')
+    check.that(_is_int(version), '"version" is missing or not an integer')
     check.that(version <= VERSION, f"was written by a newer DifFRACT (circuit version {version}, this one reads {VERSION}): update the pack")
     check.that(version >= 1, f"has an unknown circuit version {version}")
     unknown = set(data) - {"format", "version", "metadata", "nodes", "edges"}
-    check.that(not unknown, f"has unknown top-level keys {sorted(unknown)}")
+    check.that(not unknown, f"has unknown top-level keys {sorted(unknown)[:10]}")
     metadata = data.get("metadata")
     check.that(isinstance(metadata, dict), '"metadata" must be an object')
-    _check_json_values(metadata, check, "metadata", depth=0)
-    check.metadata(metadata)
+    _check_json_values(metadata, check)
+    tokens = check.metadata(metadata)
     raw_nodes = data.get("nodes")
     check.that(isinstance(raw_nodes, list) and 0 < len(raw_nodes) <= MAX_NODES, f'"nodes" must be a list of 1..{MAX_NODES} nodes')
-    nodes = [_node_from_dict(raw, i, check) for i, raw in enumerate(raw_nodes)]
-    ids = [node.id for node in nodes]
-    check.that(len(set(ids)) == len(ids), "has two nodes with the same id")
-    targets = [node for node in nodes if node.kind == "target"]
-    check.that(len(targets) == 1, f"must have exactly one target node, has {len(targets)}")
     edges = data.get("edges")
     check.that(isinstance(edges, dict) and set(edges) == {"source", "target", "weight"}, '"edges" must be an object with "source", "target" and "weight" lists')
     columns = [edges[name] for name in ("source", "target", "weight")]
     check.that(all(isinstance(column, list) for column in columns), "edge columns must be lists")
     check.that(len({len(column) for column in columns}) == 1, "edge columns have different lengths")
     check.that(len(columns[0]) <= MAX_EDGES, f"has more than {MAX_EDGES} edges")
+    positions = sum(len(raw["positions"]) for raw in raw_nodes
+                    if isinstance(raw, dict) and isinstance(raw.get("positions"), list))
+    check.that(positions <= MAX_TOTAL_POSITIONS,
+               f"has {positions} node positions, more than a circuit holds ({MAX_TOTAL_POSITIONS})")
+    nodes = [_node_from_dict(raw, i, check, tokens) for i, raw in enumerate(raw_nodes)]
+    ids = [node.id for node in nodes]
+    check.that(len(set(ids)) == len(ids), "has two nodes with the same id")
+    targets = [node for node in nodes if node.kind == "target"]
+    check.that(len(targets) == 1, f"must have exactly one target node, has {len(targets)}")
     for name, column in zip(("source", "target"), columns[:2]):
         check.that(all(_is_int(i) and 0 <= i < len(nodes) for i in column), f"edge {name}s must be node indices 0..{len(nodes) - 1}")
     check.that(all(_is_number(w) for w in columns[2]), "edge weights must be finite numbers")
     dtype = {"dtype": torch.long}
-    return CircuitGraph(
+    graph = CircuitGraph(
         nodes,
         torch.tensor(columns[0], **dtype),
         torch.tensor(columns[1], **dtype),
         torch.tensor(columns[2], dtype=torch.float64),
         metadata,
     )
+    try:
+        graph.sparse_adjacency()
+    except GraphStructureError as exc:
+        check.that(False, str(exc).removeprefix("the graph's "))
+    return graph
 
 
-def _node_from_dict(raw: Any, index: int, check: _Checker) -> CircuitNode:
+def _node_from_dict(raw: Any, index: int, check: _Checker, tokens: dict[str, int]) -> CircuitNode:
     where = f"node {index}"
     check.that(isinstance(raw, dict), f"{where} is not an object")
     allowed = {"id", "kind", "step", "stream", "layer", "feature", "value", "positions", "activations", "label"}
-    check.that(not set(raw) - allowed, f"{where} has unknown keys {sorted(set(raw) - allowed)}")
+    check.that(not set(raw) - allowed, f"{where} has unknown keys {sorted(set(raw) - allowed)[:10]}")
     kind = raw.get("kind")
-    check.that(kind in NODE_KINDS, f"{where} has kind {kind!r}, not one of {', '.join(NODE_KINDS)}")
+    check.that(kind in NODE_KINDS, f"{where} has kind {kind!r:.80}, not one of {', '.join(NODE_KINDS)}")
     check.that(_is_int(raw.get("step")) and raw["step"] >= 0, f"{where} needs a step (integer >= 0)")
     stream, layer, feature = raw.get("stream"), raw.get("layer"), raw.get("feature")
     if kind != "bias":
@@ -161,7 +180,10 @@ def _node_from_dict(raw: Any, index: int, check: _Checker) -> CircuitNode:
     positions, activations = raw.get("positions", []), raw.get("activations", [])
     check.that(isinstance(positions, list) and isinstance(activations, list) and len(positions) == len(activations) <= MAX_POSITIONS,
                f"{where} positions and activations must be lists of equal length")
-    check.that(all(_is_int(p) and 0 <= p < MAX_POSITIONS for p in positions), f"{where} positions must be token indices")
+    limit = tokens.get(stream, 0) if kind != "bias" else 0
+    check.that(all(_is_int(p) and 0 <= p < limit for p in positions),
+               f"{where} positions must be token indices of its stream, 0..{limit - 1} "
+               "(metadata image_tokens / text_tokens)")
     check.that(all(_is_number(a) for a in activations), f"{where} activations must be finite numbers")
     label = raw.get("label", "")
     check.that(isinstance(label, str) and len(label) <= 500, f"{where} label must be a string of at most 500 characters")
@@ -177,7 +199,7 @@ def _node_from_dict(raw: Any, index: int, check: _Checker) -> CircuitNode:
         label,
     )
     if "id" in raw:
-        check.that(raw["id"] == node.id, f"{where} id {raw['id']!r} does not match its fields ({node.id!r})")
+        check.that(raw["id"] == node.id, f"{where} id {raw['id']!r:.120} does not match its fields ({node.id!r})")
     return node
 
 
@@ -189,28 +211,48 @@ class _Checker:
         if not condition:
             raise CircuitFileError(f"{self.source} {problem}; it cannot be loaded as a circuit")
 
-    def metadata(self, metadata: dict) -> None:
+    def metadata(self, metadata: dict) -> dict[str, int]:
+        """Check the fields the pack reads; returns the tokens per stream."""
         self.that(_is_int(metadata.get("step")) and metadata["step"] >= 0, 'metadata needs "step" (integer >= 0)')
         self.that(_is_number(metadata.get("sigma")), 'metadata needs "sigma" (a number)')
-        grid = metadata.get("image_grid")
-        self.that(grid is None or (isinstance(grid, list) and len(grid) == 2 and all(_is_int(v) and v > 0 for v in grid)),
-                  'metadata "image_grid" must be null or [rows, cols]')
         tokens = metadata.get("text_tokens")
-        self.that(isinstance(tokens, list) and all(isinstance(t, str) for t in tokens), 'metadata needs "text_tokens" (a list of strings)')
-        self.that(_is_int(metadata.get("image_tokens")) and metadata["image_tokens"] >= 0, 'metadata needs "image_tokens" (integer)')
+        self.that(isinstance(tokens, list) and len(tokens) <= MAX_TEXT_TOKENS
+                  and all(isinstance(t, str) for t in tokens),
+                  f'metadata needs "text_tokens" (a list of at most {MAX_TEXT_TOKENS} strings)')
+        image_tokens = metadata.get("image_tokens")
+        self.that(_is_int(image_tokens) and 0 <= image_tokens <= MAX_POSITIONS,
+                  f'metadata needs "image_tokens" (integer 0..{MAX_POSITIONS})')
+        grid = metadata.get("image_grid")
+        self.that(grid is None or (isinstance(grid, list) and len(grid) == 2 and all(_is_int(v) and v > 0 for v in grid)
+                                   and grid[0] * grid[1] == image_tokens),
+                  'metadata "image_grid" must be null or [rows, cols] with rows * cols = image_tokens')
+        return {"img": image_tokens, "txt": len(tokens)}
 
 
-def _check_json_values(value: Any, check: _Checker, where: str, depth: int) -> None:
-    check.that(depth <= 8, f"{where} is nested too deeply")
-    if isinstance(value, dict):
-        check.that(all(isinstance(key, str) for key in value), f"{where} has non-string keys")
-        for key, item in value.items():
-            _check_json_values(item, check, f"{where}.{key}", depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_json_values(item, check, where, depth + 1)
-    else:
-        check.that(value is None or isinstance(value, (str, bool, int)) or _is_number(value), f"{where} holds a non-JSON value")
+def _check_json_values(metadata: dict, check: _Checker) -> None:
+    """Plain JSON values only, walked without recursion, with bounded depth, count and string sizes."""
+    pending: list[tuple[Any, str, int]] = [(metadata, "metadata", 0)]
+    values = characters = 0
+    while pending:
+        value, where, depth = pending.pop()
+        values += 1
+        check.that(depth <= MAX_METADATA_DEPTH, f"{where} is nested too deeply")
+        check.that(values <= MAX_METADATA_VALUES, f"metadata holds more than {MAX_METADATA_VALUES} values")
+        if isinstance(value, dict):
+            check.that(all(isinstance(key, str) and len(key) <= 100 for key in value),
+                       f"{where} has non-string or long keys")
+            pending.extend((item, f"{where}.{key}", depth + 1) for key, item in value.items())
+        elif isinstance(value, list):
+            pending.extend((item, where, depth + 1) for item in value)
+        elif isinstance(value, str):
+            check.that(len(value) <= MAX_METADATA_STRING,
+                       f"{where} is a string of {len(value)} characters, more than {MAX_METADATA_STRING}")
+            characters += len(value)
+            check.that(characters <= MAX_METADATA_CHARACTERS,
+                       f"metadata holds more than {MAX_METADATA_CHARACTERS} characters of text")
+        else:
+            check.that(value is None or isinstance(value, (bool, int)) or _is_number(value),
+                       f"{where} holds a non-JSON value")
 
 
 def _is_int(value: Any) -> bool:
@@ -224,11 +266,13 @@ def _is_number(value: Any) -> bool:
 # --- circuit-tracer / Neuronpedia ----------------------------------------------------------------
 
 
-def neuronpedia_graph(graph: CircuitGraph, slug: str, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> dict[str, Any]:
+def neuronpedia_graph(graph: CircuitGraph, slug: str, node_threshold: float = 0.8, edge_threshold: float = 0.98,
+                      labels: Labels | None = None) -> dict[str, Any]:
     """The graph in the JSON shape of circuit-tracer's `create_graph_files` (metadata, qParams, nodes,
     links). Positions become context columns: text tokens keep theirs, the image is one extra
     column; a node sits at its strongest position. Layers are 1-based rows, "E" the inputs, and the
-    target is the "logit" node on top. The pruned graph is exported."""
+    target is the "logit" node on top. A feature's `clerp` is its label (see `node_label`), else its
+    site and index. The pruned graph is exported."""
     pruned = graph.prune(node_threshold, edge_threshold)
     text_tokens = list(graph.metadata.get("text_tokens", []))
     image_column = len(text_tokens)
@@ -241,7 +285,8 @@ def neuronpedia_graph(graph: CircuitGraph, slug: str, node_threshold: float = 0.
         influence = float(pruned.influence[index])
         if node.kind == "feature":
             row = {"node_id": f"{node.layer + 1}_{node.feature}_{column}", "feature": _pair(node), "layer": str(node.layer + 1),
-                   "feature_type": "cross layer transcoder", "clerp": f"{node.stream} L{node.layer} #{node.feature}"}
+                   "feature_type": "cross layer transcoder",
+                   "clerp": node_label(node, labels or {}) or f"{node.stream} L{node.layer} #{node.feature}"}
         elif node.kind in ("error", "rest"):
             row = {"node_id": f"{node.layer + 1}_-{1 if node.kind == 'error' else 2}{'0' if node.stream == 'img' else '1'}_{column}",
                    "feature": -1, "layer": str(node.layer + 1), "feature_type": "mlp reconstruction error", "clerp": node.describe()}

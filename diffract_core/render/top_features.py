@@ -7,7 +7,7 @@ distinct indices present, never densified to [tokens, d_features].
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -207,6 +207,7 @@ def _sort_key(stat: FeatureStat) -> tuple[float, str, int, int, int, int]:
 
 
 _COLUMNS = ("feature", "step", "token", "mean in", "max in", "mean out", "max out", "score")
+_TEXT_COLUMNS = ("feature", "token", "label")  # read left-aligned; numbers right-aligned
 
 
 def _token_cell(stat: FeatureStat) -> str:
@@ -215,24 +216,27 @@ def _token_cell(stat: FeatureStat) -> str:
     return f"{stat.token} {stat.token_label!r}" if stat.token_label is not None else str(stat.token)
 
 
-def format_table(stats: Sequence[FeatureStat]) -> str:
-    """A fixed-width text table of the rows, one line each under a header."""
+def format_table(stats: Sequence[FeatureStat], labels: Mapping[str, str] | None = None) -> str:
+    """A fixed-width text table of the rows, one line each under a header; with `labels` (feature
+    spec -> label, e.g. the atlas's), a last column holds each feature's label."""
+    columns = _COLUMNS if labels is None else (*_COLUMNS, "label")
     cells = [
         [
             str(s.feature),
             str(s.step),
             _token_cell(s),
             *(f"{v:.4f}" for v in (s.mean_inside, s.max_inside, s.mean_outside, s.max_outside, s.score)),
+            *(() if labels is None else (labels.get(str(s.feature), "-"),)),
         ]
         for s in stats
     ]
-    widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(_COLUMNS)]
+    widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)]
+    left = [name in _TEXT_COLUMNS for name in columns]
 
     def line(row: Sequence[str]) -> str:
-        # text columns (feature, token) read left-aligned, numbers right-aligned
-        return "  ".join(c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        return "  ".join(c.ljust(w) if left[i] else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
 
-    lines = [line(_COLUMNS), "  ".join("-" * w for w in widths), *(line(row) for row in cells)]
+    lines = [line(columns), "  ".join("-" * w for w in widths), *(line(row) for row in cells)]
     if not cells:
         lines.append("(no active features)")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -11,6 +12,9 @@ from ..errors import CorruptFileError, DimensionMismatchError, SiteNotLoadedErro
 from .config import STREAMS, Kind, Stream, TranscoderConfig
 from .native import load_site, read_site_config, site_folders
 from .transcoder import Transcoder
+
+if TYPE_CHECKING:
+    from ..atlas import Atlas
 
 SiteKey = tuple[Stream, int]
 
@@ -54,6 +58,7 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
         self._dtype = dtype
         self._device = device
         self.root = root
+        self._atlas: tuple[tuple[int, int], Atlas] | None = None  # (atlas.json's mtime and size, the atlas read)
         d_models = {config.d_model for config in self._configs.values()}
         if len(d_models) > 1:
             raise DimensionMismatchError(
@@ -155,6 +160,25 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
     @property
     def d_model(self) -> int:
         return next(iter(self._configs.values())).d_model
+
+    @property
+    def atlas(self) -> Atlas | None:
+        """The feature atlas beside the release folder, checked against these sites and read on first
+        use; None where there is none. An atlas built or rebuilt later is picked up on the next use."""
+        from ..atlas.storage import INFO_FILE, Atlas, atlas_folder  # the atlas package imports this module
+
+        if self.root is None or not self._configs:
+            return None
+        info = atlas_folder(self.root, next(iter(self._configs.values())).kind) / INFO_FILE
+        try:
+            stat = info.stat()
+        except FileNotFoundError:
+            self._atlas = None
+            return None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._atlas is None or self._atlas[0] != stamp:
+            self._atlas = (stamp, Atlas.open(self))
+        return self._atlas[1]
 
     def is_loaded(self, key: SiteKey) -> bool:
         return key in self._loaded

@@ -67,14 +67,16 @@ def test_each_kind_of_attribute_and_the_steps_are_named() -> None:
         "left half (image, all steps)",
         "black (image, all steps)",
         "'circle' in prompt (image, all steps)",
-        "unclear",
-        "unclear",
+        "broad (image, all steps)",  # everything at its base rate
+        "unclear",  # two prompts are too few to judge
     ]
     assert labels[0].confidence == labels[0].attributes[0].gain == pytest.approx(0.9375, abs=1e-3)  # (0.95 - 0.2) / 0.8
-    assert labels[4].confidence == 0.0 and labels[4].attributes == ()
+    assert labels[4].confidence == 0.0 and labels[4].attributes == () and labels[4].describes
+    assert not labels[5].describes
     assert all(a.kind != "word" or a.value != "a" for label in labels for a in label.attributes)  # base 0.95, z 0.5
     strict = label_site("img", arrays, vocabulary=VOCABULARY, schedule=SCHEDULE, cells=4, rule=LabelRule(min_gain=0.95))
-    assert strict[0].text == "unclear" and strict[2].text == "black (image, all steps)"
+    assert strict[0].text == "broad, leaning red (image, steps 0-1)" and strict[0].confidence == 0.0
+    assert strict[2].text == "black (image, all steps)"
 
 
 def test_labels_from_statistics_of_synthetic_codes() -> None:
@@ -95,7 +97,8 @@ def test_labels_from_statistics_of_synthetic_codes() -> None:
     arrays = summarise_site(stats, shape, prior_strength=10.0)
     labels = label_site("img", arrays, vocabulary=prompts.vocabulary, schedule=SCHEDULE, cells=4)
     assert arrays["features"].tolist() == [0, 1, 2]
-    assert [label.text for label in labels] == ["red (image, steps 0-1)", "left half (image, steps 0-1)", "unclear"]
+    assert [label.text for label in labels] == ["red (image, steps 0-1)", "left half (image, steps 0-1)",
+                                                  "broad (image, steps 0-1)"]
 
     text_ids = prompts.token_ids(range(12), 5)  # 'circle' is word 2 of every prompt
     text_values = torch.zeros(12, 5, 1)

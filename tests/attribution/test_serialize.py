@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from diffract_core.attribution import TargetSpec, TraceSettings, trace_circuit
+from diffract_core.attribution.adjacency import MAX_DEPTH
 from diffract_core.attribution.serialize import (
     CircuitFileError,
     graph_from_dict,
@@ -100,3 +105,112 @@ def test_neuronpedia_export_has_the_viewer_shape(graph) -> None:
     assert target["feature_type"] == "logit" and "(p=1.000)" in target["clerp"]
     assert {link["source"] for link in data["links"]} <= set(ids) and {link["target"] for link in data["links"]} <= set(ids)
     json.dumps(data, allow_nan=False)
+
+
+def _star(nodes: int, **metadata: object) -> dict:
+    """A hand-written circuit file: `nodes` features, each fed by the input and feeding the target."""
+    rows = [{"kind": "feature", "step": 0, "stream": "img", "layer": 1, "feature": i, "value": 1.0,
+             "positions": [i % 4], "activations": [1.0]} for i in range(nodes)]
+    rows += [{"kind": "input", "step": 0, "stream": "img"}, {"kind": "bias", "step": 0},
+             {"kind": "target", "step": 0, "stream": "img", "layer": 2, "feature": 0, "value": 1.0}]
+    sources = [nodes] * nodes + list(range(nodes))
+    targets = list(range(nodes)) + [nodes + 2] * nodes
+    return {"format": "diffract-circuit", "version": 1,
+            "metadata": {"step": 0, "sigma": 0.5, "image_grid": [2, 2], "text_tokens": ["a"], "image_tokens": 4, **metadata},
+            "nodes": rows, "edges": {"source": sources, "target": targets, "weight": [1.0] * (2 * nodes)}}
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda d: d["edges"]["source"].append(d["edges"]["target"][-1]) or d["edges"]["target"].append(0)
+         or d["edges"]["weight"].append(1.0), r"edges form a cycle \(node \d+ is on it"),
+        (lambda d: d["nodes"][0].update(positions=[4], activations=[1.0]), r"node 0 positions must be token indices of its stream, 0\.\.3"),
+        (lambda d: d["nodes"][-1].update(stream="txt", positions=[1], activations=[1.0]), r"positions must be .* 0\.\.0"),
+        (lambda d: d["metadata"].update(note="x" * 2_000_000), r"metadata.note is a string of 2000000 characters, more than 10000"),
+        (lambda d: d["metadata"].update(target={"label": "y" * 20_000}), "metadata.target.label is a string of 20000"),
+        (lambda d: d["metadata"].update(notes=["z" * 9_000] * 200), "more than 1000000 characters of text"),
+        (lambda d: d["metadata"].update(image_grid=[3, 3]), r'"image_grid" must be null or \[rows, cols\] with rows \* cols'),
+    ],
+)
+def test_hostile_circuits_are_refused_at_load(edit, reason, tmp_path: Path) -> None:
+    data = _star(3)
+    edit(data)
+    (tmp_path / "shared.json").write_text(json.dumps(data))
+    with pytest.raises(CircuitFileError, match=reason):
+        load_graph(tmp_path / "shared.json")
+
+
+def test_deep_nesting_is_refused_without_recursion(tmp_path: Path) -> None:
+    for depth in (10_000, 100_000):
+        (tmp_path / "deep.json").write_text('{"metadata": ' + "[" * depth + "]" * depth + "}")
+        with pytest.raises(CircuitFileError, match=f"deep.json nests {depth + 1} levels deep"):
+            load_graph(tmp_path / "deep.json")
+
+
+def test_chains_deeper_than_any_circuit_are_refused(tmp_path: Path) -> None:
+    count = MAX_DEPTH + 10
+    data = _star(count)  # rewired: input -> feature 0 -> feature 1 -> ... -> the last feature -> target
+    data["edges"] = {"source": [count, *range(count)], "target": [*range(count), count + 2], "weight": [1.0] * (count + 1)}
+    (tmp_path / "chain.json").write_text(json.dumps(data))
+    with pytest.raises(CircuitFileError, match=f"edges chain more than {MAX_DEPTH} nodes deep"):
+        load_graph(tmp_path / "chain.json")
+
+
+def test_a_large_circuit_loads_prunes_and_scores_in_linear_memory(tmp_path: Path) -> None:
+    """20,000 nodes in a 1 MB file: a dense N x N adjacency would need 3.2 GB."""
+    path = tmp_path / "large.json"
+    path.write_text(json.dumps(_star(20_000), separators=(",", ":")))
+    assert path.stat().st_size < 3 * 2**20
+    script = (
+        "import resource, sys\nfrom diffract_core.attribution.serialize import load_graph\n"
+        f"graph = load_graph({str(path)!r})\n"
+        "influence = graph.influence()\npruned = graph.prune()\nscores = graph.scores()\n"
+        "print(round(float(influence[:20000].sum()), 6), int(pruned.node_mask.sum()), round(scores[0], 6))\n"
+        "peak = [line for line in open('/proc/self/status') if line.startswith('VmHWM')][0].split()[1]\n"
+        "print(int(peak) // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    summary, peak_mib = out.stdout.split("\n")[:2]
+    assert summary.split()[0] == "1.0" and summary.split()[2] == "1.0"
+    assert int(peak_mib) < 1500, f"peak memory {peak_mib} MiB"
+
+
+def test_saved_circuits_are_readable_by_others(graph, tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        path = save_graph(graph, tmp_path / "c.json")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def _feature_specs(graph) -> list[str]:
+    return list(dict.fromkeys(n.feature_spec for n in graph.nodes if n.kind == "feature"))
+
+
+def test_feature_labels_fill_node_labels_and_a_nodes_own_label_wins(graph) -> None:
+    first, second = _feature_specs(graph)[:2]
+    own = copy.deepcopy(graph)
+    labelled = next(n for n in own.nodes if n.feature_spec == second and n.kind == "feature")
+    labelled.label = "my reading"
+    nodes = graph_to_dict(own, {first: "red (image, steps 0-3)", second: "atlas reading"})["nodes"]
+    by_spec = {(n["kind"], f'{n["stream"]}:{n["layer"]}:{n["feature"]}', n["id"]): n["label"] for n in nodes}
+    assert all(label == "red (image, steps 0-3)" for (kind, spec, _), label in by_spec.items()
+               if kind == "feature" and spec == first)
+    assert by_spec[("feature", second, labelled.id)] == "my reading"
+    target = next(n for n in nodes if n["kind"] == "target")
+    assert target["label"] == graph.nodes[graph.indices("target")[0]].label, "a target keeps its own label"
+    loaded = graph_from_dict(graph_to_dict(own, {first: "red"}))
+    assert {n.label for n in loaded.nodes if n.feature_spec == first and n.kind == "feature"} == {"red"}
+
+
+def test_the_neuronpedia_export_carries_labels_as_clerps(graph) -> None:
+    specs = _feature_specs(graph)
+    labels = {spec: f"label of {spec}" for spec in specs}
+    exported = neuronpedia_graph(graph, "labelled", labels=labels)
+    features = [n for n in exported["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert features and all(n["clerp"].startswith("label of ") for n in features)
+    bare = neuronpedia_graph(graph, "bare")
+    assert all(" L" in n["clerp"] and "#" in n["clerp"] for n in bare["nodes"] if n["feature_type"] == "cross layer transcoder")

@@ -128,3 +128,16 @@ def test_save_then_load_round_trips_and_strangers_files_are_refused(pack, traced
         pack.nodes.LoadCircuit.execute("diffract/bad.json")
     with pytest.raises(core.attribution.serialize.CircuitFileError, match="not a circuit file in ComfyUI's output folder"):
         pack.nodes.LoadCircuit.execute("../outside.json")
+
+
+def test_a_circuit_whose_positions_exceed_its_tokens_is_refused_by_load_not_by_steer(pack, traced, output_dir, core) -> None:
+    import fake_runtime
+
+    graph = traced[2].args[0]
+    (path,) = fake_runtime.run_node(pack.nodes.SaveCircuit, circuit=graph).args
+    data = json.loads((output_dir / path).read_text())
+    feature = next(node for node in data["nodes"] if node["kind"] == "feature" and node["stream"] == "img")
+    feature["positions"][0] = data["metadata"]["image_tokens"] + 100
+    (output_dir / "diffract" / "shifted.json").write_text(json.dumps(data))
+    with pytest.raises(core.attribution.serialize.CircuitFileError, match="positions must be token indices of its stream"):
+        fake_runtime.run_node(pack.nodes.LoadCircuit, circuit_file="diffract/shifted.json")

@@ -22,6 +22,8 @@ def test_the_nodes_and_their_permanent_ids(pack, models_dir) -> None:
         "DiffractSteerCircuit": "Steer Circuit",
         "DiffractSaveCircuit": "Save Circuit",
         "DiffractLoadCircuit": "Load Circuit",
+        "DiffractBuildFeatureAtlas": "Build Feature Atlas",
+        "DiffractExplainFeature": "Explain Feature",
         "DiffractToyModelLoader": "Load Toy FLUX",
         "DiffractToyTextEncode": "Toy Text Encode",
         "DiffractToyDecode": "Toy Decode",

@@ -5,7 +5,8 @@
 const ALWAYS_KEPT = new Set(["target", "input", "bias"]);
 const NEEDS_OUTPUT = new Set(["feature", "error", "rest"]);
 
-/** The graph JSON of `graph_to_dict` (format "diffract-circuit") as typed arrays, duplicate edges merged. */
+/** The graph JSON of `graph_to_dict` (format "diffract-circuit") as typed arrays, duplicate edges merged;
+ * `features` (from diffract_core.viewer.circuit_payload, optional): spec -> {label, confidence, examples}. */
 export function parseCircuit(data) {
   if (!data || data.format !== "diffract-circuit") {
     throw new Error("not a DifFRACT circuit: expected the JSON that Trace Circuit or Save Circuit writes");
@@ -40,11 +41,39 @@ export function parseCircuit(data) {
   }
   const targetIndex = nodes.findIndex((n) => n.kind === "target");
   const byId = new Map(nodes.map((n) => [n.id, n.index]));
-  return { nodes, edges, metadata: data.metadata ?? {}, targetIndex, byId };
+  return { nodes, edges, metadata: data.metadata ?? {}, targetIndex, byId, features: data.features ?? {} };
 }
 
 export function featureSpec(node) {
   return node.feature === null ? null : `${node.stream}:${node.layer}:${node.feature}`;
+}
+
+/** A feature's atlas card (label, confidence, top examples), or null. */
+export function featureCard(circuit, node) {
+  const spec = featureSpec(node);
+  return spec === null ? null : circuit.features[spec] ?? null;
+}
+
+/** What a node is called: a label the user gave it in the viewer (`userLabels`, by node id), else its
+ * own (the target's, or one saved in the file), else its atlas label unless that is "unclear"; "" if none. */
+export function nodeLabel(circuit, node, userLabels) {
+  const card = featureCard(circuit, node);
+  return userLabels[node.id] || node.label || (card && card.describes ? card.label : "");
+}
+
+/** Supernodes of the feature nodes in `nodeMask` that share a label (two or more each), leaving out
+ * nodes already in one of `groups`: [{name: label, members: [node ids]}]. */
+export function labelGroups(circuit, nodeMask, userLabels, groups) {
+  const taken = new Set(groups.flatMap((g) => g.members));
+  const byLabel = new Map();
+  for (const node of circuit.nodes) {
+    if (node.kind !== "feature" || !nodeMask[node.index] || taken.has(node.id)) continue;
+    const label = nodeLabel(circuit, node, userLabels);
+    if (!label) continue;
+    if (!byLabel.has(label)) byLabel.set(label, []);
+    byLabel.get(label).push(node.id);
+  }
+  return [...byLabel].filter(([, members]) => members.length > 1).map(([name, members]) => ({ name, members }));
 }
 
 export function describeNode(node) {

@@ -2,7 +2,7 @@
 // generated image with the hovered feature's heatmap and the region tool, and the details of a node.
 // Used by the Trace Circuit widget, the large view in ComfyUI and the standalone report alike.
 
-import { collapseGroups, describeNode, featureSpec, influence, layout, nodesInRegion, prune, restoreViewState } from "./circuit-model.js";
+import { collapseGroups, describeNode, featureCard, featureSpec, influence, labelGroups, layout, nodeLabel, nodesInRegion, prune, restoreViewState } from "./circuit-model.js";
 import { fitRect, loadImage, nodeTokenMap, paintTokenMap } from "./heatmap.js";
 import { createRoot } from "./style.js";
 
@@ -73,6 +73,19 @@ export class CircuitView {
       return false;
     }
     this.state.groups.push({ name: name || `group ${this.state.groups.length + 1}`, members });
+    this.#recompute();
+    this.#changed();
+    return true;
+  }
+
+  /** Fold the drawn features that share a label (the user's, else the atlas's) into one supernode per label. */
+  groupByLabel() {
+    const groups = labelGroups(this.circuit, this.nodeMask, this.state.labels, this.state.groups);
+    if (!groups.length) {
+      this.#say("no two drawn features share a label");
+      return false;
+    }
+    this.state.groups.push(...groups);
     this.#recompute();
     this.#changed();
     return true;
@@ -193,6 +206,7 @@ export class CircuitView {
         <label title="share of influence the kept nodes hold">nodes <input type="range" class="dfx-node-threshold" min="0.3" max="1" step="0.005"><span class="dfx-node-value"></span></label>
         <label title="share of edge influence the kept edges hold">edges <input type="range" class="dfx-edge-threshold" min="0.5" max="1" step="0.001"><span class="dfx-edge-value"></span></label>
         <button data-action="group" title="group the pinned nodes into a supernode (G)">group pins</button>
+        <button data-action="group-labels" title="fold the features that share a label into one supernode per label">group by label</button>
         <span>region: <button data-tool="box" aria-pressed="true">box</button><button data-tool="paint" aria-pressed="false">paint</button><button data-action="clear-region">clear</button></span>
         <button data-action="fit" title="reset zoom and pan">fit</button>
         ${this.options.onOpenLarge ? '<button data-action="open-large">large view</button>' : ""}
@@ -232,6 +246,7 @@ export class CircuitView {
     nodeSlider.addEventListener("input", showValues);
     edgeSlider.addEventListener("input", showValues);
     root.querySelector('[data-action="group"]').addEventListener("click", () => this.groupPinned());
+    root.querySelector('[data-action="group-labels"]').addEventListener("click", () => this.groupByLabel());
     root.querySelector('[data-action="clear-region"]').addEventListener("click", () => this.setRegion(null));
     root.querySelector('[data-action="fit"]').addEventListener("click", () => {
       this.zoom = 1;
@@ -404,9 +419,11 @@ export class CircuitView {
       tr.insertCell().textContent = String(value);
     }
     box.appendChild(table);
+    const card = featureCard(this.circuit, node);
+    if (card) box.appendChild(this.#card(card));
     const label = doc.createElement("input");
     label.className = "dfx-label";
-    label.placeholder = "label (saved with the workflow)";
+    label.placeholder = card && card.describes ? `${card.label} (your label wins; saved with the workflow)` : "label (saved with the workflow)";
     label.value = this.state.labels[node.id] ?? "";
     label.addEventListener("change", () => this.setLabel(index, label.value));
     label.addEventListener("keydown", (event) => event.stopPropagation());
@@ -429,6 +446,37 @@ export class CircuitView {
       actions.appendChild(steer);
     }
     box.appendChild(actions);
+  }
+
+  /** A feature's atlas label and top examples: image crops, or a text feature's words in context. */
+  #card(card) {
+    const doc = this.details.ownerDocument;
+    const box = doc.createElement("div");
+    box.className = "dfx-card";
+    const title = doc.createElement("div");
+    title.className = "dfx-auto-label";
+    title.textContent = `${card.label} (atlas, confidence ${card.confidence.toFixed(2)})`;
+    box.appendChild(title);
+    const crops = doc.createElement("div");
+    crops.className = "dfx-crops";
+    for (const example of card.examples) {
+      const caption = `${example.prompt} · step ${example.step} · ${example.activation.toPrecision(3)}`;
+      if (example.crop) {
+        const image = doc.createElement("img");
+        image.src = example.crop;
+        image.alt = image.title = caption;
+        image.width = image.height = 48;
+        image.style.imageRendering = "pixelated";
+        crops.appendChild(image);
+      } else if (example.context) {
+        const line = doc.createElement("div");
+        line.className = "dfx-muted dfx-example";
+        line.textContent = `“${example.token}” in “${example.context}” (${example.prompt})`;
+        box.appendChild(line);
+      }
+    }
+    if (crops.childElementCount) box.appendChild(crops);
+    return box;
   }
 
   #tokenStrip(node) {
@@ -477,7 +525,7 @@ export class CircuitView {
     const group = this.groupOf.get(index);
     if (group !== undefined) return this.state.groups[group].name;
     const node = this.circuit.nodes[index];
-    return this.state.labels[node.id] || (node.kind === "feature" ? featureSpec(node) : describeNode(node));
+    return nodeLabel(this.circuit, node, this.state.labels) || (node.kind === "feature" ? featureSpec(node) : describeNode(node));
   }
 
   #showPins() {
@@ -672,7 +720,10 @@ export class CircuitView {
     context.fillStyle = "#eee";
     const placed = [];
     for (const i of labelled) {
-      const text = this.#name(i);
+      const node = this.circuit.nodes[i];
+      const name = this.#name(i);
+      const spec = node.kind === "feature" && !this.groupOf.has(i) ? featureSpec(node) : null;
+      const text = i === this.hovered && spec && name !== spec ? `${name} · ${spec}` : name;
       const left = ox + x[i] * sx + this.#radius(i) + 3;
       const box = { left, right: left + context.measureText(text).width, top: oy + y[i] * sy - 13, bottom: oy + y[i] * sy };
       const overlaps = placed.some((p) => box.left < p.right && p.left < box.right && box.top < p.bottom && p.top < box.bottom);

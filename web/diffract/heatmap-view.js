@@ -8,12 +8,13 @@ export class HeatmapView {
   /**
    * @param {HTMLElement} container
    * @param {object} payload {grid: [rows, cols], image (URL or null), opacity, maps: [{feature, step, sigma,
-   *   data (base64 bytes, row by row), label?}]}
+   *   data (base64 bytes, row by row)}], labels?: {feature: its atlas label}}
    */
   constructor(container, payload) {
     this.grid = payload.grid;
     this.maps = payload.maps.map((m) => ({ ...m, values: decodeMap(m.data) }));
     this.features = [...new Set(this.maps.map((m) => m.feature))];
+    this.labels = payload.labels ?? {};
     this.steps = [...new Set(this.maps.map((m) => m.step))].sort((a, b) => a - b);
     this.feature = this.features[0];
     this.step = this.steps[0];
@@ -60,7 +61,7 @@ export class HeatmapView {
     for (const feature of this.features) {
       const option = doc.createElement("option");
       option.value = feature;
-      const label = this.maps.find((m) => m.feature === feature)?.label;
+      const label = this.labels[feature];
       option.textContent = label ? `${feature} (${label})` : feature;
       this.picker.appendChild(option);
     }

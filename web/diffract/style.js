@@ -21,6 +21,8 @@ const CSS = `
 .dfx-details input.dfx-label { width: 100%; box-sizing: border-box; font: inherit; }
 .dfx-details table { border-collapse: collapse; width: 100%; } .dfx-details td { padding: 0 3px; }
 .dfx-tokens span { padding: 0 2px; margin: 1px; display: inline-block; border-radius: 2px; }
+.dfx-auto-label { font-weight: 600; margin: 4px 0; }
+.dfx-crops img { margin: 0 4px 4px 0; border: 1px solid #555; }
 .dfx-muted { opacity: .7; }
 .dfx-heatmap { display: flex; flex-direction: column; height: 100%; }
 .dfx-heatmap .dfx-image { flex: 1; aspect-ratio: auto; min-height: 120px; }

@@ -105,7 +105,7 @@ io = SimpleNamespace(
     Custom=_custom,
     **{name: _socket(tag) for name, tag in [
         ("Model", "MODEL"), ("Image", "IMAGE"), ("Mask", "MASK"), ("Latent", "LATENT"), ("Clip", "CLIP"),
-        ("Conditioning", "CONDITIONING"),
+        ("Conditioning", "CONDITIONING"), ("Vae", "VAE"),
         ("String", "STRING"), ("Int", "INT"), ("Float", "FLOAT"), ("Boolean", "BOOLEAN"), ("Combo", "COMBO"),
     ]},
 )
