@@ -2,14 +2,16 @@
 standard SAE steering, transcoder features chosen without a circuit, random features, or simply
 sampling again, at the same dose?
 
-1. Grid: held-out prompts (the swaps of the toy world), one noise seed each, sampled with every
-   double-block MLP recorded through the transcoders and, in a second pass that draws the very
-   same images, through the SAEs.
+1. Grid: held-out prompts (the swaps of the toy world), one noise seed each, sampled with the image
+   MLPs of the double blocks recorded through the transcoders and, in a second pass that draws the
+   very same images, the chosen block's through the SAEs; per colour, each feature's mean activation
+   on objects of that colour at the chosen step.
 2. Errors: each image's object drawn in the other object's colour (or mixed).
 3. Arms (`ARMS`): ways to steer the wrong object of each error, each at several doses, every error
    from its own noise. A dose d scales the chosen features by (1 - d) (d = 1 ablates, d > 1
    reverses them); contrastive arms also add d times the right colour's typical activation to its
-   own selective features.
+   own selective features, and "towards correct value" moves the circuit's features to
+   (1 - d) z + d v, v their mean on objects drawn in the prompt's colour.
 4. Matched dose: an arm's fix rate is read where its mean change inside the object equals a common
    level (linear interpolation between doses, from the no-op at (0, 0)), so arms that change the
    object more do not win by strength alone.
@@ -51,6 +53,8 @@ from .repair import (
 from .scenes import held_out_prompts
 
 Release = str  # "transcoders" or "saes"
+StatsKey = tuple[Release, int]  # (release, image-stream layer)
+Typical = dict[StatsKey, torch.Tensor]  # [colours, features]: mean activation on objects of each colour
 
 
 @dataclass(frozen=True)
@@ -134,24 +138,28 @@ class Arm:
     name: str
     release: Release
     description: str
-    steer: Callable[[ErrorCase, float, BenchmarkSettings, dict[Release, torch.Tensor]], list[list[Steering]]]
+    steer: Callable[[ErrorCase, float, BenchmarkSettings, Typical], list[list[Steering]]]
     # -> one steering list per draw (one draw except for the random control)
 
 
-def _scaled(features: Sequence[int], dose: float, case: ErrorCase, settings: BenchmarkSettings) -> list[Steering]:
-    """The features scaled by (1 - dose) inside the object, at every step."""
-    if not features:
+def _refs(features: Sequence[int], settings: BenchmarkSettings) -> list[FeatureRef]:
+    return [FeatureRef("img", settings.layer, f) for f in features]
+
+
+def _scaled(refs: Sequence[FeatureRef], dose: float, case: ErrorCase, settings: BenchmarkSettings) -> list[Steering]:
+    """The features scaled by (1 - dose) inside the object."""
+    if not refs:
         return []
-    refs = tuple(FeatureRef("img", settings.layer, f) for f in features)
-    return [SteeringSpec(refs, "scale", 1.0 - dose, sigma_end=_sigma_end(settings), mask=case.error.region)]
+    return [SteeringSpec(tuple(refs), "scale", 1.0 - dose, sigma_end=_sigma_end(settings), mask=case.error.region)]
 
 
-def _boosted(features: Sequence[int], dose: float, case: ErrorCase, settings: BenchmarkSettings,
-             typical: torch.Tensor) -> list[Steering]:
-    """The right colour's features raised by dose x their mean activation on objects of that colour."""
+def _boosted(refs: Sequence[FeatureRef], dose: float, case: ErrorCase, settings: BenchmarkSettings,
+             typical: Typical, release: Release) -> list[Steering]:
+    """The features raised inside the object by dose x their mean activation on objects of the
+    prompt's colour."""
     colour = COLOUR_NAMES.index(case.error.intended)
-    return [SteeringSpec((FeatureRef("img", settings.layer, f),), "add", dose * float(typical[colour, f]),
-                         sigma_end=_sigma_end(settings), mask=case.error.region) for f in features]
+    return [SteeringSpec((ref,), "add", dose * float(typical[release, ref.layer][colour, ref.index]),
+                         sigma_end=_sigma_end(settings), mask=case.error.region) for ref in refs]
 
 
 def _sigma_end(settings: BenchmarkSettings) -> float:
@@ -160,22 +168,22 @@ def _sigma_end(settings: BenchmarkSettings) -> float:
 
 
 def _selective(release: Release, contrastive: bool) -> Callable[..., list[list[Steering]]]:
-    def steer(case: ErrorCase, dose: float, settings: BenchmarkSettings, typical: dict[Release, torch.Tensor]) -> list[list[Steering]]:
-        specs = _scaled(case.wrong[release], dose, case, settings)
+    def steer(case: ErrorCase, dose: float, settings: BenchmarkSettings, typical: Typical) -> list[list[Steering]]:
+        specs = _scaled(_refs(case.wrong[release], settings), dose, case, settings)
         if contrastive:
-            specs += _boosted(case.right[release], dose, case, settings, typical[release])
+            specs += _boosted(_refs(case.right[release], settings), dose, case, settings, typical, release)
         return [specs]
     return steer
 
 
-def _random(case: ErrorCase, dose: float, settings: BenchmarkSettings, typical: dict[Release, torch.Tensor]) -> list[list[Steering]]:
-    return [_scaled(draw, dose, case, settings) for draw in case.random]
+def _random(case: ErrorCase, dose: float, settings: BenchmarkSettings, typical: Typical) -> list[list[Steering]]:
+    return [_scaled(_refs(draw, settings), dose, case, settings) for draw in case.random]
 
 
 def _circuit(graph: str, *, in_object: bool = False) -> Callable[..., list[list[Steering]]]:
     """The Steer Circuit path: the graph's most influential features, scaled where they fired, at
     every step (`in_object`: its image features inside the object instead)."""
-    def steer(case: ErrorCase, dose: float, settings: BenchmarkSettings, typical: dict[Release, torch.Tensor]) -> list[list[Steering]]:
+    def steer(case: ErrorCase, dose: float, settings: BenchmarkSettings, typical: Typical) -> list[list[Steering]]:
         traced = case.graphs[graph]
         if in_object:
             refs = _top_refs(traced, settings.k, stream="img")
@@ -184,8 +192,17 @@ def _circuit(graph: str, *, in_object: bool = False) -> Callable[..., list[list[
     return steer
 
 
+def _circuit_towards_correct(case: ErrorCase, dose: float, settings: BenchmarkSettings,
+                             typical: Typical) -> list[list[Steering]]:
+    """The circuit's k most influential image features moved inside the object towards the value
+    they have on objects drawn in the prompt's colour: z' = (1 - d) z + d v (d = 1 sets
+    them to it)."""
+    refs = _top_refs(case.graphs["wrong"], settings.k, stream="img")
+    return [_scaled(refs, dose, case, settings) + _boosted(refs, dose, case, settings, typical, "transcoders")]
+
+
 def _circuit_text_early(case: ErrorCase, dose: float, settings: BenchmarkSettings,
-                        typical: dict[Release, torch.Tensor]) -> list[list[Steering]]:
+                        typical: Typical) -> list[list[Steering]]:
     """The circuit's most influential text-stream features at the tokens where they fired, over the
     first steps only (where the text decides the colour)."""
     traced = case.graphs["wrong"]
@@ -198,7 +215,7 @@ def _circuit_text_early(case: ErrorCase, dose: float, settings: BenchmarkSetting
 
 
 def _circuit_per_step(case: ErrorCase, dose: float, settings: BenchmarkSettings,
-                      typical: dict[Release, torch.Tensor]) -> list[list[Steering]]:
+                      typical: Typical) -> list[list[Steering]]:
     """A circuit traced at each of several steps, each steered at its own step."""
     return [[circuit_steering(case.graphs[f"step {s}"], f"top {settings.k}", mode="scale", strength=1.0 - dose,
                               steps="traced step") for s in settings.per_step]]
@@ -244,6 +261,9 @@ ARMS: tuple[Arm, ...] = (
         "minus the right colour's", _circuit("contrast")),
     Arm("circuit contrastive in object", "transcoders", "the contrastive circuit's k most influential image features, "
         "scaled inside the object only", _circuit("contrast", in_object=True)),
+    Arm("circuit towards correct value", "transcoders", "the circuit's k most influential image features moved "
+        "inside the object towards their mean on objects drawn in the prompt's colour (dose 1 sets them "
+        "to it)", _circuit_towards_correct),
     Arm("circuit text, early steps", "transcoders", "the circuit's k most influential text features, at the tokens "
         "where they fired, over the first steps", _circuit_text_early),
     Arm("circuit per step", "transcoders", "a circuit traced at each early step, each steered at its own step",
@@ -278,7 +298,7 @@ def _outcome_row(outcomes: list[SteeringOutcome]) -> tuple[float, float, float, 
 
 
 def run_arm(model: ToyModel, releases: dict[Release, TranscoderSet], arm: Arm, cases: list[ErrorCase],
-            settings: BenchmarkSettings, typical: dict[Release, torch.Tensor], *, keep_images: bool = False) -> ArmResult:
+            settings: BenchmarkSettings, typical: Typical, *, keep_images: bool = False) -> ArmResult:
     """Every error steered by `arm` at every dose, from its own noise, batched."""
     shape = (len(settings.doses), len(cases))
     result = ArmResult(torch.zeros(shape), torch.zeros(shape), torch.zeros(shape), torch.zeros(shape))
@@ -380,7 +400,7 @@ class Grid:
     images: torch.Tensor
     scores: list[BindingScore]
     cases: list[ErrorCase]
-    stats: dict[Release, ColourStats]
+    stats: dict[StatsKey, ColourStats]
 
     @property
     def binding_error_rate(self) -> float:
@@ -398,10 +418,14 @@ def collect_cases(model: ToyModel, releases: dict[Release, TranscoderSet], promp
                   settings: BenchmarkSettings, log: Callable[[str], None] = print, *,
                   keep_steps: frozenset[int] | None = None) -> Grid:
     """Sample the prompts in batches (one noise seed each), recording the chosen site through every
-    release, score them, and keep what the first `settings.max_errors` binding errors' arms need
-    (the model calls at `keep_steps`, by default the traced step and the per-step variant's)."""
+    release (and every image layer through the transcoders), score them, and keep what the first
+    `settings.max_errors` binding errors' arms need (the model calls at `keep_steps`, by default the
+    traced step and the per-step variant's)."""
     steps = keep_steps if keep_steps is not None else frozenset({settings.step, *settings.per_step})
-    stats: dict[Release, ColourStats] = {}
+    layers = {release: sorted({settings.layer} | ({layer for stream, layer in transcoders.sites if stream == "img"}
+                                                  if release == "transcoders" else set()))
+              for release, transcoders in releases.items()}
+    stats: dict[StatsKey, ColourStats] = {}
     cases: list[ErrorCase] = []
     all_images, all_scores = [], []
     for start in range(0, len(prompts), settings.batch):
@@ -410,7 +434,7 @@ def collect_cases(model: ToyModel, releases: dict[Release, TranscoderSet], promp
         recordings = {}
         images = None
         for release, transcoders in releases.items():
-            recording = FeatureRecording(sites=(("img", settings.layer),), k=settings.record_k,
+            recording = FeatureRecording(sites=tuple(("img", layer) for layer in layers[release]), k=settings.record_k,
                                          keep_input_steps=steps if release == "transcoders" else frozenset())
             drawn = generate(model, batch_prompts, noise, transcoders=transcoders, recording=recording)
             if images is not None and not torch.equal(images, drawn):
@@ -421,8 +445,10 @@ def collect_cases(model: ToyModel, releases: dict[Release, TranscoderSet], promp
         scores = [score_binding(image, prompt) for prompt, image in zip(batch_prompts, images)]
         all_scores += scores
         for release, recording in recordings.items():
-            stats.setdefault(release, ColourStats.empty(recording.codes(("img", settings.layer), settings.step).d_features))
-            stats[release].add(recording, scores, settings.layer, settings.step)
+            for layer in layers[release]:
+                key = (release, layer)
+                stats.setdefault(key, ColourStats.empty(recording.codes(("img", layer), settings.step).d_features))
+                stats[key].add(recording, scores, layer, settings.step)
         for error in binding_errors(scores)[: max(0, settings.max_errors - len(cases)) if settings.max_errors else None]:
             row = error.index
             cases.append(ErrorCase(
@@ -441,17 +467,18 @@ def collect_cases(model: ToyModel, releases: dict[Release, TranscoderSet], promp
 GRAPHS = ("wrong", "contrast", "per step")
 
 
-def prepare_cases(model: ToyModel, transcoders: TranscoderSet, cases: list[ErrorCase], stats: dict[Release, ColourStats],
+def prepare_cases(model: ToyModel, transcoders: TranscoderSet, cases: list[ErrorCase], stats: dict[StatsKey, ColourStats],
                   settings: BenchmarkSettings, graphs: Sequence[str] = GRAPHS) -> None:
     """Choose each error's features and trace the circuits in `graphs` (in place): the wrong
     colour's ("wrong"), it against the right colour's ("contrast"), and one per step of
     `settings.per_step` ("per step")."""
-    selectivity = {release: s.selectivity() for release, s in stats.items()}  # the right colour's, anywhere
+    at_layer = {release: s for (release, layer), s in stats.items() if layer == settings.layer}
+    selectivity = {release: s.selectivity() for release, s in at_layer.items()}
     generator = torch.Generator().manual_seed(settings.seed)
     for case in cases:
         error = case.error
         for release, sel in selectivity.items():
-            case.wrong[release] = stats[release].selective(error.drawn, case.activity[release], settings.k)
+            case.wrong[release] = at_layer[release].selective(error.drawn, case.activity[release], settings.k)
             case.right[release] = torch.topk(sel[COLOUR_NAMES.index(error.intended)], settings.k).indices.tolist()
         active = (case.activity["transcoders"] > 0).nonzero().flatten()
         case.random = [active[torch.randperm(len(active), generator=generator)[: settings.k]].tolist()
@@ -553,7 +580,7 @@ def run_benchmark(model: ToyModel, releases: dict[Release, TranscoderSet], setti
     began = time.perf_counter()
     prepare_cases(model, releases["transcoders"], cases, stats, settings)
     seconds["choose features and trace circuits"] = time.perf_counter() - began
-    typical = {release: s.on_colour() for release, s in stats.items()}
+    typical = {key: s.on_colour() for key, s in stats.items()}
     results: dict[str, ArmResult] = {}
     for arm in arms:
         began = time.perf_counter()
