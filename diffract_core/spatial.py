@@ -18,6 +18,7 @@ UpsampleMode = Literal["nearest", "bilinear"]
 UPSAMPLE_MODES: tuple[UpsampleMode, ...] = ("nearest", "bilinear")
 
 PIXELS_PER_TOKEN = 16  # FLUX: 8x VAE downsampling, then 2x2 patches
+MAX_MASK_ASPECT = 16  # a mask this much wider than tall (or taller than wide) fits no image anyone samples
 
 
 def check_grid(grid: Grid) -> tuple[int, int]:
@@ -43,23 +44,45 @@ def check_aspect(height: int, width: int, grid: Grid, what: str) -> None:
     )
 
 
-def mask_to_token_weights(mask: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """A MASK ([H, W] or [1, H, W]) area-averaged onto the token grid: [rows * cols] floats in [0, 1]."""
-    rows, cols = check_grid(grid)
+def mask_plane(mask: torch.Tensor, what: str = "mask") -> torch.Tensor:
+    """The [H, W] picture of a MASK ([H, W] or [1, H, W]), or InputShapeError."""
     if mask.dim() == 3:
         if mask.shape[0] != 1:
             raise InputShapeError(
-                f"the MASK batch holds {mask.shape[0]} masks, but a region is one mask: "
+                f"the {what} holds {mask.shape[0]} masks (a MASK batch), but a region is one mask: "
                 "pass a single mask (pick one from the batch, or combine them into one first)"
             )
         mask = mask[0]
     if mask.dim() != 2 or mask.numel() == 0:
         raise InputShapeError(
-            f"a MASK has shape [H, W] or [1, H, W], got {tuple(mask.shape)}: connect a ComfyUI MASK output"
+            f"the {what} has shape {tuple(mask.shape)}, but a MASK is [H, W] or [1, H, W]: "
+            "connect a ComfyUI MASK output"
         )
-    height, width = mask.shape
-    check_aspect(height, width, (rows, cols), "mask")
-    pooled = F.adaptive_avg_pool2d(mask.float().clamp(0, 1)[None, None], (rows, cols))
+    return mask
+
+
+def check_mask_proportions(mask: torch.Tensor, what: str = "mask") -> None:
+    """Refuse, before any grid is known, a MASK that can fit no generated image: a side under 2 px, or
+    one side more than MAX_MASK_ASPECT times the other. The aspect against the real grid is checked
+    when the mask meets it (mask_to_token_weights)."""
+    height, width = mask_plane(mask, what).shape
+    if min(height, width) >= 2 and max(height, width) <= MAX_MASK_ASPECT * min(height, width):
+        return
+    raise InputShapeError(
+        f"the {what} is {width}x{height} (WxH), too thin to be a picture of any generated image (a side under 2 px "
+        f"or more than {MAX_MASK_ASPECT}:1): draw the {what} on the generated image, or resize it to the size of "
+        "the image you sample (e.g. 1024x1024 for a square FLUX image)"
+    )
+
+
+def mask_to_token_weights(mask: torch.Tensor, grid: Grid, what: str = "mask") -> torch.Tensor:
+    """A MASK ([H, W] or [1, H, W]) area-averaged onto the token grid: [rows * cols] floats in [0, 1].
+    `what` names the mask in errors (e.g. the node input it came from)."""
+    rows, cols = check_grid(grid)
+    plane = mask_plane(mask, what)
+    height, width = plane.shape
+    check_aspect(height, width, (rows, cols), what)
+    pooled = F.adaptive_avg_pool2d(plane.float().clamp(0, 1)[None, None], (rows, cols))
     return pooled.reshape(rows * cols).clamp(0, 1)
 
 

@@ -22,8 +22,12 @@ from .recording import FeatureRecording
 from .recording.recording import COND
 from .render.heatmaps import Normalize, activation_maps, image_grid_of, normalize_maps
 
-WEB_MODULES = Path(__file__).resolve().parent.parent / "web" / "diffract"
 ENTRY = "standalone.js"
+_PACKAGE = Path(__file__).resolve().parent
+# A wheel carries the repository's web/diffract/ as diffract_core/web/ (see pyproject.toml); a checkout
+# (ComfyUI's custom_nodes/, pip install -e) has it beside diffract_core.
+WEB_LOCATIONS = (_PACKAGE / "web", _PACKAGE.parent / "web" / "diffract")
+WEB_MODULES = next((folder for folder in WEB_LOCATIONS if (folder / ENTRY).is_file()), WEB_LOCATIONS[0])
 _IMPORT = re.compile(r'^import \{[^}]*\} from "\./(?P<module>[\w-]+\.js)";\n', re.MULTILINE)
 _EXPORT = re.compile(r"^export (?=(?:async )?(?:function|class|const|let) )", re.MULTILINE)
 
@@ -77,17 +81,18 @@ def circuit_payload(graph: CircuitGraph, atlas: Atlas | None = None) -> dict[str
     return {**graph_to_dict(graph, feature_labels(atlas, refs)), "features": feature_cards(atlas, refs)}
 
 
+def check_viewer_files() -> list[Path]:
+    """The viewer's modules in dependency order; raises DiffractError if any is missing. Cheap (a few
+    small files read), so a long job that ends in a report can call it before it starts working."""
+    ordered: list[str] = []
+    _visit(ENTRY, ordered, set())
+    return [WEB_MODULES / name for name in ordered]
+
+
 def standalone_script() -> str:
     """The viewer's modules in dependency order as one module script body that mounts every
     `data-diffract-view` element of the page from its `diffract-data` JSON."""
-    if not (WEB_MODULES / ENTRY).is_file():
-        raise DiffractError(
-            f"the viewer's scripts are not at {WEB_MODULES}: the interactive views need the pack's web/ folder "
-            "beside diffract_core (run from the pack's checkout, or install it with pip install -e)"
-        )
-    ordered: list[str] = []
-    _visit(ENTRY, ordered, set())
-    parts = [_EXPORT.sub("", _IMPORT.sub("", (WEB_MODULES / name).read_text(encoding="utf-8"))) for name in ordered]
+    parts = [_EXPORT.sub("", _IMPORT.sub("", path.read_text(encoding="utf-8"))) for path in check_viewer_files()]
     script = "\n".join(parts) + "\nmountStandalone(document);\n"
     if "</script" in script.lower():
         raise DiffractError("a viewer module contains '</script', which would end the report's inline script")
@@ -100,6 +105,13 @@ def _visit(name: str, ordered: list[str], visiting: set[str]) -> None:
     if name in visiting:
         raise DiffractError(f"the viewer's modules import each other in a cycle through {name}")
     visiting.add(name)
-    for match in _IMPORT.finditer((WEB_MODULES / name).read_text(encoding="utf-8")):
+    path = WEB_MODULES / name
+    if not path.is_file():
+        raise DiffractError(
+            f"the viewer's script {name} is not in {WEB_MODULES}: the interactive views need the pack's web/diffract/ "
+            "folder (a wheel carries it as diffract_core/web/); run from the pack's checkout, or reinstall the pack "
+            "from it with pip install . (or pip install -e .)"
+        )
+    for match in _IMPORT.finditer(path.read_text(encoding="utf-8")):
         _visit(match["module"], ordered, visiting)
     ordered.append(name)

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..diffract_core.features import SPEC_HELP, check_features, parse_features
 from ..diffract_core.recording import STEER_MODES, SteeringSpec
-from ..diffract_core.spatial import mask_to_token_weights
+from ..diffract_core.spatial import check_mask_proportions
 from ..diffract_core.transcoders.transcoder_set import TranscoderSet
 from .model_patching import sigma_window, steer_features
 from .node_types import CATEGORY, CHUNK_CHOICES, Transcoders
@@ -18,6 +18,7 @@ STEER_HELP = (
     "scale: z * strength; set: z = strength; add: z + strength; ablate: z = 0. Applied in delta form, "
     "y + W_dec (z' - z), so scale 1 or add 0 leaves the image bit-identical"
 )
+MASK_NAME = "mask input of Steer Feature"
 
 
 class SteerFeature(io.ComfyNode):
@@ -38,7 +39,8 @@ class SteerFeature(io.ComfyNode):
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001),
                 io.Combo.Input("apply_to", options=list(CHUNK_CHOICES), default="cond+uncond"),
-                io.Mask.Input("mask", optional=True, tooltip="steer image tokens inside this region only"),
+                io.Mask.Input("mask", optional=True, tooltip="steer image tokens inside this region only; a picture "
+                              "of the generated image (its aspect ratio, any resolution)"),
             ],
             outputs=[io.Model.Output(display_name="MODEL")],
         )
@@ -59,8 +61,8 @@ class SteerFeature(io.ComfyNode):
         refs = parse_features(features)
         check_features(refs, transcoders)
         if mask is not None:
-            # Refuse a malformed MASK now rather than mid-sampling; the grid is re-derived per call.
-            mask_to_token_weights(mask, (mask.shape[-2], mask.shape[-1]))
+            # The latent is unknown here: refuse now what fits no image; the aspect is checked per model call.
+            check_mask_proportions(mask, MASK_NAME)
         sigma_start, sigma_end = sigma_window(model, start_percent, end_percent)
         spec = SteeringSpec(
             tuple(refs),
@@ -70,5 +72,6 @@ class SteerFeature(io.ComfyNode):
             sigma_end=sigma_end,
             mask=None if mask is None else mask.detach().float().cpu(),
             chunks=CHUNK_CHOICES[apply_to],
+            mask_name=MASK_NAME,
         )
         return io.NodeOutput(steer_features(model, transcoders, spec))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from diffract_core.errors import InputShapeError
-from diffract_core.spatial import mask_to_token_weights, token_map_to_image
+from diffract_core.spatial import check_mask_proportions, mask_to_token_weights, token_map_to_image
 
 GRID = (4, 6)  # rows, cols: a 96x64 (WxH) image at 16 px per token
 
@@ -54,6 +54,25 @@ def test_mask_batch_is_refused() -> None:
         mask_to_token_weights(torch.ones(2, 64, 96), GRID)
     with pytest.raises(InputShapeError, match=r"\[H, W\] or \[1, H, W\]"):
         mask_to_token_weights(torch.ones(1, 1, 64, 96), GRID)
+
+
+def test_errors_name_where_the_mask_came_from() -> None:
+    with pytest.raises(InputShapeError, match=r"the mask input of Steer Feature is 64x64 \(WxH\)"):
+        mask_to_token_weights(torch.ones(64, 64), GRID, "mask input of Steer Feature")
+    with pytest.raises(InputShapeError, match="the region input holds 2 masks"):
+        mask_to_token_weights(torch.ones(2, 64, 96), GRID, "region input")
+
+
+@pytest.mark.parametrize("shape", [(1000, 1), (1, 1000), (1, 1), (1, 16, 257), (257, 16)])
+def test_masks_that_fit_no_image_are_refused_before_any_grid(shape: tuple[int, ...]) -> None:
+    height, width = shape[-2:]
+    with pytest.raises(InputShapeError, match=rf"the mask input is {width}x{height} \(WxH\), too thin.*resize it"):
+        check_mask_proportions(torch.ones(shape), "mask input")
+
+
+@pytest.mark.parametrize("shape", [(16, 64), (2, 2), (1, 16, 256), (1024, 1024), (512, 1536)])
+def test_masks_of_any_plausible_aspect_pass_before_the_grid_is_known(shape: tuple[int, ...]) -> None:
+    check_mask_proportions(torch.ones(shape))
 
 
 def test_nearest_upsampling_fills_exactly_one_block() -> None:

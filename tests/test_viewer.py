@@ -31,6 +31,20 @@ def test_a_missing_web_folder_names_the_fix(monkeypatch, tmp_path) -> None:
         viewer.standalone_script()
 
 
+def test_the_viewer_check_lists_every_module_and_names_the_fix_for_a_missing_folder(monkeypatch, tmp_path) -> None:
+    assert [path.name for path in viewer.check_viewer_files()][-1] == viewer.ENTRY
+    monkeypatch.setattr(viewer, "WEB_MODULES", tmp_path / "missing")
+    with pytest.raises(DiffractError, match=r"standalone\.js is not in .*missing.*pip install \."):
+        viewer.check_viewer_files()
+
+
+def test_the_viewer_check_names_a_missing_imported_module(monkeypatch, tmp_path) -> None:
+    (tmp_path / "standalone.js").write_text('import { a } from "./a.js";\n')
+    monkeypatch.setattr(viewer, "WEB_MODULES", tmp_path)
+    with pytest.raises(DiffractError, match=r"a\.js is not in"):
+        viewer.check_viewer_files()
+
+
 def test_an_import_cycle_is_refused(monkeypatch, tmp_path) -> None:
     (tmp_path / "standalone.js").write_text('import { a } from "./a.js";\n')
     (tmp_path / "a.js").write_text('import { b } from "./standalone.js";\nexport const a = 1;\n')

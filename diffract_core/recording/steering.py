@@ -46,6 +46,8 @@ class SteeringSpec:
     The mask is a picture of the generated image ([H, W] or [1, H, W], values in [0, 1], e.g. a
     ComfyUI MASK); it is area-averaged onto the image-token grid of each model call, so one spec
     fits any resolution of the same aspect ratio. It applies to image-stream features only.
+    `mask_name` names the mask in the error a mask of another aspect raises mid-sampling (e.g. the
+    node input it came from).
     """
 
     features: tuple[FeatureRef, ...]
@@ -55,6 +57,7 @@ class SteeringSpec:
     sigma_end: float = 0.0
     mask: torch.Tensor | None = None
     chunks: frozenset[int] = frozenset({COND, UNCOND})
+    mask_name: str = "steering mask"
     _token_weights: dict[Grid, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -89,7 +92,7 @@ class SteeringSpec:
                 "patch the model through the DifFRACT nodes or patch_reference_model"
             )
         if grid not in self._token_weights:
-            self._token_weights[grid] = mask_to_token_weights(self.mask, grid)
+            self._token_weights[grid] = mask_to_token_weights(self.mask, grid, self.mask_name)
         weights = self._token_weights[grid]
         if weights.numel() != tokens:
             raise InputShapeError(

@@ -26,7 +26,7 @@ from ..render.heatmaps import blend
 from ..render.images import png_data_uri
 from ..spatial import token_map_to_image
 from ..transcoders.transcoder_set import TranscoderSet
-from ..viewer import circuit_payload, circuit_refs, heatmap_payload, standalone_script
+from ..viewer import check_viewer_files, circuit_payload, circuit_refs, heatmap_payload, standalone_script
 from .binding_benchmark import (
     ArmResult,
     BenchmarkSettings,
@@ -93,6 +93,7 @@ def _graphs_for(arm: str) -> tuple[str, ...]:
 def run_demo(out: Path, settings: DemoSettings = DemoSettings(), *, model: ToyModel | None = None,
              transcoders: TranscoderSet | None = None, saes: TranscoderSet | None = None) -> DemoResult:
     """The demo with the embedded toy and its dictionaries (or the given ones)."""
+    check_viewer_files()  # the report needs them: fail now, not after sampling
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
     model = model or load_toy()

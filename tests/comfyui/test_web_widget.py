@@ -49,7 +49,8 @@ def test_the_circuit_widget_appears_and_steers_a_wired_node(comfy_server, pack_d
     counts = page.evaluate(f"{TRACE}.diffractView.counts")
     assert counts["nodes"] > 3 and counts["edges"] > 0
     assert page.evaluate(f"{TRACE}.diffractView.circuit.metadata.image_grid") == [8, 8]
-    assert page.evaluate(f"{TRACE}.diffractView.image !== null"), "the decoded image came through /view"
+    # the image loads asynchronously, after the first redraw: evaluate awaits the view's promise
+    assert page.evaluate(f"{TRACE}.diffractView.imageReady"), "the decoded image came through /view"
     serialized = page.evaluate("JSON.stringify(window.app.graph.serialize())")
     assert "diffract-circuit" not in serialized, "the circuit itself never goes into the workflow"
     _show_alone(page, TRACE)

@@ -49,6 +49,21 @@ def test_mask_limits_steering_to_its_region(pack, patcher, transcoders, sampler)
         _steer(pack, patcher, transcoders, mask=torch.ones(2, 64, 96), **settings)
 
 
+@pytest.mark.parametrize("shape", [(1, 1000, 1), (1, 1, 1000), (1, 16, 640)])
+def test_a_mask_that_fits_no_image_is_refused_at_the_node(pack, patcher, transcoders, shape) -> None:
+    errors = pack.diffract_core.errors
+    with pytest.raises(errors.InputShapeError, match="the mask input of Steer Feature is .* too thin"):
+        _steer(pack, patcher, transcoders, features=FEATURES, mode="ablate", mask=torch.ones(shape))
+    assert patcher.object_patches == {}
+
+
+def test_a_wrong_aspect_mask_fails_sampling_naming_the_input_and_size(pack, patcher, transcoders, sampler) -> None:
+    steered = _steer(pack, patcher, transcoders, features=FEATURES, mode="ablate", mask=torch.ones(1, 16, 64))
+    with pytest.raises(pack.diffract_core.errors.InputShapeError,
+                       match=r"the mask input of Steer Feature is 64x16 \(WxH\).*\(96x64 for this grid\)"):
+        sampler(steered)
+
+
 def test_steer_nodes_chain_and_compose(pack, patcher, transcoders, sampler) -> None:
     first = _steer(pack, patcher, transcoders, features="img:0:3", mode="ablate")
     both = _steer(pack, first, transcoders, features="img:1:5 txt:1:7", mode="ablate")

@@ -136,6 +136,15 @@ def test_steering_is_delta_form(model: Flux, transcoders: TranscoderSet) -> None
             )
 
 
+def test_a_steering_mask_of_another_aspect_names_its_source_and_the_image_size() -> None:
+    features = (FeatureRef("img", 0, 4),)
+    spec = SteeringSpec(features, "ablate", mask=torch.ones(16, 64), mask_name="mask input of Steer Feature")
+    with pytest.raises(InputShapeError, match=r"mask input of Steer Feature is 64x16 \(WxH\).*\(96x64 for this grid\)"):
+        spec.token_weights((4, 6), 24)
+    with pytest.raises(InputShapeError, match="the steering mask is 64x16"):
+        SteeringSpec(features, "ablate", mask=torch.ones(16, 64)).token_weights((4, 6), 24)
+
+
 def test_per_image_steering_steers_each_image_as_if_it_were_alone(model: Flux, transcoders: TranscoderSet) -> None:
     transcoder = transcoders[("img", 0)]
     x = torch.randn(3, 24, model.config.hidden_size, generator=torch.Generator().manual_seed(6))

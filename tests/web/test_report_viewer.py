@@ -72,6 +72,7 @@ def test_the_report_mounts_both_viewers_offline(page, report, artifacts) -> None
     counts = page.evaluate(f"{CIRCUIT}.counts")
     assert counts["nodes"] > 3 and counts["edges"] > 0
     assert page.evaluate(f"{CIRCUIT}.circuit.nodes.length") == len(graph["nodes"])
+    assert page.evaluate(f"{CIRCUIT}.imageReady") is True, "the view's promise resolves once the image is drawn"
     page.locator("[data-diffract-view=circuit]").screenshot(path=str(artifacts / "report-circuit.png"))
 
 

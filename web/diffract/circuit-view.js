@@ -32,9 +32,11 @@ export class CircuitView {
     this.redraws = [];
     this.root = this.#build(container);
     this.#recompute();
-    loadImage(options.imageUrl).then((image) => {
+    // true once the image is drawn, false if there is none or it failed to load (tests await it)
+    this.imageReady = loadImage(options.imageUrl).then((image) => {
       this.image = image;
       this.#drawImage();
+      return image !== null;
     });
     this.resizeObserver = new ResizeObserver(() => this.redraw());
     this.resizeObserver.observe(this.graphBox);
