@@ -236,10 +236,14 @@ def _benchmark_html(results: dict[str, Any] | None) -> str:
     winner = max(matched, key=lambda n: matched[n]["fixed"])
     best_circuit = max((n for n in matched if n.startswith("circuit")), key=lambda n: matched[n]["fixed"])
     test = results["tests"].get(f"{best_circuit} vs {SAE_ARM}")
-    if matched[winner]["fixed"] > 0:
+    if matched[winner]["ci_low"] > 0:
         verdict = (f"<p><b>At the same change inside the object, {winner} fixed the most binding errors: "
                    f"{_pct(matched[winner]['fixed'])} (95 % interval {_pct(matched[winner]['ci_low'])} to "
                    f"{_pct(matched[winner]['ci_high'])}).</b> ")
+    elif matched[winner]["fixed"] > 0:
+        verdict = (f"<p><b>No steering reliably fixed binding errors at the same change inside the object: the "
+                   f"highest fix rate, {winner}'s, is {_pct(matched[winner]['fixed'])} (95 % interval "
+                   f"{_pct(matched[winner]['ci_low'])} to {_pct(matched[winner]['ci_high'])}).</b> ")
     else:
         verdict = ("<p><b>No steering fixed a binding error at the same change inside the object: every arm, the "
                    "circuit's included, is at 0 %.</b> ")
@@ -250,7 +254,8 @@ def _benchmark_html(results: dict[str, Any] | None) -> str:
                     f"{100 * test['ci_high']:+.1f}, p = {test['p']:.3f}): "
                     + ("circuit steering wins." if better else "circuit steering does not beat SAE steering here.")
                     + "</p>")
-    rows = [(name, _pct(row["fixed"]), f"{_pct(row['ci_low'])} to {_pct(row['ci_high'])}",
+    rows = [(name + (f" (nothing to steer for {row['nothing_to_steer']} errors)" if row.get("nothing_to_steer") else ""),
+             _pct(row["fixed"]), f"{_pct(row['ci_low'])} to {_pct(row['ci_high'])}",
              f"{row['change_inside']:.3f}", f"{row['change_outside']:.4f}", _pct(row["object_right"]))
             for name, row in sorted(arms.items(), key=lambda kv: -(kv[1]["fixed"] if not math.isnan(kv[1]["fixed"]) else -1))]
     return (verdict + f"<p>{results['errors']} binding errors from {results['images']} held-out images (binding errors "
