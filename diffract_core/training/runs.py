@@ -21,6 +21,7 @@ from .config_file import RunConfig
 from .evaluation import SiteMetrics, site_metrics, spliced_fidelity
 from .harvest import HarvestReport, harvest
 from .prompts import PromptEncoder
+from .settings import TrainSettings
 from .shards import INDEX_FILE, ActivationShards, site_folder
 from .trainer import RELEASE_DIR, Progress, TrainResult, train
 
@@ -134,8 +135,7 @@ def run_sweep(config: RunConfig, progress: Progress | None = None) -> list[Sweep
     for kind in config.sweep.kinds:
         for scale in config.sweep.scales(kind):
             run = folder / f"{kind}_l1x{scale:g}"
-            override = {"kind": kind, "l1_img": config.train.l1_img * scale, "l1_txt": config.train.l1_txt * scale,
-                        "steps": config.sweep.steps or config.train.steps}
+            override = sweep_override(config.train, kind, scale, config.sweep.steps or config.train.steps)
             run_train(config, out=run, progress=progress, settings_override=override)
             kind_config = replace(config, train=replace(config.train, **override))
             report = run_evaluate(kind_config, run / RELEASE_DIR, generator=generator)
@@ -149,6 +149,19 @@ def run_sweep(config: RunConfig, progress: Progress | None = None) -> list[Sweep
                 ))
     write_sweep(folder, points)
     return points
+
+
+SCHEDULED = ("lr_warmup_steps", "l1_warmup_steps", "dead_after_steps", "resample_every")
+
+
+def sweep_override(train: TrainSettings, kind: str, scale: float, steps: int) -> dict[str, Any]:
+    """The settings of one sweep point: `kind` at `scale` times the L1, trained `steps` steps, with the
+    step schedules (warm-ups, dead-feature window, resampling) scaled by steps / train.steps so that a
+    shorter sweep run goes through the same phases as the full run (an L1 warm-up longer than the run
+    would leave every point at a fraction of its L1)."""
+    ratio = steps / train.steps
+    scheduled = {name: max(1, round(getattr(train, name) * ratio)) if getattr(train, name) else 0 for name in SCHEDULED}
+    return {"kind": kind, "l1_img": train.l1_img * scale, "l1_txt": train.l1_txt * scale, "steps": steps, **scheduled}
 
 
 def matched_fvu(points: list[SweepPoint], kind: str, stream: str, l0: float) -> float | None:

@@ -71,3 +71,15 @@ def test_spliced_fidelity_compares_generations_without_error_terms() -> None:
     assert row["latent_cosine"] == pytest.approx(float(F.cosine_similarity(spliced.flatten(), original.flatten(), 0)), rel=1e-6)
     assert 0 < result.latent_mse and result.latent_cosine < 1
     assert result.latent_mse == pytest.approx(sum(r["latent_mse"] for r in result.per_prompt) / 3)
+
+
+def test_a_shorter_sweep_run_scales_its_schedules_with_its_steps() -> None:
+    from diffract_core.training.runs import sweep_override
+    from diffract_core.training.settings import TrainSettings
+
+    train = TrainSettings(steps=3000, lr_warmup_steps=300, l1_warmup_steps=600, dead_after_steps=1000,
+                          resample_every=0, l1_img=1e-3, l1_txt=2e-3)
+    point = sweep_override(train, "sae", 16.0, 500)
+    assert point == {"kind": "sae", "l1_img": 0.016, "l1_txt": 0.032, "steps": 500, "lr_warmup_steps": 50,
+                     "l1_warmup_steps": 100, "dead_after_steps": 167, "resample_every": 0}
+    assert sweep_override(train, "transcoder", 1.0, 3000)["l1_warmup_steps"] == 600
