@@ -1,7 +1,12 @@
 """The memory an atlas build needs beyond plain sampling, fixed before it starts: the statistics of
 every site (sized by the features, not by the prompt count), a second copy of them while a
 checkpoint is written or another rank's statistics are merged, and one batch in flight (its
-recording, the recording's dense encoder chunk or the update of the statistics, and its images)."""
+recording, the recording's dense encoder chunk or the update of the statistics, and its images).
+
+The bound is of memory in use. glibc's malloc keeps much of what a model call or a batch frees
+instead of giving it back (`memory.py`), so the build trims it after each of them
+(`memory.release_freed_memory`); otherwise its resident memory would grow with the number of batches
+although what it holds does not."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from .assemble import BuildFacts, assemble_atlas
 from .budget import MemoryBudget, memory_budget
 from .checkpoint import load_state, remove_work, save_images, save_state, work_folder
 from .labels import LabelRule
+from .memory import release_freed_memory
 from .prompts import PromptSet, check_prompts
 from .ranks import Ranks
 from .sampling import ImageDecoder, batch_count, batch_prompt_ids, sample_recorded, site_calls
@@ -165,11 +166,16 @@ class _Sampler:
             recording, images = sample_recorded(self.model, self.encoder, self.transcoders,
                                                 [prompt_set.prompts[i] for i in ids], self.plan.sites, settings,
                                                 self.plan.decode)
+            release_freed_memory()  # the sampling's garbage, before the update of the statistics allocates its own
             if images is not None and settings.crops_per_feature:
                 save_images(self.work, batch, ids, images)
             context = BatchContext.of(prompt_set, ids, recording, images, {stream for stream, _ in self.plan.sites})
             for site in self.plan.sites:
                 stats[site].add(site_calls(recording, site, settings.sigma_buckets), context)
+            # One batch in flight, as budgeted: this one's recording and images go before the checkpoint and
+            # the next batch, and what they and the update freed goes back to the system.
+            del recording, images, context
+            release_freed_memory()
             done.append(batch)
             if number % settings.checkpoint_every == 0 or number == len(todo):
                 save()

@@ -20,6 +20,7 @@ from ..training.config_file import ModelSpec
 from ..training.harvest import prompt_noise
 from ..training.prompts import PromptEncoder
 from ..transcoders.transcoder_set import SiteKey, TranscoderSet
+from .memory import release_freed_memory
 from .settings import AtlasSettings
 from .statistics import SiteCall, sigma_bucket
 
@@ -72,6 +73,9 @@ def sample_recorded(
             pooled.to(parameters.device, parameters.dtype),
             sigmas.to(parameters.device),
             guidance=sampling.guidance,
+            # Before each model call: the last one's temporaries, freed between the codes the recording
+            # keeps, go back to the system (`memory.py`).
+            callback=lambda _step, _sigma, _x: release_freed_memory(),
         )
     recording.finish_run()
     if decode is None:

@@ -3,14 +3,17 @@ resuming after an interrupt, and the inputs it refuses."""
 
 from __future__ import annotations
 
+import tracemalloc
+import weakref
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import torch
 
-from diffract_core.atlas import Atlas, build_atlas
+from diffract_core.atlas import Atlas, build_atlas, builder, sampling
 from diffract_core.atlas.checkpoint import work_folder
+from diffract_core.atlas.memory import release_freed_memory
 from diffract_core.atlas.prompts import check_prompts
 from diffract_core.errors import DiffractError, SiteNotLoadedError
 from diffract_core.features import FeatureRef
@@ -148,3 +151,50 @@ def test_a_refused_prompt_is_named_with_its_file_and_line(model: Flux, tmp_path:
     source.write_text("# colours\na red circle\n\na pink square\n")
     with pytest.raises(DiffractError, match=r"prompts\.txt, line 4: the encoder cannot read 'pink'"):
         check_prompts(picky, ["a red circle", "a pink square"], 8, source)
+
+
+def test_a_build_holds_one_batch_at_a_time_and_gives_freed_memory_back(
+        model: Flux, transcoders: TranscoderSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory a build holds is bounded by its cap, not by its batches: no batch's recording or
+    images outlive it, and what a model call or batch freed goes back to the system (glibc's malloc
+    keeps it otherwise, and the resident memory grows with every batch)."""
+    recorded: list[weakref.ref] = []
+    trims = {"call": 0, "batch": 0}
+
+    def sample(*args, **kwargs):  # type: ignore[no-untyped-def]
+        assert all(ref() is None for ref in recorded), "an earlier batch's recording is still alive"
+        recording, images = sampling.sample_recorded(*args, **kwargs)
+        recorded.append(weakref.ref(recording))
+        return recording, images
+
+    def counting(kind: str):  # type: ignore[no-untyped-def]
+        def trim() -> bool:
+            trims[kind] += 1
+            return release_freed_memory()
+        return trim
+
+    monkeypatch.setattr(builder, "sample_recorded", sample)
+    monkeypatch.setattr(builder, "release_freed_memory", counting("batch"))
+    monkeypatch.setattr(sampling, "release_freed_memory", counting("call"))
+    result = build_atlas(model, encoder(model), transcoders, PROMPTS, tmp_path / "atlas", SETTINGS, decode=decode)
+    assert result.batches == len(recorded) == 4
+    assert all(ref() is None for ref in recorded)
+    assert trims == {"call": 4 * SETTINGS.sampling.steps, "batch": 2 * 4}
+
+
+def test_the_python_memory_of_a_build_does_not_grow_with_its_prompts(model: Flux, transcoders: TranscoderSet,
+                                                                     tmp_path: Path) -> None:
+    """Peak Python allocations (lists, dicts, JSON; tracemalloc does not see tensor storage, which the
+    test above covers) of a build of twice the prompts, in twice the batches, stay those of one."""
+    doubled = PROMPTS + [f"{prompt} again" for prompt in PROMPTS]
+    peaks = []
+    for number, prompts in enumerate((PROMPTS, doubled)):
+        build_atlas(model, encoder(model), transcoders, prompts, tmp_path / f"warm-{number}", SETTINGS, decode=decode)
+        tracemalloc.start()
+        try:
+            build_atlas(model, encoder(model), transcoders, prompts, tmp_path / f"atlas-{number}", SETTINGS,
+                        decode=decode)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[1] <= 1.1 * peaks[0] + 64 * 1024, peaks

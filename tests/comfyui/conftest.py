@@ -49,7 +49,7 @@ RESULT_MARKER = "@@HARNESS_RESULT@@"  # same as harness_boot.RESULT_MARKER
 
 SKIP_REASON = (
     "real-ComfyUI tests are opt-in: set COMFYUI_DIR (ComfyUI source tree) and COMFYUI_PYTHON "
-    "(its interpreter), e.g. eval \"$(shared/tools/comfyui-env GIT_DIR DEST)\"; see tests/comfyui/README.md"
+    "(its interpreter); tests/comfyui/README.md says how to set up both from a fresh clone"
 )
 ENABLED = bool(COMFYUI_DIR and COMFYUI_PYTHON)
 
