@@ -88,12 +88,12 @@ import comfy.sample
 nodes = hb.PACK.nodes
 core = hb.PACK.diffract_core
 import importlib
-toy_nodes = importlib.import_module(hb.PACK_NAME + ".nodes.toy_nodes")
-embedded = importlib.import_module(hb.PACK_NAME + ".diffract_core.toy.embedded")
-generate = importlib.import_module(hb.PACK_NAME + ".diffract_core.toy.generate")
-recording_mod = importlib.import_module(hb.PACK_NAME + ".diffract_core.recording")
-features_mod = importlib.import_module(hb.PACK_NAME + ".diffract_core.features")
-codec = importlib.import_module(hb.PACK_NAME + ".diffract_core.toy.codec")
+toy_nodes = importlib.import_module(hb.PACK.__name__ + ".nodes.toy_nodes")
+embedded = importlib.import_module(hb.PACK.__name__ + ".diffract_core.toy.embedded")
+generate = importlib.import_module(hb.PACK.__name__ + ".diffract_core.toy.generate")
+recording_mod = importlib.import_module(hb.PACK.__name__ + ".diffract_core.recording")
+features_mod = importlib.import_module(hb.PACK.__name__ + ".diffract_core.features")
+codec = importlib.import_module(hb.PACK.__name__ + ".diffract_core.toy.codec")
 nodes.transcoder_folders.register_transcoder_folder()
 (saes,) = nodes.LoadTranscoders.execute("diffract-toy", "img+txt", "all", "auto", "sae").args
 model, encoder = toy_nodes.ToyModelLoader.execute("diffract-toy (embedded)").args
