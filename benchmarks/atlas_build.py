@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from flux_sizes import flux_config
+from process_status import status_kib
 
 from diffract_core.atlas import AtlasSettings, build_atlas
 from diffract_core.atlas.sampling import ImageDecoder, batch_count, batch_prompt_ids
@@ -38,9 +40,6 @@ from diffract_core.quickstart import random_transcoder
 from diffract_core.training.harvest import HarvestSettings, prompt_noise
 from diffract_core.training.prompts import HashingPromptEncoder, PromptEncoder
 from diffract_core.transcoders import TranscoderSet
-
-from flux_sizes import flux_config
-from process_status import status_kib
 
 MIB = 2**20
 WORDS = (("a", "two", "one", "the"), ("red", "blue", "green", "yellow", "purple", "orange"),

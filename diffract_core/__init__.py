@@ -13,8 +13,8 @@ if "torch" not in sys.modules:
     # ComfyUI, which imports torch first, is never changed.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .errors import DiffractError  # noqa: E402
-from .transcoders import SparseCodes, Transcoder, TranscoderConfig, TranscoderSet  # noqa: E402
+from .errors import DiffractError
+from .transcoders import SparseCodes, Transcoder, TranscoderConfig, TranscoderSet
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,6 @@ exactly the decoder-weighted change of their activations, so a setting that leav
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -19,6 +18,7 @@ from ..features import FeatureRef
 from ..spatial import Grid, mask_to_token_weights
 from ..transcoders.transcoder import Transcoder
 from .recording import COND, UNCOND
+
 
 class Steering(Protocol):
     """What a patched MLP applies: the features it touches, the chunks it acts on, and the change of

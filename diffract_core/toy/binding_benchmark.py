@@ -484,8 +484,8 @@ def prepare_cases(model: ToyModel, transcoders: TranscoderSet, cases: list[Error
         case.random = [active[torch.randperm(len(active), generator=generator)[: settings.k]].tolist()
                        for _ in range(settings.random_draws)]
         target = case.wrong["transcoders"][0] if case.wrong["transcoders"] else int(case.activity["transcoders"].argmax())
-        trace = dict(model=model, transcoders=transcoders, error=error, feature=target, layer=settings.layer,
-                     budget=settings.budget)
+        trace = {"model": model, "transcoders": transcoders, "error": error, "feature": target,
+                 "layer": settings.layer, "budget": settings.budget}
         if "wrong" in graphs:
             case.graphs["wrong"] = trace_wrong_colour(call=case.calls[settings.step], step=settings.step, **trace)
         if "contrast" in graphs:

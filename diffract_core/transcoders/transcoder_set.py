@@ -96,7 +96,7 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
                 found[config.site.key] = (config, folder)
         if not found:
             hint = (
-                f"it holds only {', '.join(sorted(kinds_seen))} sites: pass kind={sorted(kinds_seen)[0]!r}"
+                f"it holds only {', '.join(sorted(kinds_seen))} sites: pass kind={min(kinds_seen)!r}"
                 if kinds_seen
                 else "convert released .pt files first with `python -m diffract_core convert SRC DST`"
             )
