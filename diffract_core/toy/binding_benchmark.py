@@ -186,7 +186,7 @@ def _circuit(graph: str, *, in_object: bool = False) -> Callable[..., list[list[
     def steer(case: ErrorCase, dose: float, settings: BenchmarkSettings, typical: Typical) -> list[list[Steering]]:
         traced = case.graphs[graph]
         if in_object:
-            refs = _top_refs(traced, settings.k, stream="img")
+            refs = top_refs(traced, settings.k, stream="img")
             return [[SteeringSpec(refs, "scale", 1.0 - dose, mask=case.error.region)] if refs else []]
         return [[circuit_steering(traced, f"top {settings.k}", mode="scale", strength=1.0 - dose, steps="all steps")]]
     return steer
@@ -197,7 +197,7 @@ def _circuit_towards_correct(case: ErrorCase, dose: float, settings: BenchmarkSe
     """The circuit's k most influential image features moved inside the object towards the value
     they have on objects drawn in the prompt's colour: z' = (1 - d) z + d v (d = 1 sets
     them to it)."""
-    refs = _top_refs(case.graphs["wrong"], settings.k, stream="img")
+    refs = top_refs(case.graphs["wrong"], settings.k, stream="img")
     return [_scaled(refs, dose, case, settings) + _boosted(refs, dose, case, settings, typical, "transcoders")]
 
 
@@ -206,7 +206,7 @@ def _circuit_text_early(case: ErrorCase, dose: float, settings: BenchmarkSetting
     """The circuit's most influential text-stream features at the tokens where they fired, over the
     first steps only (where the text decides the colour)."""
     traced = case.graphs["wrong"]
-    texts = [f"{r.stream}:{r.layer}:{r.index}" for r in _top_refs(traced, settings.k, stream="txt")]
+    texts = [str(r) for r in top_refs(traced, settings.k, stream="txt")]
     if not texts:
         return [[]]
     spec = circuit_steering(traced, ", ".join(texts), mode="scale", strength=1.0 - dose, steps="traced step")
@@ -221,7 +221,7 @@ def _circuit_per_step(case: ErrorCase, dose: float, settings: BenchmarkSettings,
                               steps="traced step") for s in settings.per_step]]
 
 
-def _top_refs(graph: CircuitGraph, k: int, *, stream: str) -> tuple[FeatureRef, ...]:
+def top_refs(graph: CircuitGraph, k: int, *, stream: str) -> tuple[FeatureRef, ...]:
     """The graph's k most influential features of `stream`."""
     influence = graph.influence()
     refs: list[FeatureRef] = []

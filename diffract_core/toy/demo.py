@@ -20,7 +20,7 @@ import torch
 
 from ..atlas.cards import feature_labels
 from ..attribution.serialize import graph_to_dict
-from ..features import FeatureRef
+from ..features import FeatureRef, parse_features
 from ..recording import FeatureRecording
 from ..render.heatmaps import blend
 from ..render.images import png_data_uri
@@ -37,6 +37,7 @@ from .binding_benchmark import (
     grid_seeds,
     prepare_cases,
     run_arm,
+    top_refs,
 )
 from .embedded import ASSETS, load_toy, open_toy_saes, open_toy_transcoders
 from .generate import STEPS, generate
@@ -142,9 +143,9 @@ def _write(out: Path, settings: DemoSettings, result: DemoResult, model: ToyMode
     assert result.shown is not None
     case = result.cases[result.shown]
     graph = case.graphs["wrong"]
-    ref = _target_ref(graph)
+    ref = parse_features(graph.metadata["target"]["feature"])[0]
     # The heatmaps need every step of this image's recording: sample it again with their sites recorded.
-    shown = [ref, *_circuit_refs(graph, ref)]
+    shown = [ref, *[r for r in top_refs(graph, 6, stream="img") if r != ref][:5]]  # and the circuit's strongest
     recording = FeatureRecording(sites=tuple(dict.fromkeys(r.site for r in shown)), k=settings.benchmark.record_k)
     generate(model, [case.error.prompt], case.noise, transcoders=transcoders, recording=recording)
     sections = [
@@ -171,25 +172,6 @@ def _write(out: Path, settings: DemoSettings, result: DemoResult, model: ToyMode
     clock.lap("write the report")
     sections.append(("Timings", table(["phase", "seconds"], [(k, f"{v:.1f}") for k, v in clock.laps.items()])))
     return write_report(out / "report.html", "DifFRACT demo on the toy FLUX", sections, data, standalone_script())
-
-
-def _target_ref(graph: Any) -> FeatureRef:
-    stream, layer, index = graph.metadata["target"]["feature"].split(":")
-    return FeatureRef(stream, int(layer), int(index))  # type: ignore[arg-type]
-
-
-def _circuit_refs(graph: Any, target: FeatureRef, extra: int = 5) -> list[FeatureRef]:
-    """The circuit's most influential image features (they sit in blocks below the target's)."""
-    influence = graph.influence()
-    refs: list[FeatureRef] = []
-    for i in sorted(graph.indices("feature"), key=lambda i: -float(influence[i])):
-        node = graph.nodes[i]
-        ref = FeatureRef("img", node.layer, node.feature)
-        if node.stream == "img" and ref != target and ref not in refs:
-            refs.append(ref)
-        if len(refs) == extra:
-            break
-    return refs
 
 
 class _Clock:
