@@ -1,5 +1,5 @@
 """What the web viewers (`web/diffract/`) need from Python: heatmap payloads (token maps quantised to
-bytes, base64), circuit payloads (the graph with its features' atlas labels and cards) and, for standalone pages such as the demo's report, the viewer's ES modules joined
+bytes, base64), text features' token strips, circuit payloads (the graph with its features' atlas labels and cards) and, for standalone pages such as the demo's report, the viewer's ES modules joined
 into one inline script so the page opens offline."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .errors import DiffractError
 from .features import FeatureRef
 from .recording import FeatureRecording
 from .recording.recording import COND
-from .render.heatmaps import Normalize, activation_maps, image_grid_of, normalize_maps
+from .render.heatmaps import Normalize, activation_maps, image_grid_of, normalize_maps, site_codes
 
 ENTRY = "standalone.js"
 _PACKAGE = Path(__file__).resolve().parent
@@ -66,6 +66,28 @@ def heatmap_payload(
         ],
         "labels": feature_labels(atlas, features),
     }
+
+
+def token_strip_payload(
+    recording: FeatureRecording,
+    rows: Sequence[tuple[FeatureRef, int]],
+    *,
+    chunk: int = COND,
+    batch_index: int = 0,
+    token_labels: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """What the Top Features node's token strips show for its text-stream rows: each (feature, step)'s
+    activation on every prompt token; `tokens` are the tokens' strings (their positions without a tokenizer)."""
+    strips = []
+    tokens = 0
+    for feature, step in dict.fromkeys(rows):
+        indices, values, _ = site_codes(recording, feature.site, step, chunk, batch_index)
+        limit = recording.text_tokens or indices.shape[0]
+        activation = torch.where(indices[:limit] == feature.index, values[:limit], 0.0).sum(-1)
+        tokens = max(tokens, int(activation.shape[0]))
+        strips.append({"feature": str(feature), "step": step, "values": [round(float(v), 4) for v in activation]})
+    names = [str(token_labels[i]) if token_labels is not None and i < len(token_labels) else f"#{i}" for i in range(tokens)]
+    return {"tokens": names, "strips": strips}
 
 
 def circuit_refs(graph: CircuitGraph) -> list[FeatureRef]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import comfy.model_management
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from ..diffract_core.attribution import TARGET_HELP, TARGET_MODES, TargetSpec, TraceSettings, trace_circuit
 from ..diffract_core.attribution.blocks import read_plain_linear
@@ -147,9 +147,9 @@ class TraceCircuit(io.ComfyNode):
         payload = circuit_store.summary(graph, circuit_id, atlas=atlas)
         payload["pruned"] = {"nodes": len(pruned.nodes), "edges": int(pruned.edge_weights.numel())}
         payload["image"] = preview_ref(image, batch_index, cls)
-        return io.NodeOutput(
-            graph, picture, ui={**ui.PreviewImage(picture, cls=cls).as_dict(), "diffract_circuit": [payload]}
-        )
+        # No in-node image preview: the circuit widget replaces it, and a preview would grow the node after
+        # the run, over its neighbours. The picture is the `graph` output, for Preview Image or Save Image.
+        return io.NodeOutput(graph, picture, ui={"diffract_circuit": [payload]})
 
 
 class SteerCircuit(io.ComfyNode):

@@ -17,7 +17,7 @@ from ..diffract_core.render import NORMALIZE_MODES, FeatureStat, format_table, r
 from ..diffract_core.sites import LAYERS_HELP, parse_layers, parse_steps
 from ..diffract_core.spatial import mask_to_token_weights
 from ..diffract_core.transcoders.transcoder_set import TranscoderSet
-from ..diffract_core.viewer import heatmap_payload
+from ..diffract_core.viewer import heatmap_payload, token_strip_payload
 from .node_types import AFTER_SAMPLING, CATEGORY, STREAM_CHOICES, Recording, Transcoders, streams_of
 
 CHUNKS = {"cond": 0, "uncond": 1}
@@ -95,8 +95,9 @@ class FeatureHeatmaps(io.ComfyNode):
                                       normalize=normalize, opacity=opacity, atlas=atlas_of(transcoders)),  # type: ignore[arg-type]
             "image": preview_ref(image, batch_index, cls),
         }
-        preview = ui.PreviewImage(overlay_batch, cls=cls).as_dict()
-        return io.NodeOutput(overlay_batch, mask_batch, ui={**preview, "diffract_heatmaps": [payload]})
+        # No in-node previews (the viewer shows every map, and thumbnails would grow the node after the run):
+        # the overlays are the IMAGE output, for Preview Image or Save Image.
+        return io.NodeOutput(overlay_batch, mask_batch, ui={"diffract_heatmaps": [payload]})
 
 
 class TopFeatures(io.ComfyNode):
@@ -167,6 +168,10 @@ class TopFeatures(io.ComfyNode):
         atlas_labels = None if atlas is None else feature_labels(atlas, [stat.feature for stat in stats])
         table = format_table(stats, atlas_labels)
         payload = {"rows": [_row(stat, recording, atlas_labels) for stat in stats], "region": mask is not None}
+        text_rows = [(stat.feature, stat.step) for stat in stats if stat.feature.stream == "txt"]
+        if text_rows:
+            payload["text"] = token_strip_payload(recording, text_rows, chunk=CHUNKS[chunk], batch_index=batch_index,
+                                                  token_labels=labels)
         image_features = list(dict.fromkeys(stat.feature for stat in stats if stat.feature.stream == "img"))
         if image_features and recording.image_grid is not None:
             payload["viewer"] = heatmap_payload(recording, image_features, recording.steps, image=None, chunk=CHUNKS[chunk],

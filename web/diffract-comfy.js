@@ -1,5 +1,6 @@
 // The ComfyUI side of the viewers: a circuit widget in Trace Circuit (plus a large view in the bottom
-// panel), heatmap viewers in Feature Heatmaps and Top Features, and the "steer" action. The view state
+// panel), the heatmap viewer in Feature Heatmaps, the table (with token strips and heatmaps) in Top
+// Features, and the "steer" action. The view state
 // (thresholds, pins, groups, labels, region) lives in the node's properties, so it is saved with the
 // workflow; the circuit itself is fetched from the server and never written into the workflow.
 
@@ -7,10 +8,17 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { parseCircuit } from "./diffract/circuit-model.js";
 import { CircuitView } from "./diffract/circuit-view.js";
+import { FeatureTableView } from "./diffract/feature-table.js";
 import { HeatmapView } from "./diffract/heatmap-view.js";
 
 const TRACE = "DiffractTraceCircuit";
 const HEATMAP_NODES = { DiffractFeatureHeatmaps: "diffract_heatmaps", DiffractTopFeatures: "diffract_top_features" };
+// The viewer each node carries and the height it needs (the example workflows leave room for these).
+const VIEWER_WIDGETS = {
+  [TRACE]: { name: "circuit_view", height: 560 },
+  DiffractFeatureHeatmaps: { name: "heatmap_view", height: 320 },
+  DiffractTopFeatures: { name: "feature_table", height: 440 },
+};
 const STATE = "diffract_view";
 const LAST_CIRCUIT = "diffract_circuit_url";
 const LARGE_TAB = "diffract-circuit";
@@ -64,6 +72,7 @@ function mountCircuit(node, element, compact) {
     circuit: node.diffractCircuit.circuit,
     imageUrl: node.diffractCircuit.imageUrl,
     state: node.properties[STATE],
+    stateKeptIn: "saved with the workflow",
     onStateChange: (state) => {
       node.properties[STATE] = state;
       app.graph.setDirtyCanvas(true, false);
@@ -103,8 +112,8 @@ function addSteerNode(traceNode, request) {
   set("mode", "scale");
   set("strength", 0);
   for (const name of ["model", "transcoders"]) {
-    const input = traceNode.inputs?.find((i) => i.name === name);
-    const link = input?.link != null ? graph.links[input.link] ?? graph.links.get?.(input.link) : null;
+    const slot = traceNode.inputs?.findIndex((i) => i.name === name) ?? -1;
+    const link = slot >= 0 ? traceNode.getInputLink(slot) : null;  // newer frontends deprecate reading input.link
     if (!link) continue;
     const origin = graph.getNodeById(link.origin_id);
     origin?.connect(link.origin_slot, steer, steer.inputs.findIndex((i) => i.name === name));
@@ -121,11 +130,14 @@ function showHeatmaps(node, payload) {
   node.diffractView?.destroy();
   node.diffractView = null;
   element.replaceChildren();
-  if (!payload.viewer) {
-    element.textContent = "No image-stream feature among these rows: heatmaps are drawn for image features (streams img).";
-    return;
+  const viewer = payload.viewer ? { ...payload.viewer, image: payload.viewer.image ?? viewUrl(payload.image) } : null;
+  if (node.comfyClass === "DiffractTopFeatures") {
+    node.diffractView = new FeatureTableView(element, { ...payload, viewer });
+  } else if (viewer) {
+    node.diffractView = new HeatmapView(element, viewer);
+  } else {
+    element.textContent = "No image-stream feature among these features: heatmaps are drawn for image features (streams img).";
   }
-  node.diffractView = new HeatmapView(element, { ...payload.viewer, image: payload.viewer.image ?? viewUrl(payload.image) });
 }
 
 // --- outputs, from either renderer ----------------------------------------------------------------
@@ -159,12 +171,12 @@ app.registerExtension({
     },
   ],
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    const isTrace = nodeData.name === TRACE;
-    if (!isTrace && !HEATMAP_NODES[nodeData.name]) return;
+    const viewer = VIEWER_WIDGETS[nodeData.name];
+    if (!viewer) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
-      this.diffractWidget = addViewerWidget(this, isTrace ? "circuit_view" : "heatmap_view", isTrace ? 460 : 320);
+      this.diffractWidget = addViewerWidget(this, viewer.name, viewer.height);
       return result;
     };
     const onExecuted = nodeType.prototype.onExecuted;
@@ -172,7 +184,7 @@ app.registerExtension({
       onExecuted?.apply(this, arguments);
       handleOutput(this, output);
     };
-    if (isTrace) {
+    if (nodeData.name === TRACE) {
       const onConfigure = nodeType.prototype.onConfigure;
       nodeType.prototype.onConfigure = function () {
         const result = onConfigure?.apply(this, arguments);

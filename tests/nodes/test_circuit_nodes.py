@@ -59,7 +59,7 @@ def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack
     assert status == 200 and len(body["nodes"]) == len(graph.nodes)
     assert pack.nodes.circuit_store.lookup("../../etc/passwd")[0] == 400
     assert pack.nodes.circuit_store.lookup("0" * 32)[0] == 404
-    assert output.ui["images"]
+    assert "images" not in output.ui, "the widget replaces the in-node preview; the picture is the graph output"
 
 
 def test_trace_refuses_a_step_whose_inputs_were_not_kept(pack, patcher, transcoders, sampler, core) -> None:
@@ -115,7 +115,12 @@ def test_save_then_load_round_trips_and_strangers_files_are_refused(pack, traced
     (exported,) = fake_runtime.run_node(pack.nodes.SaveCircuit, circuit=graph, format="neuronpedia").args
     viewer = json.loads((output_dir / exported).read_text())
     assert set(viewer) == {"metadata", "qParams", "nodes", "links"}
+    outside = output_dir.parent / "elsewhere.json"
+    outside.write_text((output_dir / path).read_text())
+    (output_dir / "diffract" / "link.json").symlink_to(outside)  # a link out of the output folder is not listed
     assert pack.nodes.circuit_files.saved_circuits() == [path]
+    with pytest.raises(core.attribution.serialize.CircuitFileError, match="not a circuit file"):
+        pack.nodes.LoadCircuit.execute("diffract/link.json")
     schema = pack.nodes.LoadCircuit.define_schema()
     assert schema.inputs[0].options == [path]
     (loaded,) = fake_runtime.run_node(pack.nodes.LoadCircuit, circuit_file=path).args

@@ -37,7 +37,7 @@ def test_heatmaps_give_one_overlay_per_feature_and_step(pack, recorded) -> None:
     payload = out.ui["diffract_heatmaps"][0]
     assert {k: payload[k] for k in ("features", "steps", "sigmas", "order")} == {
         "features": [feature, "img:0:1"], "steps": [0, 2], "sigmas": [1.0, 0.5], "order": "feature-major"}
-    assert len(out.ui["images"]) == 4
+    assert "images" not in out.ui, "the viewer replaces in-node thumbnails, which would grow the node after the run"
     assert payload["image"] == {"filename": "preview_0.png", "subfolder": "", "type": "temp"}
     viewer = payload["viewer"]
     assert viewer["grid"] == [4, 6] and [(m["feature"], m["step"]) for m in viewer["maps"]] == [
@@ -47,7 +47,7 @@ def test_heatmaps_give_one_overlay_per_feature_and_step(pack, recorded) -> None:
         assert torch.allclose(tokens, mask[::16, ::16], atol=1 / 255)
 
 
-def test_top_features_rank_a_region_and_label_prompt_tokens(pack, recorded) -> None:
+def test_top_features_rank_a_region_and_label_prompt_tokens(pack, core, recorded) -> None:
     import fake_runtime
 
     recording, samples = recorded
@@ -65,6 +65,15 @@ def test_top_features_rank_a_region_and_label_prompt_tokens(pack, recorded) -> N
     assert rows == sorted(rows, key=lambda r: -r["score"])
     text_rows = [r for r in rows if r["feature"].startswith("txt")]
     assert text_rows and all(r["token_label"] == clip.words[r["token"]] for r in text_rows)
+    # each text row's token strip: the feature's activation on every prompt token, as recorded
+    text = out.ui["diffract_top_features"][0]["text"]
+    assert text["tokens"] == clip.words
+    strips = {(s["feature"], s["step"]): s["values"] for s in text["strips"]}
+    assert set(strips) == {(r["feature"], r["step"]) for r in text_rows}
+    for row in text_rows:
+        recorded = recording.feature_map(core.features.parse_features(row["feature"])[0], row["step"])[0]
+        assert strips[(row["feature"], row["step"])] == pytest.approx(recorded.tolist(), abs=1e-4)
+        assert strips[(row["feature"], row["step"])][row["token"]] == pytest.approx(row["score"], abs=1e-3)
     images = fake_runtime.run_node(pack.nodes.TopFeatures, recording=recording, samples={}, streams="img", steps="3").ui
     assert {r["step"] for r in images["diffract_top_features"][0]["rows"]} == {3}
 

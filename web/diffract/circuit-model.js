@@ -228,7 +228,8 @@ export function nodesInRegion(circuit, cells) {
 /**
  * Fixed positions in [0, 1]²: y by layer (inputs and biases at the bottom, the target on top), x by
  * (step, stream) columns — text left of image within a step — and, inside a column, by where the node
- * fires (token position). Only nodes with visible[i] take part; returns Float32Array x and y (NaN elsewhere).
+ * fires (token position). Only nodes with visible[i] take part; returns Float32Array x and y (NaN elsewhere)
+ * and the axes: rows [{y, label}] (inputs, each layer, target) and columns [{x, label}] (step and stream).
  */
 export function layout(circuit, visible) {
   const { nodes } = circuit;
@@ -252,6 +253,12 @@ export function layout(circuit, visible) {
   const y = new Float32Array(nodes.length).fill(NaN);
   const gutter = 0.04;
   const width = (1 - gutter * (columns.length - 1)) / columns.length;
+  const rowLabels = [{ y: 1, label: "inputs" }, ...layers.map((layer, i) => ({ y: 1 - (i + 1) / topRow, label: `layer ${layer}` })),
+    { y: 0, label: "target" }];
+  const columnLabels = columns.map((key, c) => {
+    const [step, stream] = key.split(":");
+    return { x: c * (width + gutter) + width / 2, label: `step ${step} · ${stream === "txt" ? "text" : "image"}` };
+  });
   for (const [key, members] of cells) {
     const [r, c] = key.split("|").map(Number);
     members.sort((a, b) => centre(a) - centre(b) || (a.feature ?? -1) - (b.feature ?? -1) || a.index - b.index);
@@ -261,7 +268,7 @@ export function layout(circuit, visible) {
       y[node.index] = 1 - r / topRow;
     });
   }
-  return { x, y };
+  return { x, y, rows: rowLabels, columns: columnLabels };
 }
 
 /** Activation-weighted mean token position: neighbours on the image sit near each other. */
@@ -322,6 +329,7 @@ export function defaultViewState(circuit) {
   return {
     nodeThreshold: pruning.node_threshold ?? 0.8,
     edgeThreshold: pruning.edge_threshold ?? 0.98,
+    showResidual: false,
     pins: [],
     groups: [],
     labels: {},
@@ -336,6 +344,7 @@ export function restoreViewState(circuit, saved) {
   const unit = (v, fallback) => (typeof v === "number" && v >= 0 && v <= 1 ? v : fallback);
   state.nodeThreshold = unit(saved.nodeThreshold, state.nodeThreshold);
   state.edgeThreshold = unit(saved.edgeThreshold, state.edgeThreshold);
+  if (typeof saved.showResidual === "boolean") state.showResidual = saved.showResidual;
   const known = (id) => typeof id === "string" && circuit.byId.has(id);
   if (Array.isArray(saved.pins)) state.pins = saved.pins.filter(known);
   if (Array.isArray(saved.groups)) {

@@ -3,20 +3,23 @@
 // Used by the Trace Circuit widget, the large view in ComfyUI and the standalone report alike.
 
 import { collapseGroups, describeNode, featureCard, featureSpec, influence, labelGroups, layout, nodeLabel, nodesInRegion, prune, restoreViewState } from "./circuit-model.js";
-import { fitRect, loadImage, nodeTokenMap, paintTokenMap } from "./heatmap.js";
+import { drawUnderHeat, fitRect, HEAT_GRADIENT, loadImage, nodeTokenMap, paintTokenMap } from "./heatmap.js";
 import { createRoot } from "./style.js";
 
 const KIND_COLOURS = { feature: "#9aa3b5", error: "#8a8a8a", rest: "#b8b8b8", input: "#2fa36b", bias: "#a8a23a", target: "#f0a020" };
 const POSITIVE = [46, 110, 220];
 const NEGATIVE = [215, 60, 50];
 const WIDTH_LEVELS = 6;
-const MARGIN = 24;
+const RESIDUAL_KINDS = new Set(["bias", "error", "rest"]);  // what no feature explains: drawn faint by default
+const PAD = { left: 58, right: 18, top: 34, bottom: 18 };  // room for the axes and the outermost labels
+const LABEL_WIDTH = 170;  // longer labels are cut with "…" (the details panel has them whole)
 
 export class CircuitView {
   /**
    * @param {HTMLElement} container
-   * @param {object} options circuit (from parseCircuit), imageUrl, state (saved view state), compact,
-   *   onStateChange(state), onSteer({features, step, nodes}), onOpenLarge()
+   * @param {object} options circuit (from parseCircuit), imageUrl, state (saved view state),
+   *   stateKeptIn (where onStateChange keeps the state, said next to the label box),
+   *   onStateChange(state), onSteer({features, step, nodes}), onOpenLarge() (compact views only)
    */
   constructor(container, options) {
     this.circuit = options.circuit;
@@ -55,6 +58,13 @@ export class CircuitView {
     this.state.edgeThreshold = edgeThreshold;
     this.#recompute();
     this.#changed();
+  }
+
+  setShowResidual(show) {
+    this.state.showResidual = Boolean(show);
+    this.#bucketEdges();
+    this.#changed();
+    this.redraw();
   }
 
   togglePin(index) {
@@ -174,19 +184,25 @@ export class CircuitView {
     this.#showPins();
   }
 
-  /** Edges sorted into (sign, width) buckets, each stroked as one path: strong edges drawn last. */
+  /**
+   * Edges sorted into (sign, width) buckets, each stroked as one path: strong edges drawn last. Widths
+   * scale to the strongest feature edge, so a large bias or error fan does not thin out the rest; unless
+   * showResidual, edges from bias, error and rest nodes go to their own faint buckets.
+   */
   #bucketEdges() {
-    const { weight } = this.drawnEdges;
+    const { source, weight } = this.drawnEdges;
+    const residual = (e) => RESIDUAL_KINDS.has(this.circuit.nodes[source[e]].kind);
     let peak = 0;
-    for (const w of weight) peak = Math.max(peak, Math.abs(w));
-    this.buckets = [];
-    for (let sign = 0; sign < 2; sign++) for (let level = 0; level < WIDTH_LEVELS; level++) this.buckets.push([]);
+    for (let e = 0; e < weight.length; e++) if (!residual(e)) peak = Math.max(peak, Math.abs(weight[e]));
+    if (peak === 0) for (const w of weight) peak = Math.max(peak, Math.abs(w));
+    const buckets = Array.from({ length: 4 * WIDTH_LEVELS }, () => []);
     for (let e = 0; e < weight.length; e++) {
-      const strength = peak > 0 ? Math.abs(weight[e]) / peak : 0;
+      const strength = peak > 0 ? Math.min(1, Math.abs(weight[e]) / peak) : 0;
       const level = Math.min(WIDTH_LEVELS - 1, Math.floor(Math.sqrt(strength) * WIDTH_LEVELS));
-      this.buckets[(weight[e] < 0 ? WIDTH_LEVELS : 0) + level].push(e);
+      const faint = residual(e) && !this.state.showResidual ? 0 : 2 * WIDTH_LEVELS;  // faint buckets are drawn first
+      buckets[faint + (weight[e] < 0 ? WIDTH_LEVELS : 0) + level].push(e);
     }
-    this.buckets = this.buckets.map((edges) => Int32Array.from(edges));
+    this.buckets = buckets.map((edges) => Int32Array.from(edges));
   }
 
   #members(index) {
@@ -210,14 +226,21 @@ export class CircuitView {
         <button data-action="group" title="group the pinned nodes into a supernode (G)">group pins</button>
         <button data-action="group-labels" title="fold the features that share a label into one supernode per label">group by label</button>
         <span>region: <button data-tool="box" aria-pressed="true">box</button><button data-tool="paint" aria-pressed="false">paint</button><button data-action="clear-region">clear</button></span>
+        <label title="draw the edges from bias, error and rest nodes (what no feature explains) at full strength"><input type="checkbox" class="dfx-residual">bias/error edges</label>
         <button data-action="fit" title="reset zoom and pan">fit</button>
-        ${this.options.onOpenLarge ? '<button data-action="open-large">large view</button>' : ""}
+        ${this.options.onOpenLarge ? '<button data-action="open-large" class="dfx-primary" title="the same circuit in ComfyUI\'s bottom panel, full width">⤢ open large view</button>' : ""}
         <span class="dfx-counts dfx-muted"></span>
+        <details class="dfx-legend"${this.options.onOpenLarge ? "" : " open"}><summary>legend</summary>
+          <div><i class="dfx-line" style="background:rgb(${POSITIVE})"></i>+ raises the node it feeds <i class="dfx-line" style="background:rgb(${NEGATIVE})"></i>− lowers it (width: |attribution|)</div>
+          <div>${this.#legendNodes()}</div>
+          <div class="dfx-muted">node size: influence on the target; rows: layers; columns: step and stream</div>
+        </details>
       </div>
       <div class="dfx-body">
         <div class="dfx-graph" tabindex="0"><canvas class="dfx-graph-canvas"></canvas></div>
         <div class="dfx-side">
           <div class="dfx-image"><canvas class="dfx-image-canvas"></canvas></div>
+          <div class="dfx-colourbar" hidden><span class="dfx-colourbar-title"></span><i style="background:${HEAT_GRADIENT}"></i><span class="dfx-muted">0</span><span class="dfx-colourbar-peak dfx-muted"></span></div>
           <div class="dfx-details"><p class="dfx-muted">Hover a node for its details and heatmap; click to focus its inputs and outputs; Ctrl/Cmd-click to pin; G groups the pins. Drag a box or paint on the image to keep only the features active there.</p></div>
           <div class="dfx-pins"></div>
         </div>
@@ -230,6 +253,10 @@ export class CircuitView {
     this.details = find(".dfx-details");
     this.pinsBox = find(".dfx-pins");
     this.countsText = find(".dfx-counts");
+    this.colourBar = find(".dfx-colourbar");
+    const residual = find(".dfx-residual");
+    residual.checked = this.state.showResidual;
+    residual.addEventListener("change", () => this.setShowResidual(residual.checked));
     const nodeSlider = find(".dfx-node-threshold");
     const edgeSlider = find(".dfx-edge-threshold");
     nodeSlider.value = this.state.nodeThreshold;
@@ -265,6 +292,14 @@ export class CircuitView {
     this.#wireGraphEvents();
     this.#wireImageEvents();
     return root;
+  }
+
+  #legendNodes() {
+    const kinds = [["feature", "feature", "●"], ["error", "error / rest", "■"], ["input", "input token", "●"], ["bias", "bias", "●"],
+      ["target", "target", "●"]];
+    const items = kinds.map(([kind, name, mark]) => `<span style="color:${KIND_COLOURS[kind]}">${mark}</span> ${name}`);
+    items.push('<span style="color:#c77dff">■</span> group', '<span style="color:#ffd400">○</span> pinned');
+    return items.join(" &nbsp;");
   }
 
   #wireGraphEvents() {
@@ -338,7 +373,7 @@ export class CircuitView {
   zoomAt(x, y, factor) {
     const zoom = Math.min(Math.max(this.zoom * factor, 0.2), 60);
     const applied = zoom / this.zoom;
-    this.pan = { x: x - MARGIN - (x - MARGIN - this.pan.x) * applied, y: y - MARGIN - (y - MARGIN - this.pan.y) * applied };
+    this.pan = { x: x - PAD.left - (x - PAD.left - this.pan.x) * applied, y: y - PAD.top - (y - PAD.top - this.pan.y) * applied };
     this.zoom = zoom;
     this.redraw();
   }
@@ -425,7 +460,8 @@ export class CircuitView {
     if (card) box.appendChild(this.#card(card));
     const label = doc.createElement("input");
     label.className = "dfx-label";
-    label.placeholder = card && card.describes ? `${card.label} (your label wins; saved with the workflow)` : "label (saved with the workflow)";
+    const keptIn = this.options.stateKeptIn ?? "kept while this page is open";
+    label.placeholder = card && card.describes ? `${card.label} (your label wins; ${keptIn})` : `your label (${keptIn})`;
     label.value = this.state.labels[node.id] ?? "";
     label.addEventListener("change", () => this.setLabel(index, label.value));
     label.addEventListener("keydown", (event) => event.stopPropagation());
@@ -568,9 +604,9 @@ export class CircuitView {
   #screen() {
     const width = this.canvas.clientWidth;
     const height = this.canvas.clientHeight;
-    const sx = (width - 2 * MARGIN) * this.zoom;
-    const sy = (height - 2 * MARGIN) * this.zoom;
-    return { width, height, sx, sy, ox: MARGIN + this.pan.x, oy: MARGIN + this.pan.y };
+    const sx = Math.max(1, width - PAD.left - PAD.right) * this.zoom;
+    const sy = Math.max(1, height - PAD.top - PAD.bottom) * this.zoom;
+    return { width, height, sx, sy, ox: PAD.left + this.pan.x, oy: PAD.top + this.pan.y };
   }
 
   #nodeAt(point) {
@@ -621,10 +657,12 @@ export class CircuitView {
       if (source[e] === focus) incident.add(target[e]);
       if (target[e] === focus) incident.add(source[e]);
     }
+    this.#drawGridLines(context, { width, sy, oy });
     context.lineCap = "round";
     this.buckets.forEach((edges, b) => {
       if (!edges.length) return;
-      const negative = b >= WIDTH_LEVELS;
+      const faint = b < 2 * WIDTH_LEVELS;
+      const negative = b % (2 * WIDTH_LEVELS) >= WIDTH_LEVELS;
       const level = (b % WIDTH_LEVELS + 1) / WIDTH_LEVELS;
       const [r, g, bl] = negative ? NEGATIVE : POSITIVE;
       for (const highlighted of incident ? [false, true] : [false]) {
@@ -642,17 +680,54 @@ export class CircuitView {
           any = true;
         }
         if (!any) continue;
-        const alpha = incident && !highlighted ? 0.06 : 0.15 + 0.85 * level;
+        const alpha = incident && !highlighted ? 0.06 : faint ? 0.04 + 0.1 * level : 0.15 + 0.85 * level;
         context.strokeStyle = `rgba(${r},${g},${bl},${alpha})`;
-        context.lineWidth = (0.4 + 4 * level * level) * (highlighted ? 1.5 : 1);
+        context.lineWidth = faint ? 0.4 + level : (0.4 + 4 * level * level) * (highlighted ? 1.5 : 1);
         context.stroke();
       }
     });
     this.#drawNodes(context, { width, height, sx, sy, ox, oy }, incident);
+    this.#drawAxisLabels(context, { width, height, sx, sy, ox, oy });
     const took = performance.now() - started;
     this.redraws.push(took);
     if (this.redraws.length > 200) this.redraws.shift();
     return took;
+  }
+
+  #drawGridLines(context, { width, sy, oy }) {
+    context.strokeStyle = "rgba(255,255,255,0.07)";
+    context.lineWidth = 1;
+    for (const row of this.positions.rows) {
+      const py = Math.round(oy + row.y * sy) + 0.5;
+      context.beginPath();
+      context.moveTo(PAD.left - 4, py);
+      context.lineTo(width, py);
+      context.stroke();
+    }
+  }
+
+  /** Row labels (inputs, layers, target) down the left edge and column labels (step, stream) along the top. */
+  #drawAxisLabels(context, { width, height, sx, sy, ox, oy }) {
+    const { rows, columns } = this.positions;
+    context.fillStyle = "#1e1f22";
+    context.fillRect(0, 0, PAD.left - 6, height);
+    context.fillRect(0, 0, width, 16);
+    context.font = "10px system-ui, sans-serif";
+    context.textBaseline = "middle";
+    context.fillStyle = "#9aa0aa";
+    context.textAlign = "right";
+    for (const row of rows) context.fillText(row.label, PAD.left - 8, oy + row.y * sy);
+    context.textAlign = "center";
+    let lastRight = -Infinity;
+    for (const column of columns) {
+      const px = ox + column.x * sx;
+      const half = context.measureText(column.label).width / 2;
+      if (px - half < lastRight + 6 || px + half < 0 || px - half > width) continue;
+      context.fillText(column.label, px, 8);
+      lastRight = px + half;
+    }
+    context.textAlign = "left";
+    context.textBaseline = "alphabetic";
   }
 
   #drawNodes(context, { width, height, sx, sy, ox, oy }, incident) {
@@ -710,29 +785,62 @@ export class CircuitView {
       context.arc(ox + x[i] * sx, oy + y[i] * sy, this.#radius(i) + 5, 0, 2 * Math.PI);
       context.stroke();
     }
-    this.#drawLabels(context, labelled, { sx, sy, ox, oy }, pins);
+    this.#drawLabels(context, labelled, { width, height, sx, sy, ox, oy }, pins);
   }
 
-  /** Labels of pinned, grouped, hovered, focused and labelled nodes always; others only where they fit. */
-  #drawLabels(context, labelled, { sx, sy, ox, oy }, pins) {
+  /**
+   * Labels never overlap one another nor leave the canvas: each tries right of its node, left, above and
+   * below, kept inside the canvas. Pinned, grouped, hovered, focused and user-labelled nodes are placed
+   * first (the hovered one before all); a label with no free place is left out, and the details panel
+   * names the node in full.
+   */
+  #drawLabels(context, labelled, { width, height, sx, sy, ox, oy }, pins) {
     const { x, y } = this.positions;
     const must = (i) => pins.has(i) || this.groupOf.has(i) || i === this.hovered || i === this.focused || this.state.labels[this.circuit.nodes[i].id];
-    labelled.sort((a, b) => Number(Boolean(must(b))) - Number(Boolean(must(a))) || this.influence[b] - this.influence[a]);
+    const rank = (i) => (i === this.hovered ? 2 : must(i) ? 1 : 0);
+    labelled.sort((a, b) => rank(b) - rank(a) || this.influence[b] - this.influence[a]);
     context.font = "11px system-ui, sans-serif";
-    context.fillStyle = "#eee";
     const placed = [];
+    const free = (box) => !placed.some((p) => box.left < p.right && p.left < box.right && box.top < p.bottom && p.top < box.bottom);
+    const lineHeight = 14;
     for (const i of labelled) {
       const node = this.circuit.nodes[i];
       const name = this.#name(i);
       const spec = node.kind === "feature" && !this.groupOf.has(i) ? featureSpec(node) : null;
-      const text = i === this.hovered && spec && name !== spec ? `${name} · ${spec}` : name;
-      const left = ox + x[i] * sx + this.#radius(i) + 3;
-      const box = { left, right: left + context.measureText(text).width, top: oy + y[i] * sy - 13, bottom: oy + y[i] * sy };
-      const overlaps = placed.some((p) => box.left < p.right && p.left < box.right && box.top < p.bottom && p.top < box.bottom);
-      if (overlaps && !must(i)) continue;
+      const text = this.#fit(context, i === this.hovered && spec && name !== spec ? `${name} · ${spec}` : name, Math.min(LABEL_WIDTH, width - 8));
+      const textWidth = context.measureText(text).width;
+      const px = ox + x[i] * sx;
+      const py = oy + y[i] * sy;
+      const r = this.#radius(i) + 3;
+      const candidates = [[px + r, py - lineHeight / 2], [px - r - textWidth, py - lineHeight / 2],
+        [px - textWidth / 2, py - r - lineHeight], [px - textWidth / 2, py + r]];
+      const box = candidates
+        .map(([left, top]) => {
+          const l = Math.min(Math.max(left, PAD.left - 4), width - textWidth - 2);
+          const t = Math.min(Math.max(top, 0), height - lineHeight);
+          return { left: l, right: l + textWidth, top: t, bottom: t + lineHeight };
+        })
+        .find(free);
+      if (!box) continue;
       placed.push(box);
-      context.fillText(text, left, box.bottom - 3);
+      context.fillStyle = "rgba(30,31,34,0.75)";
+      context.fillRect(box.left - 1, box.top, textWidth + 2, lineHeight);
+      context.fillStyle = i === this.hovered ? "#fff" : "#e6e6e6";
+      context.fillText(text, box.left, box.bottom - 3);
     }
+  }
+
+  /** `text` cut with "…" to at most `limit` pixels wide. */
+  #fit(context, text, limit) {
+    if (context.measureText(text).width <= limit) return text;
+    let low = 0;
+    let high = text.length;
+    while (low < high) {
+      const middle = Math.ceil((low + high) / 2);
+      if (context.measureText(`${text.slice(0, middle)}…`).width <= limit) low = middle;
+      else high = middle - 1;
+    }
+    return `${text.slice(0, low)}…`;
   }
 
   #strongest(count) {
@@ -750,6 +858,16 @@ export class CircuitView {
     return this.groupOf.has(i) ? r + 3 : r;
   }
 
+  /** The heat scale under the image: from 0 to the largest |activation| of the node shown (-1: hide it). */
+  #showColourBar(index) {
+    this.colourBar.hidden = index < 0;
+    if (index < 0) return;
+    let peak = 0;
+    for (const i of this.#members(index)) for (const a of this.circuit.nodes[i].activations) peak = Math.max(peak, Math.abs(a));
+    this.colourBar.querySelector(".dfx-colourbar-title").textContent = `|activation| of ${this.#name(index)}:`;
+    this.colourBar.querySelector(".dfx-colourbar-peak").textContent = peak.toPrecision(3);
+  }
+
   #drawImage(painting = null) {
     const canvas = this.imageCanvas;
     const width = canvas.clientWidth;
@@ -765,23 +883,16 @@ export class CircuitView {
     const aspect = this.image ? [this.image.naturalWidth, this.image.naturalHeight] : grid ? [grid[1], grid[0]] : [1, 1];
     const rect = fitRect(aspect[0], aspect[1], width, height);
     this.imageRect = rect;
-    if (this.image) {
-      context.imageSmoothingEnabled = this.image.naturalWidth >= 256;
-      context.drawImage(this.image, rect.x, rect.y, rect.width, rect.height);
-    } else {
-      context.fillStyle = "#333";
-      context.fillRect(rect.x, rect.y, rect.width, rect.height);
-    }
-    if (!grid) return;
     const shown = this.hovered >= 0 ? this.hovered : this.focused;
-    if (shown >= 0) {
-      const node = this.circuit.nodes[shown];
-      if (node.stream === "img") {
-        const members = this.#members(shown).map((i) => this.circuit.nodes[i]);
-        const values = new Float32Array(grid[0] * grid[1]);
-        for (const member of members) nodeTokenMap(member, values.length).forEach((v, t) => { values[t] = Math.max(values[t], v); });
-        paintTokenMap(context, values, grid, rect, 0.85);
-      }
+    const heat = grid && shown >= 0 && this.circuit.nodes[shown].stream === "img" && this.circuit.nodes[shown].kind !== "bias";
+    drawUnderHeat(context, this.image, rect, heat);
+    this.#showColourBar(heat ? shown : -1);
+    if (!grid) return;
+    if (heat) {
+      const members = this.#members(shown).map((i) => this.circuit.nodes[i]);
+      const values = new Float32Array(grid[0] * grid[1]);
+      for (const member of members) nodeTokenMap(member, values.length).forEach((v, t) => { values[t] = Math.max(values[t], v); });
+      paintTokenMap(context, values, grid, rect, 0.85);
     }
     const cells = painting ? this.#selectionCells(painting) : this.state.region?.cells ?? [];
     if (cells.length) {

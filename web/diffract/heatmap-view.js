@@ -1,7 +1,7 @@
 // The heatmap viewer of Feature Heatmaps and Top Features: the generated image under one feature's
 // map at one step, with a feature picker, a step slider and the overlay's opacity.
 
-import { decodeMap, fitRect, loadImage, paintTokenMap } from "./heatmap.js";
+import { decodeMap, drawUnderHeat, fitRect, HEAT_GRADIENT, loadImage, paintTokenMap } from "./heatmap.js";
 import { createRoot } from "./style.js";
 
 export class HeatmapView {
@@ -103,13 +103,7 @@ export class HeatmapView {
     context.setTransform(ratio, 0, 0, ratio, 0, 0);
     const aspect = this.image ? [this.image.naturalWidth, this.image.naturalHeight] : [this.grid[1], this.grid[0]];
     const rect = fitRect(aspect[0], aspect[1], width, height);
-    if (this.image) {
-      context.imageSmoothingEnabled = this.image.naturalWidth >= 256;  // small images stay pixel-sharp
-      context.drawImage(this.image, rect.x, rect.y, rect.width, rect.height);
-    } else {
-      context.fillStyle = "#222";
-      context.fillRect(rect.x, rect.y, rect.width, rect.height);
-    }
+    drawUnderHeat(context, this.image, rect, Boolean(map) && this.opacity > 0);
     if (map) paintTokenMap(context, map.values, this.grid, rect, this.opacity);
   }
 }

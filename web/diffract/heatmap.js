@@ -10,12 +10,32 @@ const INFERNO = [
   [0.9884, 0.9984, 0.6449],
 ];
 
+/** The ramp as a CSS gradient, for colour bars. */
+export const HEAT_GRADIENT = `linear-gradient(to right, ${INFERNO.map((c) => `rgb(${c.map((v) => Math.round(255 * v)).join(",")})`).join(", ")})`;
+
 /** [r, g, b] in 0..255 for a value in [0, 1]. */
 export function inferno(value) {
   const position = Math.min(Math.max(value, 0), 1) * (INFERNO.length - 1);
   const low = Math.min(Math.floor(position), INFERNO.length - 2);
   const t = position - low;
   return INFERNO[low].map((c, i) => Math.round(255 * (c + (INFERNO[low + 1][i] - c) * t)));
+}
+
+/**
+ * The generated image in `rect` (a grey box if there is none). Under a heat map it is drawn grey and
+ * dimmed, so the ramp's reds, oranges and yellows can never be mistaken for the objects' own colours.
+ */
+export function drawUnderHeat(context, image, rect, heat) {
+  if (!image) {
+    context.fillStyle = "#333";
+    context.fillRect(rect.x, rect.y, rect.width, rect.height);
+    return;
+  }
+  context.save();
+  context.imageSmoothingEnabled = image.naturalWidth >= 256;  // small images stay pixel-sharp
+  if (heat) context.filter = "grayscale(1) brightness(0.55)";
+  context.drawImage(image, rect.x, rect.y, rect.width, rect.height);
+  context.restore();
 }
 
 /** Decode a base64 string of bytes (the nodes' quantised maps) to values in [0, 1]. */

@@ -34,6 +34,7 @@ function mountCircuit(doc, element, graph, imageUrl) {
     circuit,
     imageUrl,
     state: saved,
+    stateKeptIn: "kept in this browser's storage for this report",
     onStateChange: (state) => storage.setItem(key, JSON.stringify(state)),
     onSteer: (request) => {
       note.textContent = `To steer ${request.features.join(", ")}: in ComfyUI, a Steer Feature node with features = `
