@@ -15,7 +15,7 @@ from PIL import Image
 from diffract_core.toy.embedded import load_toy
 from diffract_core.toy.generate import generate, toy_noise
 
-from .test_server_workflow import _post, _wait
+from .test_server_workflow import FRONTEND_ONLY, _post, _wait
 
 WIDGET_TYPES = {"STRING", "INT", "FLOAT", "BOOLEAN", "COMBO"}
 MUTED = 2  # LiteGraph's "never" mode: the frontend leaves such nodes out of the prompt
@@ -27,7 +27,7 @@ def api_prompt(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node["mode"] == MUTED:
+        if node["mode"] == MUTED or node["type"] in FRONTEND_ONLY:
             continue
         info = object_info[node["type"]]["input"]
         values = iter(node["widgets_values"])

@@ -1,19 +1,25 @@
 """The viewers inside a real ComfyUI page: headless Chromium opens the server with our pack loaded,
 loads the toy example workflow, queues it, and the circuit widget appears in Trace Circuit (and in
-the Vue "Nodes 2.0" renderer); its steer action adds a Steer Feature node wired to the model."""
+the Vue "Nodes 2.0" renderer); its steer action adds a Steer Feature node wired to the model. Every
+example workflow, as loaded and (the toy) after a run, has no two nodes on top of each other."""
 
 from __future__ import annotations
 
 import json
+from itertools import combinations
+from pathlib import Path
+
+import pytest
 
 WORKFLOW = "example_workflows/toy_trace_and_steer.json"
 TRACE = "app.graph.nodes.find((n) => n.comfyClass === 'DiffractTraceCircuit')"
 
 
-def _open(page, server) -> None:  # noqa: ANN001
+def _open(page, server, nodes_2: bool = False) -> None:  # noqa: ANN001
     settings = server.run_dir / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
-    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))  # no first-run templates dialog
+    # no first-run templates dialog; the renderer chosen before the page loads
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.VueNodes.Enabled": nodes_2}))
     page.goto(server.url)
     page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=60_000)
     page.wait_for_timeout(1000)
@@ -21,11 +27,11 @@ def _open(page, server) -> None:  # noqa: ANN001
     page.evaluate("window.app.extensionManager.dialog?.closeDialog?.()")
 
 
-def _show_alone(page, node: str) -> None:  # noqa: ANN001
-    """Move the node clear of the template's layout (its widget makes it taller) and centre on it."""
-    page.evaluate(f"""(() => {{ const node = {node}; node.pos = [4000, 0];
-        window.app.canvas.centerOnNode?.(node); window.app.canvas.setDirty(true, true); }})()""")
-    page.wait_for_timeout(500)
+def _centre_on(page, node: str) -> None:  # noqa: ANN001
+    """Zoom to 100 % on the node where the template put it."""
+    page.evaluate(f"""(() => {{ const c = window.app.canvas; c.ds.scale = 1; c.centerOnNode?.({node});
+        c.setDirty(true, true); }})()""")
+    page.wait_for_timeout(800)
 
 
 def _run_workflow(page, workflow: dict) -> None:  # noqa: ANN001
@@ -53,19 +59,24 @@ def test_the_circuit_widget_appears_and_steers_a_wired_node(comfy_server, pack_d
     assert page.evaluate(f"{TRACE}.diffractView.imageReady"), "the decoded image came through /view"
     serialized = page.evaluate("JSON.stringify(window.app.graph.serialize())")
     assert "diffract-circuit" not in serialized, "the circuit itself never goes into the workflow"
-    _show_alone(page, TRACE)
+    _centre_on(page, TRACE)
     widget.screenshot(path=str(artifacts / "comfyui-trace-circuit-widget.png"))
     page.screenshot(path=str(artifacts / "comfyui-trace-circuit.png"))
+    top = "app.graph.nodes.find((n) => n.comfyClass === 'DiffractTopFeatures')"
+    rows = page.evaluate(f"window.app.nodeOutputs[String({top}.id)].diffract_top_features[0].rows.map((r) => r.feature)")
+    table = page.evaluate(f"[...{top}.diffractWidget.element.querySelectorAll('tbody tr')].map((tr) => tr.cells[0].textContent)")
+    assert table == rows, "Top Features draws its table in the node"
+    if any(row.startswith("img:") for row in rows):
+        assert page.evaluate(f"{top}.diffractView.heatmaps.maps.length") > 0, "the image rows' maps are in the viewer"
+    if any(row.startswith("txt:") for row in rows):
+        strip = page.evaluate(f"[...{top}.diffractWidget.element.querySelectorAll('.dfx-strip-box:not([hidden]) .dfx-tokens span')].length")
+        assert strip > 0, "a text row shows its token strip"
+    _centre_on(page, top)
+    page.screenshot(path=str(artifacts / "comfyui-top-features.png"))
     widget.locator("[data-action=open-large]").dispatch_event("click")  # the larger view, in the bottom panel
     page.wait_for_function(f"{TRACE}.diffractLargeView && {TRACE}.diffractLargeView.redraws.length > 0", timeout=30_000)
     assert page.evaluate(f"{TRACE}.diffractLargeView.root.getBoundingClientRect().width") > 600
     page.screenshot(path=str(artifacts / "comfyui-large-view.png"))
-    top = "app.graph.nodes.find((n) => n.comfyClass === 'DiffractTopFeatures')"
-    rows = page.evaluate(f"window.app.nodeOutputs[String({top}.id)].diffract_top_features[0].rows.map((r) => r.feature)")
-    if any(row.startswith("img:") for row in rows):
-        assert page.evaluate(f"{top}.diffractView.maps.length") > 0, "Top Features shows its image rows in the viewer"
-    else:
-        assert "No image-stream feature" in page.evaluate(f"{top}.diffractWidget.element.textContent")
 
     # pins and labels go into the node's properties, hence into the saved workflow
     first = page.evaluate(f"""(() => {{ const v = {TRACE}.diffractView;
@@ -81,8 +92,8 @@ def test_the_circuit_widget_appears_and_steers_a_wired_node(comfy_server, pack_d
         v.steer(n.index); return `${{n.stream}}:${{n.layer}}:${{n.feature}}`; }})()""")
     nodes = page.evaluate("""(() => { const g = window.app.graph; const trace = g.nodes.find((n) => n.comfyClass === 'DiffractTraceCircuit');
         const steer = g.nodes.filter((n) => n.comfyClass === 'DiffractSteerFeature').at(-1);
-        const origin = (node, name) => { const id = node.inputs.find((i) => i.name === name).link;
-            const link = g.links.get ? g.links.get(id) : g.links[id]; return link ? [link.origin_id, link.origin_slot] : null; };
+        const origin = (node, name) => { const link = node.getInputLink(node.inputs.findIndex((i) => i.name === name));
+            return link ? [link.origin_id, link.origin_slot] : null; };
         return { count: g.nodes.filter((n) => n.comfyClass === 'DiffractSteerFeature').length,
                  features: steer.widgets.find((w) => w.name === 'features').value,
                  model: [origin(steer, 'model'), origin(trace, 'model')],
@@ -103,6 +114,50 @@ def test_the_viewers_render_in_the_nodes_2_renderer(comfy_server, pack_dir, page
     page.wait_for_function(f"{heatmaps}.diffractView && {heatmaps}.diffractView.maps.length > 0", timeout=60_000)
     box = page.locator(".dfx-circuit").first.bounding_box()
     assert box is not None and box["width"] > 100 and box["height"] > 100
-    _show_alone(page, TRACE)
+    _centre_on(page, TRACE)
     page.locator(".dfx-circuit").first.screenshot(path=str(artifacts / "comfyui-nodes-2-widget.png"))
     page.screenshot(path=str(artifacts / "comfyui-nodes-2.png"))
+
+
+WORKFLOWS = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
+BOXES = """() => window.app.graph.nodes.map((n) => ({ id: n.id, title: n.title, box: [...n.boundingRect] }))"""
+
+
+def _overlaps(page) -> list[tuple[str, str]]:  # noqa: ANN001
+    """Pairs of nodes whose boxes (title bar included) intersect."""
+    boxes = page.evaluate(BOXES)
+    pairs = []
+    for a, b in combinations(boxes, 2):
+        (ax, ay, aw, ah), (bx, by, bw, bh) = a["box"], b["box"]
+        if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+            pairs.append((f"{a['id']} {a['title']}", f"{b['id']} {b['title']}"))
+    return pairs
+
+
+def _fit_view(page) -> None:  # noqa: ANN001
+    page.evaluate("""() => { const c = window.app.canvas; const boxes = window.app.graph.nodes.map((n) => n.boundingRect);
+        const left = Math.min(...boxes.map((b) => b[0])), top = Math.min(...boxes.map((b) => b[1]));
+        const right = Math.max(...boxes.map((b) => b[0] + b[2])), bottom = Math.max(...boxes.map((b) => b[1] + b[3]));
+        const [width, height] = [c.canvas.clientWidth - 100, c.canvas.clientHeight - 120];  // the side bar, the top bar
+        const scale = Math.min(width / (right - left), height / (bottom - top));
+        c.ds.scale = scale; c.ds.offset = [90 / scale - left, 100 / scale - top]; c.setDirty(true, true); }""")
+    page.wait_for_timeout(1000)
+
+
+@pytest.mark.parametrize("nodes_2", [False, True], ids=["litegraph", "nodes-2"])
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_example_workflows_have_room_for_every_node(comfy_server, pack_dir, page, artifacts, name, nodes_2) -> None:  # noqa: ANN001
+    _open(page, comfy_server, nodes_2)
+    workflow = json.loads((pack_dir / "example_workflows" / name).read_text())
+    if name.startswith("toy"):
+        _run_workflow(page, workflow)
+        page.wait_for_function(f"{TRACE}.diffractView && {TRACE}.diffractView.redraws.length > 0", timeout=60_000)
+    else:  # the FLUX templates need model files the test server does not have: they are loaded, not run
+        page.evaluate("(workflow) => window.app.loadGraphData(workflow)", workflow)
+        page.keyboard.press("Escape")  # the missing-models dialog
+    page.wait_for_timeout(1500)
+    assert page.evaluate("window.app.graph.nodes.length") == len(workflow["nodes"])
+    assert _overlaps(page) == []
+    _fit_view(page)
+    page.evaluate("document.querySelectorAll('.p-toast-message').forEach((toast) => toast.remove())")  # missing models
+    page.screenshot(path=str(artifacts / f"workflow-{Path(name).stem}-{'nodes-2' if nodes_2 else 'litegraph'}.png"))

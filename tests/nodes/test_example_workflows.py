@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from itertools import combinations
 from pathlib import Path
 
 import pytest
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
 WIDGET_TYPES = {"STRING", "INT", "FLOAT", "COMBO", "BOOLEAN"}
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -41,3 +43,26 @@ def test_the_templates_together_show_the_pack() -> None:
         "DiffractLoadTranscoders", "DiffractRecordFeatures", "DiffractFeatureHeatmaps", "DiffractTopFeatures",
         "DiffractSteerFeature", "DiffractTraceCircuit", "DiffractSteerCircuit", "DiffractSaveCircuit",
     }
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_stage_is_a_group_with_a_note_and_no_two_nodes_overlap(path: Path) -> None:
+    """As saved; tests/comfyui/test_web_widget.py checks the sizes the frontend gives the nodes, after a run too."""
+    workflow = json.loads(path.read_text())
+    boxes = {node["id"]: (node["pos"][0], node["pos"][1] - TITLE_HEIGHT, node["size"][0], node["size"][1] + TITLE_HEIGHT)
+             for node in workflow["nodes"]}
+    for (a, (ax, ay, aw, ah)), (b, (bx, by, bw, bh)) in combinations(boxes.items(), 2):
+        assert not (ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah), (a, b)
+    groups = workflow["groups"]
+    assert len(groups) >= 3
+
+    def inside(node_id: int, group: dict) -> bool:
+        x, y, w, h = boxes[node_id]
+        gx, gy, gw, gh = group["bounding"]
+        return gx <= x and gy <= y and x + w <= gx + gw and y + h <= gy + gh
+
+    for node in workflow["nodes"]:
+        assert sum(inside(node["id"], group) for group in groups) == 1, f"node {node['id']} is in one stage"
+    notes = [node for node in workflow["nodes"] if node["type"] == "Note"]
+    assert all(sum(inside(note["id"], group) for note in notes) == 1 for group in groups), "one note per stage"
+    assert all(note["widgets_values"][0].strip() for note in notes)
