@@ -200,9 +200,9 @@ def cmd_toy_train(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .toy.demo import DemoSettings, run_demo, summary
+    from .toy.demo import DemoSettings, prepare_report_folder, run_demo, summary
 
-    prepare_destination(args.out, "--out")
+    prepare_report_folder(args.out, "--out")
     print(summary(run_demo(args.out, DemoSettings(seed=args.seed))))
 
 

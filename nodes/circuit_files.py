@@ -32,13 +32,14 @@ def _output_dir() -> Path:
 
 
 def saved_circuits() -> list[str]:
-    """Circuit files under the output folder, newest first, as paths relative to it."""
+    """Circuit files under the output folder, newest first, as paths relative to it; links that lead
+    outside it are left out, as resolve_circuit would refuse them."""
     base = _output_dir()
     if not base.is_dir():
         return []
     found = []
     for path in base.rglob("*.json"):
-        if path.name.endswith(".neuronpedia.json") or not path.is_file():
+        if path.name.endswith(".neuronpedia.json") or not path.is_file() or base not in path.resolve().parents:
             continue
         found.append((path.stat().st_mtime, path.relative_to(base).as_posix()))
     return [name for _, name in sorted(found, reverse=True)[:MAX_LISTED]]

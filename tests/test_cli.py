@@ -1,17 +1,31 @@
+import html
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from diffract_core.quickstart import write_example_release
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "diffract_core", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "diffract_core", *args], check=False, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_convert_and_inspect_a_release_folder(tmp_path: Path) -> None:
-    write_example_release(tmp_path / "release" / "temporal-aware-transcoders", layers=(0, 12), kinds=("transcoder",), d_model=16, d_features=48)
-    write_example_release(tmp_path / "release" / "temporal-aware-saes", layers=(12,), kinds=("sae",), d_model=16, d_features=48)
+    write_example_release(
+        tmp_path / "release" / "temporal-aware-transcoders",
+        layers=(0, 12),
+        kinds=("transcoder",),
+        d_model=16,
+        d_features=48,
+    )
+    write_example_release(
+        tmp_path / "release" / "temporal-aware-saes", layers=(12,), kinds=("sae",), d_model=16, d_features=48
+    )
     converted = run_cli("convert", str(tmp_path / "release"), str(tmp_path / "native"), "--dtype", "bf16")
     assert converted.returncode == 0, converted.stderr
     assert "[6/6] done" in converted.stderr
@@ -30,13 +44,19 @@ def test_convert_and_inspect_a_release_folder(tmp_path: Path) -> None:
         ("txt", "12", "transcoder", "16", "48", "bfloat16"),
     ]
     assert all("(ok)" in line for line in lines[1:])
+    # a folder of native releases (ComfyUI's models/transcoders) lists every release's sites
+    folder = run_cli("inspect", str(tmp_path))
+    assert folder.returncode == 0, folder.stderr
+    assert len(folder.stdout.splitlines()) == len(lines) and "native" in folder.stdout
 
     raw = run_cli("inspect", str(tmp_path / "release"))
     assert raw.returncode == 0 and "float32" in raw.stdout and "(unrecorded)" in raw.stdout
 
 
 def test_inspect_flags_a_changed_weights_file(tmp_path: Path) -> None:
-    write_example_release(tmp_path / "release", layers=(3,), streams=("img",), kinds=("transcoder",), d_model=8, d_features=16)
+    write_example_release(
+        tmp_path / "release", layers=(3,), streams=("img",), kinds=("transcoder",), d_model=8, d_features=16
+    )
     assert run_cli("convert", str(tmp_path / "release"), str(tmp_path / "native")).returncode == 0
     weights = tmp_path / "native" / "transcoder_img_3" / "weights.safetensors"
     data = bytearray(weights.read_bytes())
@@ -68,9 +88,19 @@ def test_demo_is_the_main_job(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = (tmp_path / "demo" / "report.html").read_text()
     assert "binding errors traced and steered:" in result.stdout and "shown: " in result.stdout
-    for heading in ("Which steering fixes binding errors? The benchmark", "step by step", "Its circuit", "The grid",
-                    "Every error the demo steered"):
-        assert heading in report
+    headings = [html.unescape(h) for h in re.findall(r"<h2[^>]*>(.*?)</h2>", report)]
+    assert headings[0].startswith("The binding error, and "), "the report starts with the story"
+    assert headings[1:] == [
+        "What was steered, and how",
+        "Which steering won",
+        "The grid",
+        "Why: the wrong colour's feature, step by step",
+        "Its circuit",
+        "The benchmark: which steering fixes binding errors?",
+        "Every error the demo steered",
+        "Glossary",
+        "Timings",
+    ]
     assert report.count("data:image/png;base64,") > 60  # 48 grid images, 12 heatmaps, before / after, the graph
     assert (tmp_path / "demo" / "circuit.json").is_file()
 
@@ -102,25 +132,53 @@ def test_a_file_where_an_output_folder_should_be_is_named(tmp_path: Path) -> Non
     assert (tmp_path / "README.md").read_text() == "keep me"
 
 
+def test_demo_into_a_file_is_refused_in_one_line_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    from diffract_core.cli import main
+    from diffract_core.toy import demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda *_args, **_kwargs: pytest.fail("the demo started"))
+    readme = tmp_path / "README.md"
+    readme.write_text("keep me")
+    assert main(["demo", "--out", str(readme)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {readme} is a file, not a folder: choose a folder (a new or an existing one)\n"
+    )
+    (tmp_path / "demo" / "report.html").mkdir(parents=True)
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'demo' / 'report.html'} is not a file" in err, err
+    assert "choose another output folder" in err and readme.read_text() == "keep me"
+
+
 def test_read_only_destinations_are_refused_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
     import os
 
     from diffract_core.cli import main
 
-    write_example_release(tmp_path / "release", layers=(0,), streams=("img",), kinds=("transcoder",), d_model=8, d_features=16)
+    write_example_release(
+        tmp_path / "release", layers=(0,), streams=("img",), kinds=("transcoder",), d_model=8, d_features=16
+    )
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: Path(path) != locked and real_access(path, mode, *a, **k))
-    for argv in (["convert", str(tmp_path / "release"), str(locked / "native")], ["quickstart", "--out", str(locked / "qs")],
-                 ["toy-train", "--out", str(locked / "toy.safetensors"), "--steps", "1"], ["demo", "--out", str(locked / "demo")]):
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, *a, **k: Path(path) != locked and real_access(path, mode, *a, **k)
+    )
+    for argv in (
+        ["convert", str(tmp_path / "release"), str(locked / "native")],
+        ["quickstart", "--out", str(locked / "qs")],
+        ["toy-train", "--out", str(locked / "toy.safetensors"), "--steps", "1"],
+        ["demo", "--out", str(locked / "demo")],
+    ):
         assert main(argv) == 2
         assert "is read-only for this user; choose a writable folder" in capsys.readouterr().err
     assert list(locked.iterdir()) == []
 
 
 def test_convert_names_a_malformed_manifest_field(tmp_path: Path) -> None:
-    write_example_release(tmp_path / "release", layers=(0,), streams=("img",), kinds=("transcoder",), d_model=8, d_features=16)
+    write_example_release(
+        tmp_path / "release", layers=(0,), streams=("img",), kinds=("transcoder",), d_model=8, d_features=16
+    )
     (tmp_path / "native").mkdir()
     (tmp_path / "native" / "manifest.json").write_text('{"format": "diffract-transcoder-release", "release": "abc"}')
     result = run_cli("convert", str(tmp_path / "release"), str(tmp_path / "native"))

@@ -148,7 +148,7 @@ class SiteReport:
             self.dtype,
             describe_size(self.size_bytes),
             f"{self.sha256[:16]} ({self.checksum_status})",
-            self.path.name,
+            f"{self.path.parent.name}/{self.path.name}",  # the release and the site
         ]
 
 
@@ -156,12 +156,16 @@ REPORT_HEADER = ["stream", "layer", "kind", "D", "F", "dtype", "size", "sha256",
 
 
 def inspect_path(path: Path) -> list[SiteReport]:
-    """Reports for a native release folder, one native site folder, a `.pt` file or a folder of them."""
+    """Reports for a native release folder, one native site folder, a folder of native releases (such
+    as ComfyUI's models/transcoders), a `.pt` file or a folder of them."""
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
         return [_native_report(path)]
     if path.is_dir() and site_folders(path):
         return [_native_report(p) for p in site_folders(path)]
+    releases = [child for child in sorted(path.iterdir()) if child.is_dir() and site_folders(child)] if path.is_dir() else []
+    if releases:
+        return [_native_report(site) for release in releases for site in site_folders(release)]
     return [_release_report(file, name) for file, name in find_release_files(path).items()]
 
 

@@ -23,34 +23,34 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return result.report, json.loads((result.out / "circuit.json").read_text())
 
 
-def open_report(page, report_path: Path) -> None:  # noqa: ANN001
+def open_report(page, report_path: Path) -> None:
     page.goto(report_path.as_uri())
     page.wait_for_function(f"window.diffract && {CIRCUIT} && {CIRCUIT}.redraws.length > 0")
     page.locator("[data-diffract-view=circuit]").scroll_into_view_if_needed()
 
 
-def view_state(page) -> dict:  # noqa: ANN001
+def view_state(page) -> dict:
     return page.evaluate(f"structuredClone({CIRCUIT}.state)")
 
 
-def drawn_features(page) -> list[str]:  # noqa: ANN001
+def drawn_features(page) -> list[str]:
     return page.evaluate(f"""(() => {{ const v = {CIRCUIT};
         return v.circuit.nodes.filter((n) => v.nodeMask[n.index] && n.kind === 'feature').map((n) => n.id); }})()""")
 
 
-def strongest_drawn_features(page, count: int) -> list[int]:  # noqa: ANN001
+def strongest_drawn_features(page, count: int) -> list[int]:
     return page.evaluate(f"""(() => {{ const v = {CIRCUIT};
         return v.circuit.nodes.filter((n) => v.drawn[n.index] && n.kind === 'feature')
           .sort((a, b) => v.influence[b.index] - v.influence[a.index]).slice(0, {count}).map((n) => n.index); }})()""")
 
 
-def point_of(page, index: int) -> tuple[float, float]:  # noqa: ANN001
+def point_of(page, index: int) -> tuple[float, float]:
     point = page.evaluate(f"{CIRCUIT}.clientPoint({index})")
     assert point is not None, f"node {index} is not drawn"
     return point["x"], point["y"]
 
 
-def canvas_digest(page, selector: str) -> int:  # noqa: ANN001
+def canvas_digest(page, selector: str) -> int:
     """A checksum of a canvas's pixels, computed in the page (shipping the pixels out is slow)."""
     return page.evaluate(f"""(() => {{ const c = document.querySelector({selector!r});
         const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -59,11 +59,11 @@ def canvas_digest(page, selector: str) -> int:  # noqa: ANN001
         return hash; }})()""")
 
 
-def image_pixels(page) -> int:  # noqa: ANN001
+def image_pixels(page) -> int:
     return canvas_digest(page, "[data-diffract-view=circuit] .dfx-image-canvas")
 
 
-def test_the_report_mounts_both_viewers_offline(page, report, artifacts) -> None:  # noqa: ANN001
+def test_the_report_mounts_both_viewers_offline(page, report, artifacts) -> None:
     report_path, graph = report
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
@@ -76,7 +76,38 @@ def test_the_report_mounts_both_viewers_offline(page, report, artifacts) -> None
     page.locator("[data-diffract-view=circuit]").screenshot(path=str(artifacts / "report-circuit.png"))
 
 
-def test_the_prune_slider_keeps_what_python_keeps(page, report) -> None:  # noqa: ANN001
+def test_the_report_tells_the_story_first(page, report, artifacts) -> None:
+    """The error and its before / after images, large and side by side, before the grid; the grid's
+    binding errors outlined in red with a legend; every linked term defined on the page."""
+    report_path, _ = report
+    page.goto(report_path.as_uri())
+    assert page.locator("h2").first.inner_text().startswith("The binding error, and ")
+    layout = page.evaluate("""(() => {
+        const box = (e) => e.getBoundingClientRect();
+        const big = [...document.querySelectorAll('figure.big img')].map((img) => ({
+            width: box(img).width, top: box(img).top, rendering: getComputedStyle(img).imageRendering }));
+        const errors = [...document.querySelectorAll('.thumbs figure.error img')].map((img) => getComputedStyle(img));
+        return { big, gridTop: box(document.querySelector('.thumbs')).top,
+                 thumbs: document.querySelectorAll('.thumbs figure').length,
+                 captions: [...document.querySelectorAll('.thumbs figcaption')].filter(
+                     (c) => c.textContent.includes('(binding error)')).length,
+                 outlines: errors.map((s) => [s.outlineColor, s.outlineStyle, s.outlineWidth]),
+                 legend: document.querySelector('.legend')?.textContent ?? '',
+                 undefinedTerms: [...document.querySelectorAll('a.term')].map((a) => a.getAttribute('href'))
+                     .filter((href) => !document.getElementById(href.slice(1))) }; })()""")
+    big = layout["big"]
+    assert len(big) == 3, "as generated, steered by the circuit, steered by the SAE"
+    assert all(b["width"] >= 256 and b["rendering"] == "pixelated" for b in big), big
+    assert len({b["top"] for b in big}) == 1, "side by side"
+    assert max(b["top"] for b in big) < layout["gridTop"]
+    assert layout["thumbs"] == 16 and len(layout["outlines"]) == layout["captions"] > 0
+    assert all(colour == "rgb(213, 0, 0)" and style != "none" for colour, style, _ in layout["outlines"])
+    assert "red outline: the image holds a binding error" in layout["legend"]
+    assert layout["undefinedTerms"] == []
+    page.screenshot(path=str(artifacts / "report-page.png"), full_page=True)
+
+
+def test_the_prune_slider_keeps_what_python_keeps(page, report) -> None:
     report_path, graph_data = report
     graph = graph_from_dict(graph_data)
     open_report(page, report_path)
@@ -92,12 +123,14 @@ def test_the_prune_slider_keeps_what_python_keeps(page, report) -> None:  # noqa
     assert view_state(page)["nodeThreshold"] == 0.3
 
 
-def test_hover_shows_the_feature_and_its_heatmap_on_the_image(page, report, artifacts) -> None:  # noqa: ANN001
+def test_hover_shows_the_feature_and_its_heatmap_on_the_image(page, report, artifacts) -> None:
     report_path, _ = report
     open_report(page, report_path)
     index = page.evaluate(f"""(() => {{ const v = {CIRCUIT};
         return v.circuit.nodes.find((n) => v.drawn[n.index] && n.kind === 'feature' && n.stream === 'img').index; }})()""")
-    node = page.evaluate(f"(() => {{ const n = {CIRCUIT}.circuit.nodes[{index}]; return {{ id: n.id, layer: n.layer, feature: n.feature }}; }})()")
+    node = page.evaluate(
+        f"(() => {{ const n = {CIRCUIT}.circuit.nodes[{index}]; return {{ id: n.id, layer: n.layer, feature: n.feature }}; }})()"
+    )
     before = image_pixels(page)
     page.mouse.move(*point_of(page, index))
     page.wait_for_function(f"{CIRCUIT}.hovered === {index}")
@@ -108,7 +141,7 @@ def test_hover_shows_the_feature_and_its_heatmap_on_the_image(page, report, arti
     page.locator("[data-diffract-view=circuit]").screenshot(path=str(artifacts / "report-hover.png"))
 
 
-def test_click_focuses_a_node_and_lists_its_inputs_and_outputs(page, report) -> None:  # noqa: ANN001
+def test_click_focuses_a_node_and_lists_its_inputs_and_outputs(page, report) -> None:
     report_path, _ = report
     open_report(page, report_path)
     index = strongest_drawn_features(page, 1)[0]
@@ -118,7 +151,7 @@ def test_click_focuses_a_node_and_lists_its_inputs_and_outputs(page, report) -> 
     assert "inputs:" in text and "outputs:" in text and "inputs: none" not in text
 
 
-def test_ctrl_click_pins_and_g_groups_the_pins(page, report, artifacts) -> None:  # noqa: ANN001
+def test_ctrl_click_pins_and_g_groups_the_pins(page, report, artifacts) -> None:
     report_path, _ = report
     open_report(page, report_path)
     first, second = strongest_drawn_features(page, 2)
@@ -138,7 +171,7 @@ def test_ctrl_click_pins_and_g_groups_the_pins(page, report, artifacts) -> None:
     page.locator("[data-diffract-view=circuit]").screenshot(path=str(artifacts / "report-group.png"))
 
 
-def test_a_box_on_the_image_keeps_the_features_active_there(page, report, artifacts) -> None:  # noqa: ANN001
+def test_a_box_on_the_image_keeps_the_features_active_there(page, report, artifacts) -> None:
     report_path, graph_data = report
     graph = graph_from_dict(graph_data)
     rows, cols = graph.metadata["image_grid"]
@@ -154,19 +187,28 @@ def test_a_box_on_the_image_keeps_the_features_active_there(page, report, artifa
     cells = {r * cols + c for r in range(2) for c in range(3)}
     assert set(view_state(page)["region"]["cells"]) == cells
     pruned = graph.prune(0.8, 0.98).node_mask
-    active = {node.id for i, node in enumerate(graph.nodes) if pruned[i] and node.kind == "feature" and node.stream == "img"
-              and any(int(p) in cells and float(a) != 0 for p, a in zip(node.positions, node.activations))}
+    active = {
+        node.id
+        for i, node in enumerate(graph.nodes)
+        if pruned[i]
+        and node.kind == "feature"
+        and node.stream == "img"
+        and any(int(p) in cells and float(a) != 0 for p, a in zip(node.positions, node.activations))
+    }
     shown = set(drawn_features(page))
     assert {f for f in shown if f.startswith("feature:img")} == active
-    fed = {graph.nodes[int(s)].id for s, t in zip(graph.edge_sources, graph.edge_targets)
-           if graph.nodes[int(t)].id in active and graph.nodes[int(s)].stream == "txt"}
+    fed = {
+        graph.nodes[int(s)].id
+        for s, t in zip(graph.edge_sources, graph.edge_targets)
+        if graph.nodes[int(t)].id in active and graph.nodes[int(s)].stream == "txt"
+    }
     assert {f for f in shown if f.startswith("feature:txt")} <= fed
     page.locator("[data-diffract-view=circuit]").screenshot(path=str(artifacts / "report-region.png"))
     page.locator("[data-diffract-view=circuit] [data-action=clear-region]").click()
     assert view_state(page)["region"] is None
 
 
-def test_labels_are_kept_in_the_page_state_across_reloads(page, report) -> None:  # noqa: ANN001
+def test_labels_are_kept_in_the_page_state_across_reloads(page, report) -> None:
     report_path, _ = report
     open_report(page, report_path)
     index = strongest_drawn_features(page, 1)[0]
@@ -184,17 +226,19 @@ def test_labels_are_kept_in_the_page_state_across_reloads(page, report) -> None:
     assert page.locator("[data-diffract-view=circuit] input.dfx-label").input_value() == "red-ness of the square"
 
 
-def test_the_steer_action_names_the_feature(page, report) -> None:  # noqa: ANN001
+def test_the_steer_action_names_the_feature(page, report) -> None:
     report_path, _ = report
     open_report(page, report_path)
     index = strongest_drawn_features(page, 1)[0]
     page.mouse.click(*point_of(page, index))
     page.locator("[data-diffract-view=circuit] .dfx-steer").click()
-    spec = page.evaluate(f"(() => {{ const n = {CIRCUIT}.circuit.nodes[{index}]; return `${{n.stream}}:${{n.layer}}:${{n.feature}}`; }})()")
+    spec = page.evaluate(
+        f"(() => {{ const n = {CIRCUIT}.circuit.nodes[{index}]; return `${{n.stream}}:${{n.layer}}:${{n.feature}}`; }})()"
+    )
     assert spec in page.locator(".dfx-steer-note").inner_text()
 
 
-def test_the_heatmap_viewer_moves_through_features_steps_and_opacity(page, report, artifacts) -> None:  # noqa: ANN001
+def test_the_heatmap_viewer_moves_through_features_steps_and_opacity(page, report, artifacts) -> None:
     report_path, _ = report
     open_report(page, report_path)
     viewer = page.locator("[data-diffract-view=heatmaps]")
