@@ -65,3 +65,17 @@ def test_the_viewer_finds_its_modules_in_an_unpacked_wheel(wheel: Path, tmp_path
     assert Path(package).is_relative_to(site), f"imported {package}, not the unpacked wheel"
     assert Path(entry) == site / "diffract_core" / "web" / "standalone.js"
     assert int(length) > 1000
+
+
+def test_the_demo_runs_to_a_report_from_an_unpacked_wheel(wheel: Path, tmp_path: Path) -> None:
+    """What a `pip install` of the wheel gives a user: the toy, its release and the viewers all come
+    from site-packages, and the demo writes its offline report."""
+    site = tmp_path / "site-packages"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-m", "diffract_core", "demo", "--out", str(tmp_path / "demo")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "demo" / "report.html").read_text()
+    assert "mountStandalone(document)" in report and 'data-diffract-view="circuit"' in report
+    assert (tmp_path / "demo" / "circuit.json").stat().st_size > 1000
