@@ -112,7 +112,7 @@ def _region_weights(spec: TargetSpec, grid: Grid | None, tokens: int) -> torch.T
     assert spec.region is not None
     if grid is None:
         raise DiffractError("the traced call did not record its image-token grid, so a region cannot be placed")
-    weights = mask_to_token_weights(spec.region, grid)
+    weights = mask_to_token_weights(spec.region, grid, "target's region")
     if weights.numel() != tokens:
         raise DiffractError(
             f"the region covers {weights.numel()} image tokens but the traced call has {tokens}: "

@@ -62,6 +62,16 @@ def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack
     assert "images" not in output.ui, "the widget replaces the in-node preview; the picture is the graph output"
 
 
+def test_trace_refuses_a_region_of_another_aspect_at_the_node(pack, traced, transcoders, core) -> None:
+    import fake_runtime
+
+    model, recording, _ = traced
+    latent = {"samples": torch.zeros(1, 16, 8, 12)}
+    with pytest.raises(core.errors.InputShapeError, match=r"target's region is 100x10 \(WxH\).*different aspect ratio"):
+        fake_runtime.run_node(pack.nodes.TraceCircuit, model=model, recording=recording, transcoders=transcoders,
+                              samples=latent, target="img:1:7", target_mode="region", step=1, region=torch.ones(1, 10, 100))
+
+
 def test_trace_refuses_a_step_whose_inputs_were_not_kept(pack, patcher, transcoders, sampler, core) -> None:
     import fake_runtime
 
