@@ -1,7 +1,8 @@
 """Typed errors: each names what is wrong and what to do about it.
 
 Every error the library raises on bad input derives from :class:`DiffractError`, so callers (the CLI,
-the ComfyUI nodes) can catch one type and show the message as it is.
+the ComfyUI nodes) can catch one type and show the message as it is. Every such class is defined
+here (tests/test_errors.py checks both); what only a bug in the library can cause is an `assert`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,16 @@ class UnreadableFileError(DiffractError):
     """A path that is not a readable regular file (permission denied, a folder, a FIFO or a device)."""
 
 
+class MissingPathError(DiffractError, FileNotFoundError):
+    """A file or folder that was named does not exist."""
+
+
 class DestinationError(DiffractError):
     """An output folder that cannot be written (read-only, or a file stands where the folder should be)."""
+
+
+class OutputExistsError(DiffractError, FileExistsError):
+    """An output already exists, and replacing it was not asked for."""
 
 
 class ConfigMismatchError(DiffractError):
@@ -62,6 +71,18 @@ class FeatureSpecError(DiffractError, ValueError):
     """A feature spec string is not `stream:layer:feature`."""
 
 
+class BatchIndexError(DiffractError, IndexError):
+    """An image index is outside the batch."""
+
+
+class SettingsError(DiffractError, ValueError):
+    """A setting, config value or argument is out of range or not one of its choices."""
+
+
+class InvalidDataError(DiffractError, ValueError):
+    """Data given to the library cannot be used as it is (empty, non-finite, or too uniform)."""
+
+
 class HubUnavailableError(DiffractError):
     """The Hugging Face Hub could not be reached (offline mode, no network, missing files)."""
 
@@ -72,3 +93,11 @@ class InputShapeError(DiffractError):
 
 class UnsupportedModelError(DiffractError):
     """A model the transcoders cannot be attached to (not FLUX, or its MLPs are hidden)."""
+
+
+class GraphStructureError(DiffractError):
+    """The edges of a graph form a cycle, or chain deeper than any attribution graph does."""
+
+
+class CircuitFileError(DiffractError):
+    """A circuit file that is not a valid DifFRACT circuit."""

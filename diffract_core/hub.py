@@ -27,7 +27,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .errors import HubUnavailableError
+from .errors import HubUnavailableError, SettingsError
 from .file_writing import prepare_destination
 from .transcoders.config import STREAMS, Kind, Stream
 from .transcoders.convert import convert_file, is_converted
@@ -82,7 +82,7 @@ def release_files(
     streams = tuple(streams)
     bad = [s for s in streams if s not in STREAMS]
     if bad:
-        raise ValueError(f"unknown stream(s) {bad}; use {list(STREAMS)}")
+        raise SettingsError(f"unknown stream(s) {bad}; use {list(STREAMS)}")
     if release.repo_id == DEFAULT_REPO_ID and release.folder in RELEASED_LAYERS:
         released = RELEASED_LAYERS[release.folder]
     elif layers is not None:
@@ -92,7 +92,7 @@ def release_files(
     chosen = tuple(sorted(set(layers))) if layers is not None else released
     unknown = sorted(set(chosen) - set(released))
     if unknown:
-        raise ValueError(
+        raise SettingsError(
             f"layer(s) {unknown} are not in {release.repo_id}/{release.folder}; it holds layers {list(released)}"
         )
     return [release.path(stream, layer) for stream in streams for layer in chosen]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import folder_paths
 
-from ..diffract_core.errors import CorruptFileError
-from ..diffract_core.toy.embedded import ASSETS as TOY_ASSETS
-from ..diffract_core.transcoders.native import CONFIG_FILE, MANIFEST_FILE, site_folders
+from ..diffract_core.errors import CorruptFileError, MissingPathError, SettingsError
+from ..diffract_core.toy import ASSETS as TOY_ASSETS
+from ..diffract_core.transcoders import CONFIG_FILE, MANIFEST_FILE, site_folders
 
 FOLDER_NAME = "transcoders"
 _RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -56,7 +56,7 @@ def release_folder(name: str) -> Path:
     if name not in folders:
         roots = ", ".join(folder_paths.get_folder_paths(FOLDER_NAME))
         listed = ", ".join(sorted(folders)) or "none"
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"no transcoder release named {name!r} in the transcoders folders ({roots}); found: {listed}. "
             "Download one with Download Transcoders from Hub, or convert released .pt files with "
             "`python -m diffract_core convert SRC models/transcoders/NAME`, then refresh"
@@ -67,7 +67,7 @@ def release_folder(name: str) -> Path:
 def download_destination(name: str) -> Path:
     """`<first transcoders path>/<name>`, for a plain folder name only."""
     if not _RELEASE_NAME.match(name) or name in (".", ".."):
-        raise ValueError(
+        raise SettingsError(
             f"folder name {name!r} is not a plain folder name: use letters, digits, '.', '_' or '-' "
             "(no slashes), e.g. DifFRACT"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..errors import SettingsError
 from ..training.harvest import HarvestSettings
 from ..transcoders.transcoder_set import SiteKey
 
@@ -35,15 +36,15 @@ class AtlasSettings:
         for name in ("k", "sigma_buckets", "top_n", "words_per_feature", "vocabulary_size", "region_cells",
                      "crop_tokens", "crop_size", "preview_size", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"atlas {name} must be at least 1, got {getattr(self, name)}")
+                raise SettingsError(f"atlas {name} must be at least 1, got {getattr(self, name)}")
         if self.crops_per_feature < 0 or self.crops_per_feature > self.top_n:
-            raise ValueError(f"atlas crops_per_feature must lie in 0..top_n ({self.top_n}), "
-                             f"got {self.crops_per_feature}")
+            raise SettingsError(f"atlas crops_per_feature must lie in 0..top_n ({self.top_n}), "
+                                f"got {self.crops_per_feature}")
         if self.prior_strength <= 0 or self.cap_mb <= 0:
-            raise ValueError("atlas prior_strength and cap_mb must be positive")
+            raise SettingsError("atlas prior_strength and cap_mb must be positive")
         if self.sampling.prompts_per_call > MAX_PROMPTS_PER_BATCH:
-            raise ValueError(f"atlas batches hold at most {MAX_PROMPTS_PER_BATCH} prompts, "
-                             f"got {self.sampling.prompts_per_call}")
+            raise SettingsError(f"atlas batches hold at most {MAX_PROMPTS_PER_BATCH} prompts, "
+                                f"got {self.sampling.prompts_per_call}")
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -14,13 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DiffractError
+from ..errors import GraphStructureError
 
 MAX_DEPTH = 4096
-
-
-class GraphStructureError(DiffractError):
-    """The edges of a graph form a cycle, or chain deeper than any attribution graph does."""
 
 
 @dataclass(frozen=True)

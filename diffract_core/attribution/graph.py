@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 
+from ..errors import SettingsError
 from ..transcoders.config import Stream
 from .adjacency import SparseAdjacency
 
@@ -153,7 +154,7 @@ class CircuitGraph:
         and bias always stay."""
         for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+                raise SettingsError(f"{name} must be between 0 and 1, got {value}")
         adjacency = self.sparse_adjacency()
         weights = self.target_weights()
         influence = adjacency.influence(adjacency.normalized(), weights)

@@ -13,11 +13,10 @@ from typing import Any
 
 import torch
 
-from ..errors import DiffractError
+from ..errors import CircuitFileError, GraphStructureError
 from ..file_reading import parse_json, read_regular_file
 from ..file_writing import write_text_atomically
 from ..transcoders.config import STREAMS
-from .adjacency import GraphStructureError
 from .graph import NODE_KINDS, CircuitGraph, CircuitNode
 
 FORMAT = "diffract-circuit"
@@ -33,10 +32,6 @@ MAX_METADATA_DEPTH = 8
 MAX_METADATA_VALUES = 100_000
 MAX_METADATA_STRING = 10_000  # characters of one string
 MAX_METADATA_CHARACTERS = 1_000_000  # of all strings together: the metadata travels to the browser
-
-
-class CircuitFileError(DiffractError):
-    """A circuit file that is not a valid DifFRACT circuit."""
 
 
 # --- ours ----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from ..errors import DiffractError, InputShapeError
+from ..errors import DiffractError, InputShapeError, SettingsError
 from ..features import FeatureRef
 from ..recording.recording import COND, UNCOND
 from ..spatial import Grid
@@ -38,7 +38,7 @@ class CircuitSteering:
 
     def __post_init__(self) -> None:
         if self.mode not in CIRCUIT_MODES:
-            raise ValueError(f"circuit steering mode {self.mode!r} is not one of {CIRCUIT_MODES}")
+            raise SettingsError(f"circuit steering mode {self.mode!r} is not one of {CIRCUIT_MODES}")
 
     @property
     def is_noop(self) -> bool:

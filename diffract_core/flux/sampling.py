@@ -13,15 +13,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..errors import SettingsError
 from .model import Flux
 
 
 def flux_sigmas(steps: int, shift: float = 1.0) -> Tensor:
     """The `steps + 1` sigmas of a run, from 1 to 0 (schnell with 4 steps: 1, .75, .5, .25, 0)."""
     if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+        raise SettingsError(f"steps must be at least 1, got {steps}")
     if shift <= 0:
-        raise ValueError(f"shift must be positive, got {shift}")
+        raise SettingsError(f"shift must be positive, got {shift}")
     sigmas = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     return (shift * sigmas / (1 + (shift - 1) * sigmas)).float()
 

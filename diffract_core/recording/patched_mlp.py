@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..errors import DiffractError
+from ..errors import DiffractError, SettingsError
 from ..spatial import Grid
 from ..transcoders.transcoder import SparseCodes, Transcoder
 from ..transcoders.transcoder_set import SiteKey
@@ -70,7 +70,7 @@ class PatchedMLP(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in MLP_MODES:
-            raise ValueError(f"mode {mode!r} is not one of {MLP_MODES}")
+            raise SettingsError(f"mode {mode!r} is not one of {MLP_MODES}")
         for name, child in mlp.named_children():
             self.add_module(name, child)
         for name, param in mlp.named_parameters(recurse=False):

@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from ..errors import DiffractError, InputShapeError
+from ..errors import DiffractError, InputShapeError, SettingsError
 from ..features import FeatureRef
 from ..spatial import Grid, mask_to_token_weights
 from ..transcoders.transcoder import Transcoder
@@ -62,9 +62,9 @@ class SteeringSpec:
 
     def __post_init__(self) -> None:
         if self.mode not in STEER_MODES:
-            raise ValueError(f"steering mode {self.mode!r} is not one of {STEER_MODES}")
+            raise SettingsError(f"steering mode {self.mode!r} is not one of {STEER_MODES}")
         if self.sigma_end > self.sigma_start:
-            raise ValueError(f"sigma window is empty: sigma_end {self.sigma_end} > sigma_start {self.sigma_start}")
+            raise SettingsError(f"sigma window is empty: sigma_end {self.sigma_end} > sigma_start {self.sigma_start}")
 
     @property
     def is_noop(self) -> bool:
@@ -130,7 +130,7 @@ class PerImageSteering:
         for steerings in self.by_image:
             for steering in steerings:
                 if not self.chunks <= steering.chunks:
-                    raise ValueError(f"a steering of this batch acts on chunks {sorted(steering.chunks)} only, not on "
+                    raise SettingsError(f"a steering of this batch acts on chunks {sorted(steering.chunks)} only, not on "
                                      f"all of {sorted(self.chunks)}: give PerImageSteering the chunks they share")
 
     @property

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont, features
 
+from ..errors import InvalidDataError, SettingsError
+
 Series = Mapping[str, Sequence[tuple[float, float]]]
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
@@ -75,7 +77,7 @@ def chart_layout(series: Series, *, log_x: bool = False, size: tuple[int, int] =
     right = width - 20
     bottom = height - (TICK_LENGTH + 3 + line + 8 + line + 8)
     if right - left < MIN_PLOT[0] or bottom - top < MIN_PLOT[1]:
-        raise ValueError(
+        raise SettingsError(
             f"a {width}x{height} chart leaves no room to plot after the axis labels and title: "
             f"make it at least {width + MIN_PLOT[0] - (right - left)}x{height + MIN_PLOT[1] - (bottom - top)}"
         )
@@ -125,9 +127,9 @@ def line_chart(
 def side_by_side(images: Sequence[Image.Image], gap: int = 16) -> Image.Image:
     """The images in a row, top-aligned on white, `gap` pixels apart."""
     if not images:
-        raise ValueError("no image given: pass at least one chart to put side by side")
+        raise InvalidDataError("no image given: pass at least one chart to put side by side")
     if gap < 0:
-        raise ValueError(f"gap {gap} is negative: use 0 or more pixels between the images")
+        raise SettingsError(f"gap {gap} is negative: use 0 or more pixels between the images")
     width = sum(image.width for image in images) + gap * (len(images) - 1)
     row = Image.new("RGB", (width, max(image.height for image in images)), BACKGROUND)
     x = 0
@@ -139,7 +141,7 @@ def side_by_side(images: Sequence[Image.Image], gap: int = 16) -> Image.Image:
 
 def _checked_points(series: Series, log_x: bool) -> list[tuple[float, float]]:
     if len(series) > len(SERIES_COLOURS):
-        raise ValueError(
+        raise InvalidDataError(
             f"{len(series)} series but only {len(SERIES_COLOURS)} distinct colours: "
             "split them across several charts (side_by_side puts charts in one image)"
         )
@@ -148,15 +150,19 @@ def _checked_points(series: Series, log_x: bool) -> list[tuple[float, float]]:
         for i, (x, y) in enumerate(data):
             x, y = float(x), float(y)
             if not (math.isfinite(x) and math.isfinite(y)):
-                raise ValueError(f"series {name!r} has a non-finite value at point {i}, ({x}, {y}): drop or fix it")
+                raise InvalidDataError(
+                    f"series {name!r} has a non-finite value at point {i}, ({x}, {y}): drop or fix it"
+                )
             if log_x and x <= 0:
-                raise ValueError(
+                raise InvalidDataError(
                     f"series {name!r} has x = {x} at point {i}, but a log x axis needs positive x: "
                     "use a linear axis (log_x=False) or drop the point"
                 )
             points.append((x, y))
     if not points:
-        raise ValueError("nothing to plot: every series is empty (or none was given); pass at least one (x, y) point")
+        raise InvalidDataError(
+            "nothing to plot: every series is empty (or none was given); pass at least one (x, y) point"
+        )
     return points
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import InputShapeError
+from ..errors import InputShapeError, InvalidDataError
 from .scenes import BACKGROUND, COLOURS, SHAPES, SIZE, SLOT_COLUMNS, SLOTS, Pair, parse_prompt, shape_mask
 
 PALETTE = torch.tensor([BACKGROUND, *COLOURS.values()], dtype=torch.float32)  # index 0: background
@@ -165,7 +165,7 @@ class PromptSetScore:
 def score_prompt_set(pairs: Iterable[tuple[str, torch.Tensor]], *, tolerance: float = 80.0) -> PromptSetScore:
     scores = [score_binding(image, prompt, tolerance=tolerance) for prompt, image in pairs]
     if not scores:
-        raise ValueError("no images to score")
+        raise InvalidDataError("no images to score")
     n = len(scores)
     return PromptSetScore(
         images=n,
@@ -184,7 +184,9 @@ def shuffled_label_binding_errors(prompts: Sequence[str], images: torch.Tensor, 
     counts = Counter(prompts)
     largest = max(counts.values())
     if len(counts) < 2 or 2 * largest > n:
-        raise ValueError("the prompts are too uniform to shuffle: give at least two different prompts, none in a majority")
+        raise InvalidDataError(
+            "the prompts are too uniform to shuffle: give at least two different prompts, none in a majority"
+        )
     generator = torch.Generator().manual_seed(seed)
     names = sorted(counts)
     group = dict(zip(names, torch.randperm(len(names), generator=generator).tolist()))

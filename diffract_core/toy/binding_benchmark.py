@@ -31,6 +31,7 @@ import torch
 
 from ..attribution import CircuitGraph
 from ..attribution.steering import circuit_steering
+from ..errors import InvalidDataError, SettingsError
 from ..features import FeatureRef
 from ..recording import FeatureRecording, PerImageSteering, Steering, SteeringSpec
 from ..recording.call_inputs import CallInputs
@@ -276,7 +277,7 @@ def arm_named(name: str) -> Arm:
     for arm in ARMS:
         if arm.name == name:
             return arm
-    raise KeyError(f"no arm named {name!r}; the arms are {[arm.name for arm in ARMS]}")
+    raise SettingsError(f"no arm named {name!r}; the arms are {[arm.name for arm in ARMS]}")
 
 
 @dataclass
@@ -437,8 +438,8 @@ def collect_cases(model: ToyModel, releases: dict[Release, TranscoderSet], promp
             recording = FeatureRecording(sites=tuple(("img", layer) for layer in layers[release]), k=settings.record_k,
                                          keep_input_steps=steps if release == "transcoders" else frozenset())
             drawn = generate(model, batch_prompts, noise, transcoders=transcoders, recording=recording)
-            if images is not None and not torch.equal(images, drawn):
-                raise RuntimeError("recording through another release changed the images: recording must observe only")
+            assert images is None or torch.equal(images, drawn), (
+                "recording through another release changed the images: recording must observe only")
             images, recordings[release] = drawn, recording
         assert images is not None
         all_images.append(images)
@@ -576,7 +577,7 @@ def run_benchmark(model: ToyModel, releases: dict[Release, TranscoderSet], setti
     rate, shuffled = grid.binding_error_rate, grid.shuffled_binding_error_rate(settings.seed)
     seconds["sample, record and score the grid"] = time.perf_counter() - began
     if not cases:
-        raise RuntimeError("the grid holds no binding error: sample more images")
+        raise InvalidDataError("the grid holds no binding error: sample more images")
     began = time.perf_counter()
     prepare_cases(model, releases["transcoders"], cases, stats, settings)
     seconds["choose features and trace circuits"] = time.perf_counter() - began

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from ..errors import InputShapeError
 from ..flux.sampling import euler_sample, flux_sigmas
 from ..recording import FeatureRecording, Steering, patch_reference_model
 from ..transcoders.transcoder_set import TranscoderSet
@@ -38,7 +39,7 @@ def generate(
     `transcoders`, the double-block MLPs are patched for the run: `recording` keeps every step's
     features, `steering` (SteeringSpec, CircuitSteering or PerImageSteering) changes them."""
     if len(prompts) != noise.shape[0]:
-        raise ValueError(f"{len(prompts)} prompts for {noise.shape[0]} noise latents: give one latent per prompt")
+        raise InputShapeError(f"{len(prompts)} prompts for {noise.shape[0]} noise latents: give one latent per prompt")
     context, pooled = model.text_encoder(list(prompts))
     sigmas = flux_sigmas(steps)
     if transcoders is None:

@@ -19,7 +19,7 @@ from typing import Any
 import tomllib
 from safetensors.torch import load_file
 
-from ..errors import DiffractError
+from ..errors import DiffractError, SettingsError
 from ..file_reading import read_regular_file
 from ..file_writing import check_destination
 from ..flux.config import FluxConfig
@@ -49,11 +49,11 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
-            raise ValueError(f"model.kind {self.kind!r} is not a model kind: use one of "
-                             f"{', '.join(map(repr, MODEL_KINDS))}")
+            raise SettingsError(f"model.kind {self.kind!r} is not a model kind: use one of "
+                                f"{', '.join(map(repr, MODEL_KINDS))}")
         if isinstance(self.flux, str) and self.flux not in FLUX_PRESETS:
-            raise ValueError(f"model.flux {self.flux!r} is not a preset: use one of "
-                             f"{', '.join(map(repr, FLUX_PRESETS))}, or a table of FluxConfig fields")
+            raise SettingsError(f"model.flux {self.flux!r} is not a preset: use one of "
+                                f"{', '.join(map(repr, FLUX_PRESETS))}, or a table of FluxConfig fields")
         dtype_from_name(self.dtype)
 
     def flux_config(self) -> FluxConfig:
@@ -102,9 +102,9 @@ class EncoderSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in ("hashing", "toy"):
-            raise ValueError(f"encoder.kind {self.kind!r} is not 'hashing' or 'toy'")
+            raise SettingsError(f"encoder.kind {self.kind!r} is not 'hashing' or 'toy'")
         if self.tokens < 1:
-            raise ValueError(f"encoder.tokens must be at least 1, got {self.tokens}")
+            raise SettingsError(f"encoder.tokens must be at least 1, got {self.tokens}")
 
     def build(self, config: FluxConfig, model: ModelSpec) -> PromptEncoder:
         if self.kind == "toy":
@@ -124,7 +124,7 @@ class PromptSpec:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"prompts.validation_fraction must lie in [0, 1), got {self.validation_fraction}")
+            raise SettingsError(f"prompts.validation_fraction must lie in [0, 1), got {self.validation_fraction}")
 
     def split(self) -> PromptSplit:
         prompts = list(self.list) + (read_prompt_file(self.file) if self.file else [])
@@ -140,8 +140,8 @@ class EvaluateSpec:
 
     def __post_init__(self) -> None:
         if self.sigma_buckets < 1 or self.spliced_prompts < 0:
-            raise ValueError(f"evaluate.sigma_buckets must be at least 1 and spliced_prompts at least 0, got "
-                             f"{self.sigma_buckets} and {self.spliced_prompts}")
+            raise SettingsError(f"evaluate.sigma_buckets must be at least 1 and spliced_prompts at least 0, got "
+                                f"{self.sigma_buckets} and {self.spliced_prompts}")
 
 
 @dataclass(frozen=True)
@@ -155,11 +155,11 @@ class SweepSpec:
         for name in ("l1_scales", "sae_l1_scales"):
             scales = getattr(self, name)
             if scales is not None and not (scales and all(0 < scale < math.inf for scale in scales)):
-                raise ValueError(f"sweep.{name} must be a non-empty list of positive numbers, got {list(scales)}")
+                raise SettingsError(f"sweep.{name} must be a non-empty list of positive numbers, got {list(scales)}")
         if not self.kinds or any(kind not in KINDS for kind in self.kinds):
-            raise ValueError(f"sweep.kinds must list some of {list(KINDS)}, got {list(self.kinds)}")
+            raise SettingsError(f"sweep.kinds must list some of {list(KINDS)}, got {list(self.kinds)}")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"sweep.steps must be at least 1, got {self.steps}")
+            raise SettingsError(f"sweep.steps must be at least 1, got {self.steps}")
 
     def scales(self, kind: str) -> tuple[float, ...]:
         return self.sae_l1_scales if kind == "sae" and self.sae_l1_scales is not None else self.l1_scales

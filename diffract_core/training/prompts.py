@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..errors import DiffractError
+from ..errors import DiffractError, SettingsError
 
 
 def normalise_prompt(prompt: str) -> str:
@@ -36,7 +36,7 @@ class PromptSplit:
 def split_prompts(prompts: Iterable[str], validation_fraction: float) -> PromptSplit:
     """Deduplicate (after normalising case and spaces) and split by hash."""
     if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        raise SettingsError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     seen: set[str] = set()
     train, validation = [], []
     for prompt in prompts:

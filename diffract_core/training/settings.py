@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from ..errors import SettingsError
 from ..transcoders.config import KINDS, Kind, Stream, dtype_from_name
 
 
@@ -48,36 +49,36 @@ class TrainSettings:
     def __post_init__(self) -> None:
         dtype_from_name(self.export_dtype)
         if self.kind not in KINDS:
-            raise ValueError(f"train.kind must be one of {KINDS}, got {self.kind!r}")
+            raise SettingsError(f"train.kind must be one of {KINDS}, got {self.kind!r}")
         if self.activation not in ("relu", "topk"):
-            raise ValueError(f"train.activation must be 'relu' or 'topk', got {self.activation!r}")
+            raise SettingsError(f"train.activation must be 'relu' or 'topk', got {self.activation!r}")
         if (self.activation == "topk") != (self.topk is not None) or (self.topk is not None and self.topk < 1):
-            raise ValueError("train.topk (a positive k) goes with activation = 'topk', and only with it")
+            raise SettingsError("train.topk (a positive k) goes with activation = 'topk', and only with it")
         if self.init_decoder_bias not in ("mean", "zero"):
-            raise ValueError(f"train.init_decoder_bias must be 'mean' or 'zero', got {self.init_decoder_bias!r}")
+            raise SettingsError(f"train.init_decoder_bias must be 'mean' or 'zero', got {self.init_decoder_bias!r}")
         for name in ("steps", "batch_size", "expansion_factor", "log_every", "checkpoint_every", "mix_shards"):
             if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+                raise SettingsError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr_warmup_steps", "l1_warmup_steps", "resample_every", "dead_after_steps"):
             if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must not be negative, got {getattr(self, name)}")
+                raise SettingsError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.d_features is not None and self.d_features < 1:
-            raise ValueError(f"train.d_features must be positive, got {self.d_features}")
+            raise SettingsError(f"train.d_features must be positive, got {self.d_features}")
         for name, low, high in (("lr", 0.0, math.inf), ("resample_encoder_scale", 0.0, math.inf)):
             if not low < getattr(self, name) < high:
-                raise ValueError(f"train.{name} must be a positive number, got {getattr(self, name)}")
+                raise SettingsError(f"train.{name} must be a positive number, got {getattr(self, name)}")
         for name in ("l1_img", "l1_txt", "weight_decay", "grad_clip"):
             if not 0.0 <= getattr(self, name) < math.inf:
-                raise ValueError(f"train.{name} must be a number >= 0, got {getattr(self, name)}")
+                raise SettingsError(f"train.{name} must be a number >= 0, got {getattr(self, name)}")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"train.{name} must lie in [0, 1), got {getattr(self, name)}")
+                raise SettingsError(f"train.{name} must lie in [0, 1), got {getattr(self, name)}")
         for name in ("lr_final_fraction", "resample_until"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"train.{name} must lie in [0, 1], got {getattr(self, name)}")
+                raise SettingsError(f"train.{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.time_embed_dim < 4 or self.time_embed_dim % 2 or self.time_mlp_width < 1:
-            raise ValueError(f"train.time_embed_dim must be even and >= 4 and time_mlp_width >= 1, got "
-                             f"{self.time_embed_dim} and {self.time_mlp_width}")
+            raise SettingsError(f"train.time_embed_dim must be even and >= 4 and time_mlp_width >= 1, got "
+                                f"{self.time_embed_dim} and {self.time_mlp_width}")
 
     def features_for(self, d_model: int) -> int:
         return self.d_features or self.expansion_factor * d_model
@@ -119,11 +120,11 @@ def checked_keys(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known, key=str)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in [{where}]; valid keys: {', '.join(sorted(known))}")
+        raise SettingsError(f"unknown key(s) {unknown} in [{where}]; valid keys: {', '.join(sorted(known))}")
     hints = get_type_hints(cls)
     for key, value in data.items():
         if not _fits(value, hints[key]):
-            raise ValueError(f"{where}.{key} = {value!r:.80} is not {_describe(hints[key])}")
+            raise SettingsError(f"{where}.{key} = {value!r:.80} is not {_describe(hints[key])}")
     return dict(data)
 
 

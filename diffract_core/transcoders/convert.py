@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..errors import CorruptFileError, UnknownFileNameError
+from ..errors import CorruptFileError, MissingPathError, OutputExistsError, UnknownFileNameError
 from ..file_reading import check_readable_file, describe_size
 from ..file_writing import prepare_destination
 from .config import TranscoderConfig
@@ -42,7 +42,7 @@ def find_release_files(src: Path) -> dict[Path, ReleaseName]:
     if src.is_file():
         return {src: parse_release_name(src)}
     if not src.is_dir():
-        raise FileNotFoundError(f"{src} does not exist")
+        raise MissingPathError(f"{src} does not exist")
     files = sorted(src.rglob("*.pt"))
     if not files:
         raise UnknownFileNameError(f"{src} holds no .pt files; expected files named {RELEASE_NAME_HELP}")
@@ -91,7 +91,7 @@ def is_converted(dst: Path, name: ReleaseName, dtype: torch.dtype | None = None)
     if config.provenance.get("source_file") != name.file_name:
         return False
     if dtype is not None and config.torch_dtype != dtype:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{folder} already holds {name.file_name} as {config.dtype}, not {str(dtype).removeprefix('torch.')}; "
             "pass overwrite=True (CLI: --overwrite) to convert it again"
         )

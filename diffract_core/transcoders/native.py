@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import ConfigMismatchError, CorruptFileError, DestinationError
+from ..errors import ConfigMismatchError, CorruptFileError, DestinationError, OutputExistsError
 from ..file_reading import check_readable_file, parse_json, read_regular_file
 from ..file_writing import give_usual_permissions, prepare_destination, write_text_atomically
 from .config import TranscoderConfig, dtype_name
@@ -98,7 +98,7 @@ def save_site(root: Path, config: TranscoderConfig, tensors: Mapping[str, torch.
     target = root / site_folder_name(config.kind, config.site.stream, config.site.layer)
     recover_interrupted_writes(root, target.name)
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        raise OutputExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     config = config.with_dtype(_single_dtype(tensors))
     _check_against_config(config, {key: (tuple(t.shape), t.dtype) for key, t in tensors.items()}, str(target))
     try:

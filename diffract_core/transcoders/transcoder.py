@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FeatureIndexError, InputShapeError
+from ..errors import FeatureIndexError, InputShapeError, SettingsError
 from .config import TranscoderConfig
 from .time_embedding import sinusoidal_embedding
 
@@ -255,7 +255,7 @@ class Transcoder(nn.Module):
         """The k largest activations per row, computed `chunk_rows` rows at a time so the dense
         [rows, d_features] activations never exist for all rows at once."""
         if not 0 < k <= self.d_features:
-            raise ValueError(f"k must be in 1..{self.d_features}, got {k}")
+            raise SettingsError(f"k must be in 1..{self.d_features}, got {k}")
         x = self._check_input(x)
         t = self._timesteps(x, t)
         lead = x.shape[:-1]

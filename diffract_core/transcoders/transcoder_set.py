@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import CorruptFileError, DimensionMismatchError, SiteNotLoadedError
+from ..errors import CorruptFileError, DimensionMismatchError, MissingPathError, SiteNotLoadedError
 from .config import STREAMS, Kind, Stream, TranscoderConfig
 from .native import load_site, read_site_config, site_folders
 from .transcoder import Transcoder
@@ -84,7 +84,7 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
         """Read the configs of a native release folder; weights load when a site is first used."""
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"transcoder folder {root} does not exist")
+            raise MissingPathError(f"transcoder folder {root} does not exist")
         found: dict[SiteKey, tuple[TranscoderConfig, Path]] = {}
         kinds_seen: set[str] = set()
         for folder in site_folders(root):
