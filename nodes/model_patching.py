@@ -30,10 +30,20 @@ from typing import Any
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ..diffract_core.errors import UnsupportedModelError
-from ..diffract_core.recording import COND, CallContext, FeatureRecording, MlpMode, PatchedMLP, Steering
-from ..diffract_core.recording.call_inputs import keep_call_inputs
-from ..diffract_core.transcoders.transcoder_set import SiteKey, TranscoderSet
+from ..diffract_core.errors import SettingsError, UnsupportedModelError
+from ..diffract_core.recording import (
+    COND,
+    CallContext,
+    FeatureRecording,
+    MlpMode,
+    Steering,
+    end_call,
+    flux_call,
+    install,
+    keep_inputs_hook,
+    publish_call,
+)
+from ..diffract_core.transcoders import Site, SiteKey, TranscoderSet
 
 KEY = "diffract"
 
@@ -57,7 +67,7 @@ class DiffractState:
 
 
 def mlp_path(site: SiteKey) -> str:
-    return f"diffusion_model.double_blocks.{site[1]}.{site[0]}_mlp"
+    return f"diffusion_model.{Site(*site).module_path}"
 
 
 def check_flux(model: Any, transcoders: TranscoderSet, sites: Iterable[SiteKey]) -> None:
@@ -109,6 +119,17 @@ def _clone_with_state(model: Any) -> tuple[Any, DiffractState]:
     return clone, state
 
 
+def _install(model: Any, transcoders: TranscoderSet, sites: Iterable[SiteKey], **patch: Any) -> tuple[Any, DiffractState]:
+    """A clone of `model` with the sites patched as object patches (library paths under `diffusion_model.`)."""
+    sites = tuple(sites)
+    check_flux(model, transcoders, sites)
+    clone, state = _clone_with_state(model)
+    install(lambda path: clone.get_model_object(f"diffusion_model.{path}"),
+            lambda path, module: clone.add_object_patch(f"diffusion_model.{path}", module),
+            transcoders, sites, state.context, **patch)
+    return clone, state
+
+
 def record_features(
     model: Any,
     transcoders: TranscoderSet,
@@ -120,14 +141,7 @@ def record_features(
 
     Steering already on those MLPs (from nodes upstream) is kept; a recording upstream is replaced
     for these sites."""
-    sites = tuple(sites)
-    check_flux(model, transcoders, sites)
-    clone, state = _clone_with_state(model)
-    for site in sites:
-        current = clone.get_model_object(mlp_path(site))
-        base, steering = (current.mlp, current.steering) if isinstance(current, PatchedMLP) else (current, ())
-        patch = PatchedMLP(base, transcoders[site], state.context, mode=mode, recording=recording, steering=steering)
-        clone.add_object_patch(mlp_path(site), patch)
+    clone, state = _install(model, transcoders, sites, mode=mode, recording=recording)
     clone.model_options["transformer_options"][KEY] = state.with_recording(recording)
     return clone
 
@@ -135,24 +149,14 @@ def record_features(
 def steer_features(model: Any, transcoders: TranscoderSet, spec: Steering) -> Any:
     """A clone of `model` that also applies `spec` (a SteeringSpec or CircuitSteering); steering
     specs chain and compose."""
-    sites = sorted({feature.site for feature in spec.features})
-    check_flux(model, transcoders, sites)
-    clone, state = _clone_with_state(model)
-    for site in sites:
-        current = clone.get_model_object(mlp_path(site))
-        if isinstance(current, PatchedMLP):
-            patch = current.with_steering(spec)
-        else:
-            patch = PatchedMLP(current, transcoders[site], state.context, steering=(spec,))
-        clone.add_object_patch(mlp_path(site), patch)
-    return clone
+    return _install(model, transcoders, sorted({feature.site for feature in spec.features}), steering=(spec,))[0]
 
 
 def sigma_window(model: Any, start_percent: float, end_percent: float) -> tuple[float, float]:
     """(sigma_start, sigma_end) of a window in sampling percent, by the model's own model_sampling;
     the window's open ends reach past the schedule so the first and last steps are always in."""
     if not 0.0 <= start_percent <= end_percent <= 1.0:
-        raise ValueError(
+        raise SettingsError(
             f"steering window {start_percent}..{end_percent} is not inside 0..1 with start <= end: "
             "0 is the first step, 1 the end of sampling"
         )
@@ -162,23 +166,19 @@ def sigma_window(model: Any, start_percent: float, end_percent: float) -> tuple[
     return start, end
 
 
-def _arg(args: tuple, kwargs: dict, index: int, name: str) -> Any:
-    return kwargs[name] if name in kwargs else args[index]
-
-
 def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     """Around CFGGuider.outer_sample(noise, latent_image, sampler, sigmas, ...): one sampling run."""
     options = executor.class_obj.model_options.get("transformer_options", {})
     state = options.get(KEY)
     recordings = state.recordings if isinstance(state, DiffractState) else ()
-    sigmas = _arg(args, kwargs, 3, "sigmas")
+    sigmas = kwargs["sigmas"] if "sigmas" in kwargs else args[3]
     for recording in recordings:
         recording.start_run(sigmas.detach().cpu())
     try:
         result = executor(*args, **kwargs)
     finally:
         if isinstance(state, DiffractState):
-            _clear(state.context)
+            end_call(state.context)
     for recording in recordings:
         recording.finish_run()
     return result
@@ -192,56 +192,14 @@ def publish_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     state = options.get(KEY)
     if not isinstance(state, DiffractState):
         return executor(*args, **kwargs)
-    x, timestep, text = _arg(args, kwargs, 0, "x"), _arg(args, kwargs, 1, "timestep"), _arg(args, kwargs, 2, "context")
     context = state.context
-    context.chunks = tuple(int(c) for c in options.get("cond_or_uncond") or (COND,))
-    context.sigmas = _row_sigmas(options.get("sigmas"), timestep, len(context.chunks))
-    patch = int(getattr(executor.class_obj, "patch_size", 2))
-    context.image_grid = (-(-x.shape[-2] // patch), -(-x.shape[-1] // patch))  # Flux pads to whole patches
-    context.text_tokens = int(text.shape[1])
+    publish_call(context, *flux_call(args, kwargs), int(getattr(executor.class_obj, "patch_size", 2)),
+                 chunks=options.get("cond_or_uncond") or (COND,), sigmas=options.get("sigmas"))
     control = kwargs.get("control", args[6] if len(args) > 6 else None)
-    hook = _keep_inputs_hook(executor.class_obj, state, control)
+    hook = keep_inputs_hook(executor.class_obj.double_blocks[0], context, state.recordings, control)
     try:
         return executor(*args, **kwargs)
     finally:
         if hook is not None:
             hook.remove()
-        _clear(context)
-
-
-def _keep_inputs_hook(diffusion_model: Any, state: DiffractState, control: Any) -> Any:
-    """For recordings that keep call inputs: a pre-hook on the first double block for this call
-    only (removed when the call returns), which copies the block's inputs for Trace Circuit."""
-    keeping = [r for r in state.recordings if r.keep_input_steps]
-    if not keeping:
-        return None
-    if control is not None:
-        for recording in keeping:
-            recording.skipped = "a ControlNet adds to the residual stream between blocks, which tracing cannot replay"
-        return None
-
-    def keep(_block: Any, args: tuple, kwargs: dict) -> None:
-        for recording in keeping:
-            keep_call_inputs(
-                recording, state.context, kwargs["img"], kwargs["txt"], kwargs["vec"], kwargs["pe"], kwargs.get("attn_mask")
-            )
-
-    return diffusion_model.double_blocks[0].register_forward_pre_hook(keep, with_kwargs=True)
-
-
-def _row_sigmas(sigmas: torch.Tensor | None, timestep: torch.Tensor, chunks: int) -> torch.Tensor:
-    """One sigma per batch row. transformer_options["sigmas"] holds one per latent (not repeated
-    per chunk); FLUX's timestep argument equals sigma and covers every row."""
-    timestep = timestep.detach().reshape(-1)
-    if sigmas is None:
-        return timestep
-    sigmas = sigmas.detach().reshape(-1).to(timestep.device)
-    if sigmas.numel() * chunks == timestep.numel():
-        return sigmas.repeat(chunks)
-    return sigmas if sigmas.numel() == timestep.numel() else timestep
-
-
-def _clear(context: CallContext) -> None:
-    context.sigmas = None
-    context.chunks = (COND,)
-    context.image_grid = context.text_tokens = None
+        end_call(context)

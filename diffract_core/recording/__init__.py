@@ -1,6 +1,9 @@
-"""Recording and steering features while a FLUX model runs: the patched MLP, its call context,
-the sparse recording, and steering specs in delta form."""
+"""Recording and steering features while a FLUX model runs: the call lifecycle every host adapts
+(lifecycle.py), the patched MLP and its call context, the sparse recording, and steering specs in
+delta form."""
 
+from .call_inputs import CallInputs, keep_call_inputs
+from .lifecycle import end_call, flux_call, install, keep_inputs_hook, publish_call, row_sigmas, site_patch
 from .patched_mlp import MLP_MODES, CallContext, MlpMode, PatchedMLP
 from .recording import COND, UNCOND, FeatureRecording, RecordKey
 from .reference import patch_reference_model
@@ -12,6 +15,7 @@ __all__ = [
     "STEER_MODES",
     "UNCOND",
     "CallContext",
+    "CallInputs",
     "FeatureRecording",
     "MlpMode",
     "PatchedMLP",
@@ -20,5 +24,13 @@ __all__ = [
     "SteerMode",
     "Steering",
     "SteeringSpec",
+    "end_call",
+    "flux_call",
+    "install",
+    "keep_call_inputs",
+    "keep_inputs_hook",
     "patch_reference_model",
+    "publish_call",
+    "row_sigmas",
+    "site_patch",
 ]

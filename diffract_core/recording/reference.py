@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+from torch import nn
+
 from ..flux.model import Flux
 from ..transcoders.transcoder_set import SiteKey, TranscoderSet
-from .call_inputs import keep_call_inputs
-from .patched_mlp import CallContext, MlpMode, PatchedMLP
+from .lifecycle import end_call, flux_call, install, keep_inputs_hook, publish_call
+from .patched_mlp import CallContext, MlpMode
 from .recording import COND, FeatureRecording
 from .steering import Steering
 
@@ -31,43 +33,27 @@ def patch_reference_model(
     labels the equal parts of each batch (0 cond, 1 uncond), as ComfyUI's cond_or_uncond does."""
     transcoders.check_model(model.config.hidden_size, model.config.depth)
     context = CallContext(chunks=chunks)
-    steering = tuple(steering)
-    originals: dict[SiteKey, object] = {}
+    originals: dict[str, nn.Module] = {}
 
-    def publish(_module: Flux, args: tuple, kwargs: dict) -> None:
-        x = kwargs["x"] if "x" in kwargs else args[0]
-        text = kwargs["context"] if "context" in kwargs else args[2]
-        context.sigmas = (kwargs["timestep"] if "timestep" in kwargs else args[1]).detach()
-        patch = model.config.patch_size
-        context.image_grid = (-(-x.shape[-2] // patch), -(-x.shape[-1] // patch))  # ComfyUI pads to whole patches
-        context.text_tokens = text.shape[1]
+    def publish(_model: Flux, args: tuple, kwargs: dict) -> None:
+        publish_call(context, *flux_call(args, kwargs), model.config.patch_size, chunks=chunks)
 
-    def keep_inputs(_block: object, args: tuple, kwargs: dict) -> None:
-        if recording is not None:
-            keep_call_inputs(recording, context, kwargs["img"], kwargs["txt"], kwargs["vec"], kwargs["pe"])
+    def put(path: str, module: nn.Module) -> None:
+        parent, name = path.rsplit(".", 1)
+        originals.setdefault(path, model.get_submodule(path))
+        setattr(model.get_submodule(parent), name, module)
 
-    hooks = [
-        model.register_forward_pre_hook(publish, with_kwargs=True),
-        model.double_blocks[0].register_forward_pre_hook(keep_inputs, with_kwargs=True),
-    ]
+    hooks = [model.register_forward_pre_hook(publish, with_kwargs=True)]
     try:
-        for stream, layer in sites if sites is not None else transcoders:
-            block = model.double_blocks[layer]
-            originals[(stream, layer)] = getattr(block, f"{stream}_mlp")
-            patch = PatchedMLP(
-                originals[(stream, layer)],
-                transcoders[(stream, layer)],
-                context,
-                mode=mode,
-                recording=recording,
-                steering=steering,
-            )
-            setattr(block, f"{stream}_mlp", patch)
+        kept = keep_inputs_hook(model.double_blocks[0], context, [recording] if recording is not None else [])
+        hooks += [kept] if kept is not None else []
+        install(model.get_submodule, put, transcoders, sites if sites is not None else transcoders, context,
+                mode=mode, recording=recording, steering=steering)
         yield context
     finally:
         for hook in hooks:
             hook.remove()
-        for (stream, layer), mlp in originals.items():
-            setattr(model.double_blocks[layer], f"{stream}_mlp", mlp)
-        context.sigmas = None
-        context.image_grid = context.text_tokens = None
+        for path, mlp in originals.items():
+            parent, name = path.rsplit(".", 1)
+            setattr(model.get_submodule(parent), name, mlp)
+        end_call(context)

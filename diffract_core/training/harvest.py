@@ -1,8 +1,9 @@
 """Harvest (MLP input x, pre-gate MLP output y, sigma) rows from sampling runs, to disk.
 
-`capture_mlp_io` is a plain set of forward hooks on `double_blocks.{L}.{img|txt}_mlp` and a
-pre-hook that reads the call's timestep (= sigma): it works on any module with FLUX's BFL names,
-the library's reference `Flux` and ComfyUI's `diffusion_model` alike. `harvest` drives the
+`capture_mlp_io` is the harvest's host adapter of the call lifecycle (recording/lifecycle.py): a
+pre-hook publishes each call and forward hooks on the sites' MLPs (`Site.module_path`) read their
+input and output; it works on any module with FLUX's BFL names, the library's reference `Flux` and
+ComfyUI's `diffusion_model` alike. `harvest` drives the
 reference model through Euler sampling over a prompt list and streams the rows into shards with a
 fixed RAM budget.
 """
@@ -21,30 +22,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import DiffractError, UnsupportedModelError
+from ..errors import DiffractError, SettingsError, UnsupportedModelError
 from ..file_writing import check_destination
 from ..flux.model import Flux
 from ..flux.sampling import euler_sample, flux_sigmas
-from ..transcoders.config import STREAMS, dtype_from_name
+from ..recording.lifecycle import end_call, flux_call, publish_call
+from ..recording.patched_mlp import CallContext
+from ..transcoders.config import STREAMS, Site, dtype_from_name
 from ..transcoders.transcoder_set import SiteKey
 from .prompts import PromptEncoder, PromptSplit
-from .shards import ShardWriter, seeded_generator, site_folder
+from ..seeding import seeded_generator
+from .shards import ShardWriter, site_folder
 
 RowsCallback = Callable[[SiteKey, torch.Tensor, torch.Tensor, torch.Tensor], None]
 PROMPTS_FILE = "prompts.json"
 
 
 def mlp_module(model: nn.Module, site: SiteKey) -> nn.Module:
-    stream, layer = site
+    site = Site(*site)
     blocks = getattr(model, "double_blocks", None)
-    if blocks is None or stream not in STREAMS:
+    if blocks is None or site.stream not in STREAMS:
         raise UnsupportedModelError(
-            f"cannot find double_blocks.{layer}.{stream}_mlp: the model is not a FLUX MM-DiT with BFL / ComfyUI "
+            f"cannot find {site.module_path}: the model is not a FLUX MM-DiT with BFL / ComfyUI "
             "parameter names (pass the diffusion model itself, e.g. model.model.diffusion_model in ComfyUI)"
         )
-    if not 0 <= layer < len(blocks):
-        raise DiffractError(f"layer {layer} does not exist: the model has double blocks 0..{len(blocks) - 1}")
-    return getattr(blocks[layer], f"{stream}_mlp")
+    if not 0 <= site.layer < len(blocks):
+        raise DiffractError(f"layer {site.layer} does not exist: the model has double blocks 0..{len(blocks) - 1}")
+    return model.get_submodule(site.module_path)
 
 
 @contextmanager
@@ -53,28 +57,28 @@ def capture_mlp_io(model: nn.Module, sites: Iterable[SiteKey], on_rows: RowsCall
     site: x and y of shape [batch, tokens, d_model], sigmas [batch] (the timestep the model got)."""
     sites = tuple(sites)
     modules = {site: mlp_module(model, site) for site in sites}
-    state: dict[str, torch.Tensor | None] = {"sigmas": None}
+    context = CallContext()
+    patch_size = int(getattr(getattr(model, "config", None), "patch_size", getattr(model, "patch_size", 2)))
 
-    def read_timestep(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        timestep = kwargs.get("timestep", kwargs.get("timesteps"))
-        state["sigmas"] = (timestep if timestep is not None else args[1]).detach().reshape(-1)
+    def publish(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        publish_call(context, *flux_call(args, kwargs), patch_size)
 
     def make_hook(site: SiteKey) -> Callable[..., None]:
         def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            sigmas = state["sigmas"]
-            if sigmas is None:
+            if context.sigmas is None:
                 raise DiffractError("an MLP ran outside a model call: call the model itself, not a block")
-            on_rows(site, args[0].detach(), output.detach(), sigmas)
+            on_rows(site, args[0].detach(), output.detach(), context.sigmas)
 
         return hook
 
-    handles = [model.register_forward_pre_hook(read_timestep, with_kwargs=True)]
+    handles = [model.register_forward_pre_hook(publish, with_kwargs=True)]
     try:
         handles += [module.register_forward_hook(make_hook(site)) for site, module in modules.items()]
         yield
     finally:
         for handle in handles:
             handle.remove()
+        end_call(context)
 
 
 @dataclass(frozen=True)
@@ -96,17 +100,17 @@ class HarvestSettings:
         dtype_from_name(self.dtype)
         for name in ("steps", "prompts_per_call"):
             if getattr(self, name) < 1:
-                raise ValueError(f"harvest.{name} must be at least 1, got {getattr(self, name)}")
+                raise SettingsError(f"harvest.{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.ram_cap_mb < math.inf:
-            raise ValueError(f"harvest.ram_cap_mb must be positive, got {self.ram_cap_mb}")
+            raise SettingsError(f"harvest.ram_cap_mb must be positive, got {self.ram_cap_mb}")
         if not 0 < self.shift < math.inf or (self.guidance is not None and not math.isfinite(self.guidance)):
-            raise ValueError(f"harvest.shift must be a positive number and guidance a number, got {self.shift} and "
+            raise SettingsError(f"harvest.shift must be a positive number and guidance a number, got {self.shift} and "
                              f"{self.guidance}")
         if len(self.latent_size) != 2 or not all(size >= 2 and size % 2 == 0 for size in self.latent_size):
-            raise ValueError(f"harvest.latent_size must be two even sizes of at least 2 (FLUX packs 2 x 2 latent "
+            raise SettingsError(f"harvest.latent_size must be two even sizes of at least 2 (FLUX packs 2 x 2 latent "
                              f"patches), got {list(self.latent_size)}")
         if self.keep_steps is not None and not all(0 <= s < self.steps for s in self.keep_steps):
-            raise ValueError(f"harvest.keep_steps {list(self.keep_steps)} must lie in 0..{self.steps - 1}")
+            raise SettingsError(f"harvest.keep_steps {list(self.keep_steps)} must lie in 0..{self.steps - 1}")
 
 
 def all_sites(model: Flux) -> tuple[SiteKey, ...]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
-from ..errors import CorruptFileError
+from ..errors import CorruptFileError, SettingsError
 from ..file_reading import parse_json
 
 Stream = Literal["img", "txt"]
@@ -40,7 +40,7 @@ def dtype_from_name(name: str) -> torch.dtype:
     canonical = DTYPE_ALIASES.get(name, name)
     if canonical not in DTYPES:
         choices = ", ".join([*DTYPE_ALIASES, *DTYPES])
-        raise ValueError(f"unknown dtype {name!r}; use one of: {choices}")
+        raise SettingsError(f"unknown dtype {name!r}; use one of: {choices}")
     return DTYPES[canonical]
 
 
@@ -48,7 +48,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     for name, candidate in DTYPES.items():
         if candidate == dtype:
             return name
-    raise ValueError(f"transcoder weights must be float32, bfloat16 or float16, not {dtype}")
+    raise SettingsError(f"transcoder weights must be float32, bfloat16 or float16, not {dtype}")
 
 
 def _is_int(value: object) -> bool:
@@ -57,6 +57,24 @@ def _is_int(value: object) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Site(NamedTuple):
+    """A transcoder site: FLUX's double block `layer`, its image or text MLP. A (stream, layer) tuple,
+    so it is also a SiteKey; the one place that knows where the MLP sits in FLUX (BFL / ComfyUI names)."""
+
+    stream: Stream
+    layer: int
+
+    @property
+    def mlp_name(self) -> str:
+        """The MLP's attribute name in its double block."""
+        return f"{self.stream}_mlp"
+
+    @property
+    def module_path(self) -> str:
+        """The MLP's module path inside the diffusion model."""
+        return f"double_blocks.{self.layer}.{self.mlp_name}"
 
 
 @dataclass(frozen=True)
@@ -70,11 +88,11 @@ class SiteSpec:
     @property
     def hook_point(self) -> str:
         """The module path of the MLP inside the diffusion model (BFL / ComfyUI names)."""
-        return f"double_blocks.{self.layer}.{self.stream}_mlp"
+        return self.key.module_path
 
     @property
-    def key(self) -> tuple[Stream, int]:
-        return (self.stream, self.layer)
+    def key(self) -> Site:
+        return Site(self.stream, self.layer)
 
 
 @dataclass(frozen=True)
