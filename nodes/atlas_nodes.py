@@ -16,17 +16,22 @@ from typing import Any
 import torch
 from comfy_api.latest import io, ui
 
-from ..diffract_core.atlas import Atlas, AtlasSettings, atlas_folder, build_atlas
-from ..diffract_core.atlas.cards import feature_cards
-from ..diffract_core.atlas.sampling import ImageDecoder
+from ..diffract_core.atlas import (
+    EXAMPLES,
+    Atlas,
+    AtlasSettings,
+    ImageDecoder,
+    atlas_folder,
+    build_atlas,
+    describe_feature,
+    feature_cards,
+    render_dashboard,
+)
 from ..diffract_core.errors import DiffractError, FeatureSpecError
 from ..diffract_core.features import SPEC_HELP, parse_features
-from ..diffract_core.render.feature_dashboard import EXAMPLES, describe_feature, render_dashboard
-from ..diffract_core.toy import codec
-from ..diffract_core.toy.text_encoder import ToyTextEncoder
-from ..diffract_core.training.harvest import HarvestSettings
-from ..diffract_core.training.prompts import PromptEncoder
-from ..diffract_core.transcoders.transcoder_set import TranscoderSet
+from ..diffract_core.toy import ToyTextEncoder, codec
+from ..diffract_core.training import HarvestSettings, PromptEncoder
+from ..diffract_core.transcoders import TranscoderSet
 from .flux_models import reference_flux
 from .node_types import CATEGORY, FeatureAtlas, Transcoders
 from .progress import NodeProgress

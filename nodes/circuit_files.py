@@ -15,10 +15,10 @@ from typing import Any
 import folder_paths
 from comfy_api.latest import io
 
-from ..diffract_core.atlas.cards import feature_labels
-from ..diffract_core.attribution.graph import CircuitGraph
-from ..diffract_core.attribution.serialize import CircuitFileError, load_graph, save_graph, save_neuronpedia
-from ..diffract_core.transcoders.transcoder_set import TranscoderSet
+from ..diffract_core.atlas import feature_labels
+from ..diffract_core.attribution import CircuitGraph, load_graph, save_graph, save_neuronpedia
+from ..diffract_core.errors import CircuitFileError
+from ..diffract_core.transcoders import TranscoderSet
 from ..diffract_core.viewer import circuit_refs
 from . import circuit_store
 from .node_types import CATEGORY, Circuit, Transcoders

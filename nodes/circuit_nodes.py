@@ -15,15 +15,24 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..diffract_core.attribution import TARGET_HELP, TARGET_MODES, TargetSpec, TraceSettings, trace_circuit
-from ..diffract_core.attribution.blocks import read_plain_linear
-from ..diffract_core.attribution.graph import CircuitGraph
-from ..diffract_core.attribution.steering import CIRCUIT_MODES, NODES_HELP, STEP_CHOICES, circuit_steering
+from ..diffract_core.attribution import (
+    CIRCUIT_MODES,
+    NODES_HELP,
+    STEP_CHOICES,
+    TARGET_HELP,
+    TARGET_MODES,
+    CircuitGraph,
+    TargetSpec,
+    TraceSettings,
+    circuit_steering,
+    read_plain_linear,
+    trace_circuit,
+)
 from ..diffract_core.errors import DiffractError, FeatureSpecError
 from ..diffract_core.features import check_features
 from ..diffract_core.recording import FeatureRecording
-from ..diffract_core.render.circuit import render_circuit
-from ..diffract_core.transcoders.transcoder_set import TranscoderSet
+from ..diffract_core.render import render_circuit
+from ..diffract_core.transcoders import TranscoderSet
 from . import circuit_store
 from .inspect_nodes import preview_ref, token_labels
 from .model_patching import check_flux, steer_features

@@ -14,10 +14,8 @@ import secrets
 from collections import OrderedDict
 from typing import Any
 
-from ..diffract_core.atlas import Atlas
-from ..diffract_core.atlas.cards import feature_labels
-from ..diffract_core.attribution.graph import CircuitGraph
-from ..diffract_core.attribution.serialize import node_label
+from ..diffract_core.atlas import Atlas, feature_labels
+from ..diffract_core.attribution import CircuitGraph, node_label
 from ..diffract_core.viewer import circuit_payload, circuit_refs
 
 ROUTE = "/diffract/circuit/{circuit_id}"

@@ -15,8 +15,7 @@ import comfy.model_management
 import torch
 
 from ..diffract_core.errors import UnsupportedModelError
-from ..diffract_core.flux import Flux
-from ..diffract_core.flux.config import FluxConfig
+from ..diffract_core.flux import Flux, FluxConfig
 
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

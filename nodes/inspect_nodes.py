@@ -8,15 +8,14 @@ from typing import Any
 import torch
 from comfy_api.latest import io, ui
 
-from ..diffract_core.atlas import Atlas
-from ..diffract_core.atlas.cards import feature_labels
+from ..diffract_core.atlas import Atlas, feature_labels
 from ..diffract_core.errors import DiffractError
 from ..diffract_core.features import SPEC_HELP, parse_features
 from ..diffract_core.recording import FeatureRecording
 from ..diffract_core.render import NORMALIZE_MODES, FeatureStat, format_table, render_feature_heatmaps, top_features
 from ..diffract_core.sites import LAYERS_HELP, parse_layers, parse_steps
 from ..diffract_core.spatial import mask_to_token_weights
-from ..diffract_core.transcoders.transcoder_set import TranscoderSet
+from ..diffract_core.transcoders import TranscoderSet
 from ..diffract_core.viewer import heatmap_payload, token_strip_payload
 from .node_types import AFTER_SAMPLING, CATEGORY, STREAM_CHOICES, Recording, Transcoders, streams_of
 

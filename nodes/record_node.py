@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..diffract_core.errors import DiffractError
 from ..diffract_core.recording import MLP_MODES, FeatureRecording
 from ..diffract_core.sites import SITES_HELP, parse_sites, parse_steps
-from ..diffract_core.transcoders.transcoder_set import TranscoderSet
+from ..diffract_core.transcoders import TranscoderSet
 from .model_patching import record_features
 from .node_types import CATEGORY, CHUNK_CHOICES, Recording, Transcoders
 

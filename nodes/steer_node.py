@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..diffract_core.features import SPEC_HELP, check_features, parse_features
 from ..diffract_core.recording import STEER_MODES, SteeringSpec
 from ..diffract_core.spatial import check_mask_proportions
-from ..diffract_core.transcoders.transcoder_set import TranscoderSet
+from ..diffract_core.transcoders import TranscoderSet
 from .model_patching import sigma_window, steer_features
 from .node_types import CATEGORY, CHUNK_CHOICES, Transcoders
 

@@ -16,10 +16,7 @@ import comfy.supported_models
 import torch
 from comfy_api.latest import io
 
-from ..diffract_core.toy import codec
-from ..diffract_core.toy.embedded import load_toy
-from ..diffract_core.toy.model import ToyModel
-from ..diffract_core.toy.text_encoder import VOCABULARY, ToyTextEncoder
+from ..diffract_core.toy import VOCABULARY, ToyModel, ToyTextEncoder, codec, load_toy
 from .flux_models import comfy_unet_config
 from .node_types import CATEGORY
 

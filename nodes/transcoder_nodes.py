@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..diffract_core.hub import DEFAULT_REPO_ID, SAE_FOLDER, TRANSCODER_FOLDER, HubRelease, download_release
 from ..diffract_core.sites import LAYERS_HELP, parse_layers
-from ..diffract_core.transcoders.transcoder_set import TranscoderSet, describe_sites
+from ..diffract_core.transcoders import TranscoderSet, describe_sites
 from .node_types import CATEGORY, STREAM_CHOICES, Transcoders, streams_of
 from .progress import NodeProgress
 from .transcoder_folders import download_destination, release_folder, release_folders

@@ -8,9 +8,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..atlas.storage import Atlas, Example, FeatureStats
 from ..features import FeatureRef
-from .plot import BACKGROUND, INK, LABEL_SIZE, SERIES_COLOURS, TITLE_SIZE, Font, _font, _line_height, _text_width
+from ..render.plot import (
+    BACKGROUND,
+    INK,
+    LABEL_SIZE,
+    SERIES_COLOURS,
+    TITLE_SIZE,
+    Font,
+    _font,
+    _line_height,
+    _text_width,
+)
+from .storage import Atlas, Example, FeatureStats
 
 WIDTH = 640
 PAD = 12

@@ -1,5 +1,6 @@
 """Pictures and tables of a recording: feature heatmaps over the image, and ranked feature statistics."""
 
+from .circuit import render_circuit
 from .heatmaps import NORMALIZE_MODES, colorize, normalize_maps, render_feature_heatmaps
 from .top_features import FeatureStat, format_table, top_features
 
@@ -9,6 +10,7 @@ __all__ = [
     "colorize",
     "format_table",
     "normalize_maps",
+    "render_circuit",
     "render_feature_heatmaps",
     "top_features",
 ]

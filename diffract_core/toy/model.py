@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..flux.config import FluxConfig
 from ..flux.model import Flux, init_random_
-from ..training.shards import seeded_generator
+from ..seeding import seeded_generator
 from . import codec
 from .scenes import USUAL_SHARE, render, sample_scene
 from .text_encoder import TextEncoderConfig, ToyTextEncoder

@@ -6,7 +6,7 @@ Command line: `python -m diffract_core harvest | train | evaluate | sweep --conf
 
 from .evaluation import SiteMetrics, SplicedFidelity, site_metrics, spliced_fidelity
 from .harvest import HarvestReport, HarvestSettings, capture_mlp_io, harvest
-from .prompts import HashingPromptEncoder, PromptSplit, split_prompts
+from .prompts import HashingPromptEncoder, PromptEncoder, PromptSplit, split_prompts
 from .settings import TrainSettings
 from .shards import ActivationShards, ShardWriter
 from .trainer import TrainResult, train
@@ -16,6 +16,7 @@ __all__ = [
     "HarvestReport",
     "HarvestSettings",
     "HashingPromptEncoder",
+    "PromptEncoder",
     "PromptSplit",
     "ShardWriter",
     "SiteMetrics",

@@ -11,7 +11,6 @@ can resume at any step without replaying data.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -23,7 +22,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import CorruptFileError, DiffractError
+from ..errors import CorruptFileError, DiffractError, OutputExistsError, SettingsError
+from ..seeding import seeded_generator
 from ..transcoders.config import dtype_from_name, dtype_name
 from ..transcoders.transcoder_set import SiteKey
 
@@ -34,12 +34,6 @@ SPLITS = ("train", "validation")
 
 def site_dir_name(site: SiteKey) -> str:
     return f"{site[0]}_{site[1]}"
-
-
-def seeded_generator(*parts: object) -> torch.Generator:
-    """A generator whose seed is a stable hash of `parts` (the same on every machine and rank)."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -64,11 +58,11 @@ class ShardWriter:
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if rows_per_shard < 1:
-            raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
+            raise SettingsError(f"rows_per_shard must be positive, got {rows_per_shard}")
         self.folder, self.site, self.d_model, self.seed = folder, site, d_model, seed
         folder.mkdir(parents=True, exist_ok=True)
         if (folder / INDEX_FILE).exists() or any(folder.glob("shard_*.safetensors")):
-            raise FileExistsError(f"{folder} already holds activation shards; harvest into an empty folder")
+            raise OutputExistsError(f"{folder} already holds activation shards; harvest into an empty folder")
         self.x = torch.empty(rows_per_shard, d_model, dtype=dtype)
         self.y = torch.empty(rows_per_shard, d_model, dtype=dtype)
         self.sigma = torch.empty(rows_per_shard, dtype=torch.float32)

@@ -16,12 +16,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..seeding import seeded_generator
 from ..transcoders.config import SiteSpec, TimeEmbeddingSpec, TranscoderConfig
 from ..transcoders.transcoder import Transcoder
 from ..transcoders.transcoder_set import SiteKey
 from .distributed import SiteGroup
 from .settings import TrainSettings
-from .shards import Batch, seeded_generator
+from .shards import Batch
 
 VARIANCE_EPS = 1e-6
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..seeding import seeded_generator
 from ..transcoders.transcoder_set import SiteKey
-from .shards import ShardWriter, seeded_generator, site_folder
+from .shards import ShardWriter, site_folder
 
 SCHNELL_SIGMAS = (1.0, 0.75, 0.5, 0.25)
 

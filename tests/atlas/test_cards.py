@@ -19,7 +19,7 @@ from diffract_core.errors import ConfigMismatchError, CorruptFileError
 from diffract_core.features import FeatureRef
 from diffract_core.flux import Flux
 from diffract_core.quickstart import random_transcoder
-from diffract_core.render.feature_dashboard import describe_feature, render_dashboard
+from diffract_core.atlas import describe_feature, render_dashboard
 from diffract_core.transcoders import TranscoderSet
 from diffract_core.transcoders.native import save_site, write_manifest
 
