@@ -8,7 +8,7 @@ Importing this file is cheap: it imports neither torch nor anything from ComfyUI
 WEB_DIRECTORY = "./web"
 
 
-async def comfy_entrypoint():  # noqa: ANN201 - the return type lives in comfy_api, imported lazily
+async def comfy_entrypoint():  # the return type lives in comfy_api, imported lazily
     from .nodes import DiffractExtension
 
     return DiffractExtension()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from typing import final
 
 import torch
 from flux_sizes import FLUX1, flux_config
@@ -28,6 +29,7 @@ from diffract_core.transcoders import TranscoderSet
 MIB = 2**20
 
 
+@final
 class PeakMemory:
     """Peak memory above the start of a `with` block: CUDA allocator stats, or RSS sampled on the CPU."""
 
@@ -112,7 +114,8 @@ def main() -> None:
         f"F={args.features} image tokens={(args.pixels // 16) ** 2} text tokens={args.text_tokens} "
         f"target={target.stream}:{target.layer}:{target.feature} budget={args.nodes} max_active={args.max_active}"
     )
-    print(f"{'algorithm':34} {'seconds':>9} {'time/batched':>12} {'fwd':>5} {'bwd':>5} {'nodes':>6} {'edges':>8} {'peak MiB':>9} {'max resid':>10}")
+    print(f"{'algorithm':34} {'seconds':>9} {'time/batched':>12} {'fwd':>5} {'bwd':>5} {'nodes':>6} {'edges':>8} "
+          f"{'peak MiB':>9} {'max resid':>10}")
     results = {}
     for name, settings in (
         ("batched transpose", TraceSettings(max_feature_nodes=args.nodes, batch_size=args.batch_size)),
@@ -137,7 +140,8 @@ def main() -> None:
     batched, single = results["batched transpose"][1], results["one target per pass (autograd)"][1]
     same = [n.id for n in batched.nodes] == [n.id for n in single.nodes]
     pruned = batched.subgraph(batched.prune())
-    print(f"same nodes in both graphs: {same}; pruned graph: {len(pruned.nodes)} nodes, {pruned.edge_weights.numel()} edges")
+    print(f"same nodes in both graphs: {same}; pruned graph: {len(pruned.nodes)} nodes, "
+          f"{pruned.edge_weights.numel()} edges")
 
 
 if __name__ == "__main__":

@@ -15,20 +15,20 @@ import argparse
 from collections.abc import Callable
 
 import torch
+from flux_sizes import FLUX1, flux_config
+from timing import timed
 
 from diffract_core.flux import Flux, init_random_
 from diffract_core.quickstart import random_transcoder
 from diffract_core.recording import FeatureRecording, patch_reference_model
 from diffract_core.transcoders import TranscoderSet, dtype_from_name
 
-from flux_sizes import FLUX1, flux_config
-from timing import timed
-
 RELEASED_SITES = 34  # img and txt at layers 0-15 and 18
 MIB = 2**20
 
 
-def sampler(model: Flux, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+def sampler(model: Flux, args: argparse.Namespace, device: torch.device,
+            dtype: torch.dtype) -> Callable[[], torch.Tensor]:
     cfg = model.config
     generator = torch.Generator().manual_seed(0)
     latent = args.pixels // 8

@@ -16,14 +16,13 @@ import multiprocessing
 import tempfile
 from pathlib import Path
 
-from safetensors.torch import load as deserialize_safetensors
 import torch
+from process_status import status_kib
+from safetensors.torch import load as deserialize_safetensors
 
 from diffract_core.quickstart import random_transcoder
 from diffract_core.transcoders import Transcoder, TranscoderSet, convert_file, release_state_dict
 from diffract_core.transcoders.native import WEIGHTS_FILE, read_site_config
-
-from process_status import status_kib
 
 NATIVE = "native (mmap)"
 IN_RAM = "read into RAM"
@@ -58,7 +57,8 @@ def main() -> None:
         del site
         convert_file(folder / "transcoder_img_0.pt", folder)
         size_mib = (folder / "transcoder_img_0" / WEIGHTS_FILE).stat().st_size / 2**20
-        print(f"D={args.d_model} F={args.features} site file {size_mib:.0f} MiB (fp32); encode_topk of {args.tokens} tokens")
+        print(f"D={args.d_model} F={args.features} site file {size_mib:.0f} MiB (fp32); "
+              f"encode_topk of {args.tokens} tokens")
         print(f"{'loader':22} {'private MiB after load':>24} {'after encode_topk':>18} {'/ file size':>12}")
         context = multiprocessing.get_context("spawn")
         for loader in (NATIVE, IN_RAM):

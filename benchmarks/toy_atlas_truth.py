@@ -28,7 +28,8 @@ def main() -> None:
     atlas = transcoders.atlas
     if atlas is None:
         raise SystemExit("the toy release has no atlas: python -m diffract_core atlas --release "
-                         "diffract_core/toy/assets/diffract-toy --prompts diffract_core/toy/assets/diffract-toy-prompts.txt")
+                         "diffract_core/toy/assets/diffract-toy "
+                         "--prompts diffract_core/toy/assets/diffract-toy-prompts.txt")
     began = time.perf_counter()
     evaluation = evaluate_toy_atlas(atlas, load_toy(), transcoders, precision=args.precision)
     figures = evaluation.to_dict()

@@ -31,7 +31,8 @@ def main() -> None:
         low, high = row["all_right_ci"]
         b_low, b_high = row["binding_errors_ci"]
         shuffled = "" if row["shuffled_binding_errors"] is None else f"{row['shuffled_binding_errors']:.3f}"
-        binding = "" if row["shuffled_binding_errors"] is None else f"{row['binding_errors']:.3f} ({b_low:.3f}-{b_high:.3f})"
+        binding = ("" if row["shuffled_binding_errors"] is None
+                   else f"{row['binding_errors']:.3f} ({b_low:.3f}-{b_high:.3f})")
         right = f"{row['all_right']:.3f} ({low:.3f}-{high:.3f})"
         print(f"{row['set']:<40}{row['images']:>7}{row['objects_right']:>15.3f}{right:>26}{binding:>30}{shuffled:>10}")
         if args.sheets:

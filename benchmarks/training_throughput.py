@@ -6,7 +6,8 @@ renormalisation, dead-feature tracking) for one site, as a ratio to a forward an
 the dense FLUX MLP on the same rows, in this process. Harvest: each phase runs in a fresh child
 process; the figure is how far the process's peak resident memory rose above its memory once the
 model was built. Sampling alone is the baseline; the harvest adds its buffers, which the cap
-bounds whatever the amount of data (a second harvest samples twice the prompts). Weights are random (speed and memory do not depend on their values).
+bounds whatever the amount of data (a second harvest samples twice the prompts). Weights are random
+(speed and memory do not depend on their values).
 
     python benchmarks/training_throughput.py                    # D=3072, F=49152, batch 512 (CPU-sized)
     python benchmarks/training_throughput.py --device cuda --batch 4096
@@ -20,6 +21,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+from flux_sizes import FLUX1, flux_config
+from process_status import status_kib
+from timing import timed
 from torch import nn
 
 from diffract_core.flux import Flux, init_random_
@@ -30,10 +34,6 @@ from diffract_core.training.prompts import HashingPromptEncoder, PromptSplit
 from diffract_core.training.settings import TrainSettings
 from diffract_core.training.shards import Batch
 from diffract_core.training.site_trainer import SiteTrainer
-
-from flux_sizes import FLUX1, flux_config
-from process_status import status_kib
-from timing import timed
 
 
 def training(args: argparse.Namespace) -> None:
@@ -65,7 +65,8 @@ def _phase(args: argparse.Namespace, with_harvest: bool, prompt_count: int, queu
     encoder = HashingPromptEncoder(config.context_in_dim, config.vec_in_dim, tokens=args.text_tokens)
     prompts = tuple(f"prompt number {i}" for i in range(prompt_count))
     size = args.pixels // 8
-    settings = HarvestSettings(latent_size=(size, size), prompts_per_call=args.per_call, ram_cap_mb=args.cap_mb, steps=4)
+    settings = HarvestSettings(latent_size=(size, size), prompts_per_call=args.per_call, ram_cap_mb=args.cap_mb,
+                               steps=4)
     start = status_kib("VmRSS") * 1024  # the model is built; nothing has run yet
     report = None
     if with_harvest:
@@ -75,9 +76,10 @@ def _phase(args: argparse.Namespace, with_harvest: bool, prompt_count: int, queu
         for first in range(0, len(prompts), args.per_call):
             chunk = prompts[first : first + args.per_call]
             context, pooled = encoder(chunk)
-            euler_sample(model, torch.randn(len(chunk), config.latent_channels, size, size), context, pooled, flux_sigmas(4))
-    queue.put((status_kib("VmHWM") * 1024 - start, report.reserved_bytes if report else 0, report.bound_bytes if report else 0,
-               sum(report.rows["train"].values()) if report else 0))
+            euler_sample(model, torch.randn(len(chunk), config.latent_channels, size, size), context, pooled,
+                         flux_sigmas(4))
+    queue.put((status_kib("VmHWM") * 1024 - start, report.reserved_bytes if report else 0,
+               report.bound_bytes if report else 0, sum(report.rows["train"].values()) if report else 0))
 
 
 def harvest_memory(args: argparse.Namespace) -> None:
@@ -94,7 +96,8 @@ def harvest_memory(args: argparse.Namespace) -> None:
             raise SystemExit(f"the {label} phase failed (exit code {child.exitcode}); see its traceback above")
         results[label] = queue.get()
     mib = 2**20
-    print(f"\nharvest: hidden {args.hidden}, {args.depth} double blocks + 1 single (both streams: {2 * args.depth} sites), "
+    print(f"\nharvest: hidden {args.hidden}, {args.depth} double blocks + 1 single "
+          f"(both streams: {2 * args.depth} sites), "
           f"{args.prompts} prompts x 4 steps at {args.pixels} px, cap {args.cap_mb:.0f} MiB")
     print(f"{'phase':<28}{'peak rise MiB':>15}{'buffers MiB':>13}{'bound MiB':>11}{'rows':>11}")
     for label, (rise, reserved, bound, rows) in results.items():

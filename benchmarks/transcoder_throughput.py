@@ -13,12 +13,11 @@ import argparse
 from collections.abc import Iterator
 
 import torch
+from timing import timed
 from torch import nn
 
 from diffract_core.quickstart import random_transcoder
 from diffract_core.transcoders import dtype_from_name
-
-from timing import timed
 
 
 def flux_mlp(d_model: int, hidden: int) -> nn.Module:
@@ -29,24 +28,29 @@ def run(args: argparse.Namespace) -> Iterator[tuple[str, str, float, float]]:
     """(dtype, what, tokens per second, time relative to the dense MLP), one case at a time."""
     device = torch.device(args.device)
     for dtype_label in args.dtypes:
-        dtype = dtype_from_name(dtype_label)
-        torch.manual_seed(0)
-        mlp = flux_mlp(args.d_model, args.mlp_hidden).to(device=device, dtype=dtype).requires_grad_(False)
-        transcoder = random_transcoder("img", 0, d_model=args.d_model, d_features=args.features)
-        transcoder = transcoder.to(device=device, dtype=dtype).requires_grad_(False)
-        x = torch.randn(args.tokens, args.d_model, device=device, dtype=dtype)
-        cases = {
-            "encode (z and pre-activations)": lambda: transcoder.encode(x, 0.5),
-            f"encode_topk (k={args.k})": lambda: transcoder.encode_topk(x, 0.5, args.k),
-            "forward (encode + decode)": lambda: transcoder(x, 0.5),
-        }
-        with torch.inference_mode():
-            baseline = timed(lambda: mlp(x), args.repeats, device)
-            yield dtype_label, "dense MLP (baseline)", args.tokens / baseline, 1.0
-            for name, fn in cases.items():
-                seconds = timed(fn, args.repeats, device)
-                yield dtype_label, name, args.tokens / seconds, seconds / baseline
-        del mlp, transcoder, x, cases
+        yield from run_dtype(args, dtype_label, device)
+
+
+def run_dtype(args: argparse.Namespace, dtype_label: str,
+              device: torch.device) -> Iterator[tuple[str, str, float, float]]:
+    """run() for one dtype; its weights and tokens are freed when it finishes, before the next dtype's."""
+    dtype = dtype_from_name(dtype_label)
+    torch.manual_seed(0)
+    mlp = flux_mlp(args.d_model, args.mlp_hidden).to(device=device, dtype=dtype).requires_grad_(False)
+    transcoder = random_transcoder("img", 0, d_model=args.d_model, d_features=args.features)
+    transcoder = transcoder.to(device=device, dtype=dtype).requires_grad_(False)
+    x = torch.randn(args.tokens, args.d_model, device=device, dtype=dtype)
+    cases = {
+        "encode (z and pre-activations)": lambda: transcoder.encode(x, 0.5),
+        f"encode_topk (k={args.k})": lambda: transcoder.encode_topk(x, 0.5, args.k),
+        "forward (encode + decode)": lambda: transcoder(x, 0.5),
+    }
+    with torch.inference_mode():
+        baseline = timed(lambda: mlp(x), args.repeats, device)
+        yield dtype_label, "dense MLP (baseline)", args.tokens / baseline, 1.0
+        for name, fn in cases.items():
+            seconds = timed(fn, args.repeats, device)
+            yield dtype_label, name, args.tokens / seconds, seconds / baseline
 
 
 def main() -> None:

@@ -174,7 +174,8 @@ def download_release(
                 dest,
                 dtype=dtype,
                 overwrite=True,
-                provenance={"hub_repo": release.repo_id, "hub_path": repo_path, "hub_revision": release.revision or "main"},
+                provenance={"hub_repo": release.repo_id, "hub_path": repo_path,
+                            "hub_revision": release.revision or "main"},
             )
             write_manifest(dest, release={"hub_repo": release.repo_id, "folder": release.folder})
         finally:  # converted, or refused: either way the raw file has no further use
@@ -213,7 +214,8 @@ def _drop_cached_file(snapshot_path: Path) -> None:
 
 def _hub_error(exc: Exception, release: HubRelease, missing: Sequence[str], dest: Path) -> HubUnavailableError:
     if isinstance(exc, GatedRepoError):
-        reason = f"{release.repo_id} is gated: accept its terms on the Hub and pass a token (or log in with `hf auth login`)"
+        reason = (f"{release.repo_id} is gated: accept its terms on the Hub and pass a token "
+                  "(or log in with `hf auth login`)")
     elif isinstance(exc, RepositoryNotFoundError):
         reason = f"repository {release.repo_id!r} was not found (or is private: pass a token)"
     elif isinstance(exc, RevisionNotFoundError):

@@ -63,7 +63,8 @@ def write_example_release(
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for index, (kind, stream, layer) in enumerate((k, s, l) for k in kinds for s in streams for l in layers):
-        transcoder = random_transcoder(stream, layer, kind=kind, d_model=d_model, d_features=d_features, seed=seed + index)
+        transcoder = random_transcoder(stream, layer, kind=kind, d_model=d_model, d_features=d_features,
+                                       seed=seed + index)
         path = folder / f"{kind}_{stream}_{layer}.pt"
         torch.save(release_state_dict(transcoder.state_dict()), path)
         written[path] = transcoder

@@ -1,6 +1,7 @@
 """What the web viewers (`web/diffract/`) need from Python: heatmap payloads (token maps quantised to
-bytes, base64), text features' token strips, circuit payloads (the graph with its features' atlas labels and cards) and, for standalone pages such as the demo's report, the viewer's ES modules joined
-into one inline script so the page opens offline."""
+bytes, base64), text features' token strips, circuit payloads (the graph with its features' atlas
+labels and cards) and, for standalone pages such as the demo's report, the viewer's ES modules
+joined into one inline script so the page opens offline."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def heatmap_payload(
         "image": image,
         "opacity": opacity,
         "maps": [
-            {"feature": str(feature), "step": step, "sigma": recording.schedule[step], "data": encode_token_map(maps[i, j])}
+            {"feature": str(feature), "step": step, "sigma": recording.schedule[step],
+             "data": encode_token_map(maps[i, j])}
             for i, feature in enumerate(features)
             for j, step in enumerate(steps)
         ],
@@ -86,7 +88,8 @@ def token_strip_payload(
         activation = torch.where(indices[:limit] == feature.index, values[:limit], 0.0).sum(-1)
         tokens = max(tokens, int(activation.shape[0]))
         strips.append({"feature": str(feature), "step": step, "values": [round(float(v), 4) for v in activation]})
-    names = [str(token_labels[i]) if token_labels is not None and i < len(token_labels) else f"#{i}" for i in range(tokens)]
+    names = [str(token_labels[i]) if token_labels is not None and i < len(token_labels) else f"#{i}"
+             for i in range(tokens)]
     return {"tokens": names, "strips": strips}
 
 

@@ -90,7 +90,8 @@ class BuildFeatureAtlas(io.ComfyNode):
                 ToyTextEncoderType.Input("toy_text_encoder", optional=True,
                                          tooltip="the toy's text encoder, instead of a CLIP (the toy's decoder "
                                          "then cuts the crops)"),
-                io.Vae.Input("vae", optional=True, tooltip="FLUX's VAE: image crops and colour statistics (none without it)"),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="FLUX's VAE: image crops and colour statistics (none without it)"),
                 io.Int.Input("steps", default=4, min=1, max=1000),
                 io.Int.Input("width", default=1024, min=16, max=8192, step=16),
                 io.Int.Input("height", default=1024, min=16, max=8192, step=16),
@@ -99,7 +100,8 @@ class BuildFeatureAtlas(io.ComfyNode):
                 io.Float.Input("guidance", default=3.5, min=0.0, max=100.0, step=0.1,
                                tooltip="distilled guidance, read only by models that embed it (dev)"),
                 io.Int.Input("prompts_per_batch", default=4, min=1, max=4096),
-                io.Int.Input("top_examples", default=8, min=1, max=64, tooltip="top activating prompts kept per feature"),
+                io.Int.Input("top_examples", default=8, min=1, max=64,
+                             tooltip="top activating prompts kept per feature"),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="the noise of each prompt"),
                 io.Float.Input("memory_cap_mb", default=1024.0, min=16.0, max=1_000_000.0,
                                tooltip="the build's own memory (statistics and one batch); refused before it starts "
@@ -166,7 +168,8 @@ class ExplainFeature(io.ComfyNode):
             inputs=[
                 io.String.Input("feature", default="img:0:0", tooltip="stream:layer:feature, e.g. img:12:40684"),
                 Transcoders.Input("transcoders", optional=True, tooltip="their release's atlas is used"),
-                FeatureAtlas.Input("atlas", optional=True, tooltip="from Build Feature Atlas (wins over the transcoders')"),
+                FeatureAtlas.Input("atlas", optional=True,
+                                   tooltip="from Build Feature Atlas (wins over the transcoders')"),
                 io.Int.Input("examples", default=EXAMPLES, min=0, max=64),
             ],
             outputs=[io.Image.Output(display_name="IMAGE")],
@@ -188,4 +191,5 @@ class ExplainFeature(io.ComfyNode):
         text = describe_feature(chosen, refs[0], examples)
         card = feature_cards(chosen, refs, examples)[str(refs[0])]
         preview = ui.PreviewImage(dashboard, cls=cls).as_dict()
-        return io.NodeOutput(dashboard, ui={**preview, "text": [text], "diffract_feature": [{"feature": str(refs[0]), **card}]})
+        return io.NodeOutput(dashboard, ui={**preview, "text": [text],
+                                            "diffract_feature": [{"feature": str(refs[0]), **card}]})

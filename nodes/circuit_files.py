@@ -68,7 +68,8 @@ class SaveCircuit(io.ComfyNode):
                 Circuit.Input("circuit"),
                 io.String.Input("filename_prefix", default="diffract/circuit"),
                 io.Combo.Input("format", options=list(FORMATS), default="diffract"),
-                Transcoders.Input("transcoders", optional=True, tooltip="the traced transcoders: their atlas labels the features"),
+                Transcoders.Input("transcoders", optional=True,
+                                  tooltip="the traced transcoders: their atlas labels the features"),
             ],
             outputs=[io.String.Output(display_name="path")],
             is_output_node=True,
@@ -88,7 +89,8 @@ class SaveCircuit(io.ComfyNode):
         else:
             save_graph(circuit, path, labels)
         relative = path.relative_to(output).as_posix()
-        return io.NodeOutput(relative, ui={"text": [relative], "diffract_saved": [{"subfolder": subfolder, "filename": name}]})
+        return io.NodeOutput(relative, ui={"text": [relative],
+                                           "diffract_saved": [{"subfolder": subfolder, "filename": name}]})
 
 
 def _thresholds(circuit: CircuitGraph) -> dict[str, float]:

@@ -54,7 +54,8 @@ def parse_target(text: str, mode: str, position: int, region: torch.Tensor | Non
     return TargetSpec(match["stream"], int(match["layer"]), index, mode, position=position, region=region)  # type: ignore[arg-type]
 
 
-def read_comfy_linear(module: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def read_comfy_linear(module: torch.nn.Module, dtype: torch.dtype,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Weights as ComfyUI computes with them (LoRA weight functions, fp8 dequantised)."""
     if hasattr(module, "weight_function") and hasattr(module, "comfy_cast_weights"):
         import comfy.ops
@@ -79,20 +80,28 @@ class TraceCircuit(io.ComfyNode):
                 io.Latent.Input("samples", tooltip=AFTER_SAMPLING),
                 io.String.Input("target", default="img:12:0", tooltip=TARGET_SPEC_HELP),
                 io.Combo.Input("target_mode", options=list(TARGET_MODES), default="argmax", tooltip=TARGET_HELP),
-                io.Int.Input("position", default=0, min=0, max=1_000_000, tooltip="token index for position targets (image tokens row by row)"),
+                io.Int.Input("position", default=0, min=0, max=1_000_000,
+                             tooltip="token index for position targets (image tokens row by row)"),
                 io.Int.Input("step", default=0, min=0, max=10_000),
                 io.Combo.Input("chunk", options=list(CHUNKS), default="cond"),
                 io.Int.Input("batch_index", default=0, min=0, max=4096),
-                io.Int.Input("max_feature_nodes", default=1000, min=0, max=100_000, tooltip="budget of expanded features"),
-                io.Float.Input("node_threshold", default=0.8, min=0.0, max=1.0, step=0.01, tooltip="share of influence the pruned graph keeps"),
+                io.Int.Input("max_feature_nodes", default=1000, min=0, max=100_000,
+                             tooltip="budget of expanded features"),
+                io.Float.Input("node_threshold", default=0.8, min=0.0, max=1.0, step=0.01,
+                               tooltip="share of influence the pruned graph keeps"),
                 io.Float.Input("edge_threshold", default=0.98, min=0.0, max=1.0, step=0.001),
                 io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="target rows per backward pass"),
-                io.Int.Input("max_active", default=128, min=1, max=65536, tooltip="features per token kept as graph sources; the rest join the error node"),
-                io.Int.Input("faithfulness_checks", default=10, min=0, max=1000, tooltip="ablate this many top features in the real model and compare with the graph (0: skip)"),
+                io.Int.Input("max_active", default=128, min=1, max=65536,
+                             tooltip="features per token kept as graph sources; the rest join the error node"),
+                io.Int.Input("faithfulness_checks", default=10, min=0, max=1000,
+                             tooltip="ablate this many top features in the real model and compare with the graph "
+                             "(0: skip)"),
                 io.Mask.Input("region", optional=True, tooltip="the image region for region targets"),
-                io.Image.Input("image", optional=True, tooltip="the decoded image: the graph widget draws heatmaps and regions on it"),
+                io.Image.Input("image", optional=True,
+                               tooltip="the decoded image: the graph widget draws heatmaps and regions on it"),
                 io.Clip.Input("clip", optional=True, tooltip="FLUX's CLIP, to label text tokens"),
-                io.String.Input("prompt", default="", optional=True, multiline=True, tooltip="the prompt, to label text tokens"),
+                io.String.Input("prompt", default="", optional=True, multiline=True,
+                                tooltip="the prompt, to label text tokens"),
             ],
             outputs=[Circuit.Output(display_name="CIRCUIT"), io.Image.Output(display_name="graph")],
             hidden=[io.Hidden.unique_id],
@@ -174,10 +183,12 @@ class SteerCircuit(io.ComfyNode):
                 io.Model.Input("model"),
                 Transcoders.Input("transcoders"),
                 Circuit.Input("circuit"),
-                io.Combo.Input("mode", options=list(CIRCUIT_MODES), default="scale", tooltip="scale: z * strength; ablate: z = 0"),
+                io.Combo.Input("mode", options=list(CIRCUIT_MODES), default="scale",
+                               tooltip="scale: z * strength; ablate: z = 0"),
                 io.Float.Input("strength", default=0.0, min=-100.0, max=100.0, step=0.01),
                 io.String.Input("nodes", default="all", tooltip=NODES_HELP),
-                io.Combo.Input("steps", options=list(STEP_CHOICES), default="traced step", tooltip="at the traced step only, or every step at the same positions"),
+                io.Combo.Input("steps", options=list(STEP_CHOICES), default="traced step",
+                               tooltip="at the traced step only, or every step at the same positions"),
                 io.Combo.Input("apply_to", options=list(CHUNK_CHOICES), default="cond+uncond"),
             ],
             outputs=[io.Model.Output(display_name="MODEL")],
@@ -195,6 +206,7 @@ class SteerCircuit(io.ComfyNode):
         steps: str,
         apply_to: str,
     ) -> io.NodeOutput:
-        spec = circuit_steering(circuit, nodes, mode=mode, strength=strength, steps=steps, chunks=CHUNK_CHOICES[apply_to])  # type: ignore[arg-type]
+        spec = circuit_steering(circuit, nodes, mode=mode, strength=strength, steps=steps,  # type: ignore[arg-type]
+                                chunks=CHUNK_CHOICES[apply_to])
         check_features(list(spec.features), transcoders)
         return io.NodeOutput(steer_features(model, transcoders, spec))

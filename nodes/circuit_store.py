@@ -40,7 +40,8 @@ def lookup(circuit_id: str) -> tuple[int, dict[str, Any]]:
         return 400, {"error": "a circuit id is 32 lowercase hex characters"}
     entry = _circuits.get(circuit_id)
     if entry is None:
-        return 404, {"error": f"no circuit {circuit_id} here (the server keeps the last {KEEP}): run Trace Circuit again"}
+        return 404, {"error": f"no circuit {circuit_id} here (the server keeps the last {KEEP}): "
+                              "run Trace Circuit again"}
     return 200, circuit_payload(*entry)
 
 
@@ -61,9 +62,11 @@ def summary(graph: CircuitGraph, circuit_id: str, top: int = 12, atlas: Atlas | 
         "scores": meta.get("scores", {}),
         "conservation": meta.get("conservation", {}),
         "passes": meta.get("passes", {}),
-        "faithfulness": {k: meta["faithfulness"][k] for k in ("spearman", "mean_relative_error")} if "faithfulness" in meta else None,
-        "top_features": [{"id": graph.nodes[i].id, "feature": graph.nodes[i].feature_spec, "influence": float(influence[i]),
-                          "label": node_label(graph.nodes[i], labels)} for i in features],
+        "faithfulness": ({k: meta["faithfulness"][k] for k in ("spearman", "mean_relative_error")}
+                         if "faithfulness" in meta else None),
+        "top_features": [{"id": graph.nodes[i].id, "feature": graph.nodes[i].feature_spec,
+                          "influence": float(influence[i]), "label": node_label(graph.nodes[i], labels)}
+                         for i in features],
     }
 
 

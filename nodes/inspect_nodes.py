@@ -90,8 +90,9 @@ class FeatureHeatmaps(io.ComfyNode):
             "steps": chosen_steps,
             "sigmas": [recording.schedule[step] for step in chosen_steps],
             "order": "feature-major",
-            "viewer": heatmap_payload(recording, refs, chosen_steps, image=None, chunk=CHUNKS[chunk], batch_index=batch_index,
-                                      normalize=normalize, opacity=opacity, atlas=atlas_of(transcoders)),  # type: ignore[arg-type]
+            "viewer": heatmap_payload(recording, refs, chosen_steps, image=None, chunk=CHUNKS[chunk],
+                                      batch_index=batch_index, normalize=normalize, opacity=opacity,  # type: ignore[arg-type]
+                                      atlas=atlas_of(transcoders)),
             "image": preview_ref(image, batch_index, cls),
         }
         # No in-node previews (the viewer shows every map, and thumbnails would grow the node after the run):
@@ -119,8 +120,10 @@ class TopFeatures(io.ComfyNode):
                 io.Int.Input("batch_index", default=0, min=0, max=4096),
                 io.Mask.Input("mask", optional=True, tooltip="an image region, drawn on the generated image"),
                 io.Clip.Input("clip", optional=True, tooltip="with the prompt: label text rows with their tokens"),
-                io.String.Input("prompt", optional=True, multiline=True, default="", tooltip="the prompt the text was encoded from"),
-                io.Image.Input("image", optional=True, tooltip="the decoded image, under the heatmaps of the node's viewer"),
+                io.String.Input("prompt", optional=True, multiline=True, default="",
+                                tooltip="the prompt the text was encoded from"),
+                io.Image.Input("image", optional=True,
+                               tooltip="the decoded image, under the heatmaps of the node's viewer"),
                 Transcoders.Input("transcoders", optional=True, tooltip=ATLAS_HELP + " (a label column)"),
             ],
             outputs=[io.String.Output(display_name="table")],
@@ -173,8 +176,8 @@ class TopFeatures(io.ComfyNode):
                                                   token_labels=labels)
         image_features = list(dict.fromkeys(stat.feature for stat in stats if stat.feature.stream == "img"))
         if image_features and recording.image_grid is not None:
-            payload["viewer"] = heatmap_payload(recording, image_features, recording.steps, image=None, chunk=CHUNKS[chunk],
-                                                batch_index=batch_index, atlas=atlas)
+            payload["viewer"] = heatmap_payload(recording, image_features, recording.steps, image=None,
+                                                chunk=CHUNKS[chunk], batch_index=batch_index, atlas=atlas)
             payload["image"] = preview_ref(image, batch_index, cls)
         return io.NodeOutput(table, ui={"text": [table], "diffract_top_features": [payload]})
 

@@ -88,7 +88,8 @@ def check_flux(model: Any, transcoders: TranscoderSet, sites: Iterable[SiteKey])
             "Load Diffusion Model / Load Checkpoint nodes"
         )
     # ComfyUI's Flux keeps hidden_size on the module, the library's reference model in its config
-    hidden = getattr(diffusion_model, "hidden_size", None) or getattr(getattr(diffusion_model, "config", None), "hidden_size", None)
+    hidden = (getattr(diffusion_model, "hidden_size", None)
+              or getattr(getattr(diffusion_model, "config", None), "hidden_size", None))
     transcoders.check_model(hidden if hidden is not None else transcoders.d_model, len(blocks))
     for site in sites:
         try:
@@ -119,7 +120,8 @@ def _clone_with_state(model: Any) -> tuple[Any, DiffractState]:
     return clone, state
 
 
-def _install(model: Any, transcoders: TranscoderSet, sites: Iterable[SiteKey], **patch: Any) -> tuple[Any, DiffractState]:
+def _install(model: Any, transcoders: TranscoderSet, sites: Iterable[SiteKey],
+             **patch: Any) -> tuple[Any, DiffractState]:
     """A clone of `model` with the sites patched as object patches (library paths under `diffusion_model.`)."""
     sites = tuple(sites)
     check_flux(model, transcoders, sites)

@@ -35,7 +35,8 @@ class RecordFeatures(io.ComfyNode):
                 io.String.Input("sites", default="all", tooltip=SITES_HELP),
                 io.Int.Input("top_k", default=64, min=1, max=4096, tooltip="features kept per token"),
                 io.Combo.Input("mode", options=list(MLP_MODES), default="observe", tooltip=MODE_HELP),
-                io.Combo.Input("record", options=list(CHUNK_CHOICES), default="cond", tooltip="which CFG chunk to record"),
+                io.Combo.Input("record", options=list(CHUNK_CHOICES), default="cond",
+                               tooltip="which CFG chunk to record"),
                 io.String.Input(
                     "keep_inputs_at_steps",
                     default="",
@@ -59,7 +60,8 @@ class RecordFeatures(io.ComfyNode):
         chosen = parse_sites(sites, transcoders.sites)
         smallest = min(transcoders.config(site).d_features for site in chosen)
         if top_k > smallest:
-            raise DiffractError(f"top_k {top_k} is more than the {smallest} features of the chosen transcoders: lower it")
+            raise DiffractError(f"top_k {top_k} is more than the {smallest} features of the chosen transcoders: "
+                                "lower it")
         recording = FeatureRecording(
             sites=chosen, k=top_k, chunks=CHUNK_CHOICES[record], keep_input_steps=parse_steps(keep_inputs_at_steps)
         )

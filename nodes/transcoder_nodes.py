@@ -43,14 +43,16 @@ class LoadTranscoders(io.ComfyNode):
             "memory-mapped, when a site is first used. Reads local files only. A feature atlas beside the release "
             "(Build Feature Atlas) is checked here and labels the features in every DifFRACT node.",
             inputs=[
-                io.Combo.Input("release", options=sorted(release_folders()), tooltip="a folder under models/transcoders/"),
+                io.Combo.Input("release", options=sorted(release_folders()),
+                               tooltip="a folder under models/transcoders/"),
                 io.Combo.Input("streams", options=list(STREAM_CHOICES), default="img+txt"),
                 io.String.Input("layers", default="all", tooltip=LAYERS_HELP),
                 io.Combo.Input(
                     "dtype",
                     options=list(DTYPE_CHOICES),
                     default="auto",
-                    tooltip="auto: as stored, but fp32 files run in bf16 on a CUDA device and fp16/bf16 files in fp32 on a CPU",
+                    tooltip="auto: as stored, but fp32 files run in bf16 on a CUDA device "
+                    "and fp16/bf16 files in fp32 on a CPU",
                 ),
                 io.Combo.Input("kind", options=["transcoder", "sae"], default="transcoder"),
             ],
@@ -80,7 +82,8 @@ class DownloadTranscoders(io.ComfyNode):
             inputs=[
                 io.String.Input("repo_id", default=DEFAULT_REPO_ID),
                 io.Combo.Input("hub_folder", options=[TRANSCODER_FOLDER, SAE_FOLDER], default=TRANSCODER_FOLDER),
-                io.String.Input("folder", default="DifFRACT", tooltip="the local folder name under models/transcoders/"),
+                io.String.Input("folder", default="DifFRACT",
+                                tooltip="the local folder name under models/transcoders/"),
                 io.Combo.Input("streams", options=list(STREAM_CHOICES), default="img+txt"),
                 io.String.Input("layers", default="all", tooltip=LAYERS_HELP),
                 io.Combo.Input(

@@ -82,7 +82,7 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser):  # noqa: ANN001, ANN201 - playwright types are optional at import time
+def page(browser):  # playwright types are optional at import time
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors: list[str] = []

@@ -9,20 +9,24 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_transcoder_throughput_runs_and_reports_ratios() -> None:
-    args = ["--d-model", "32", "--features", "128", "--mlp-hidden", "128", "--tokens", "16", "--repeats", "1", "--k", "8"]
+    args = ["--d-model", "32", "--features", "128", "--mlp-hidden", "128", "--tokens", "16", "--repeats", "1",
+            "--k", "8"]
     out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "transcoder_throughput.py"), *args], capture_output=True, text=True, timeout=120
+        [sys.executable, str(BENCHMARKS / "transcoder_throughput.py"), *args], capture_output=True, text=True,
+        timeout=120, check=False,
     )
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines()[2:]]
-    assert [(r[0], r[1]) for r in rows] == [(d, w) for d in ("fp32", "bf16") for w in ("dense", "encode", "encode_topk", "forward")]
+    assert [(r[0], r[1]) for r in rows] == [(d, w) for d in ("fp32", "bf16")
+                                            for w in ("dense", "encode", "encode_topk", "forward")]
     assert all(r[-1].endswith("x") and float(r[-1][:-1]) > 0 for r in rows)
 
 
 def test_site_loading_memory_runs_both_loaders() -> None:
     args = ["--d-model", "32", "--features", "256", "--tokens", "8"]
     out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "site_loading_memory.py"), *args], capture_output=True, text=True, timeout=120
+        [sys.executable, str(BENCHMARKS / "site_loading_memory.py"), *args], capture_output=True, text=True,
+        timeout=120, check=False,
     )
     assert out.returncode == 0, out.stderr
     assert [line.split()[0] for line in out.stdout.splitlines()[2:]] == ["native", "read"]
@@ -32,7 +36,8 @@ def test_recording_overhead_runs_every_mode() -> None:
     args = ["--hidden", "32", "--heads", "2", "--depth", "2", "--single", "1", "--features", "64", "--pixels", "64",
             "--text-tokens", "4", "--steps", "2", "--k", "4", "--repeats", "1"]
     out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "recording_overhead.py"), *args], capture_output=True, text=True, timeout=120
+        [sys.executable, str(BENCHMARKS / "recording_overhead.py"), *args], capture_output=True, text=True,
+        timeout=120, check=False,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -41,9 +46,11 @@ def test_recording_overhead_runs_every_mode() -> None:
 
 
 def test_attribution_speed_compares_both_algorithms() -> None:
-    args = ["--hidden", "64", "--depth", "3", "--features", "256", "--pixels", "128", "--text-tokens", "8", "--nodes", "12"]
+    args = ["--hidden", "64", "--depth", "3", "--features", "256", "--pixels", "128", "--text-tokens", "8",
+            "--nodes", "12"]
     out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "attribution_speed.py"), *args], capture_output=True, text=True, timeout=300
+        [sys.executable, str(BENCHMARKS / "attribution_speed.py"), *args], capture_output=True, text=True,
+        timeout=300, check=False,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -53,9 +60,11 @@ def test_attribution_speed_compares_both_algorithms() -> None:
 
 def test_training_throughput_reports_rates_and_the_harvest_memory() -> None:
     args = ["--d-model", "32", "--features", "128", "--batch", "32", "--repeats", "1", "--hidden", "64", "--heads", "2",
-            "--pixels", "64", "--text-tokens", "4", "--prompts", "4", "--per-call", "2", "--cap-mb", "1", "--threads", "1"]
+            "--pixels", "64", "--text-tokens", "4", "--prompts", "4", "--per-call", "2", "--cap-mb", "1",
+            "--threads", "1"]
     out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "training_throughput.py"), *args], capture_output=True, text=True, timeout=300
+        [sys.executable, str(BENCHMARKS / "training_throughput.py"), *args], capture_output=True, text=True,
+        timeout=300, check=False,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -73,7 +82,7 @@ def test_toy_binding_runs_every_arm_and_writes_its_figures(tmp_path: Path) -> No
     args = ["--images", "16", "--batch", "16", "--doses", "1", "3", "--bootstrap", "20", "--per-step", "2",
             "--random-draws", "1", "--budget", "20", "--json", str(figures)]
     out = subprocess.run([sys.executable, str(BENCHMARKS / "toy_binding.py"), *args], capture_output=True, text=True,
-                         timeout=900)
+                         timeout=900, check=False)
     assert out.returncode == 0, out.stderr
     data = json.loads(figures.read_text())
     assert data["errors"] > 0 and data["images"] == 16
@@ -85,11 +94,12 @@ def test_toy_binding_runs_every_arm_and_writes_its_figures(tmp_path: Path) -> No
 
 
 def test_atlas_build_reports_its_ratio_and_its_memory_against_the_cap() -> None:
-    args = ["--hidden", "32", "--heads", "2", "--depth", "2", "--features", "64", "--pixels", "64", "--text-tokens", "4",
-            "--steps", "2", "--prompts", "6", "--batch", "3", "--k", "4", "--cap-mb", "16", "--repeats", "1", "--threads", "1"]
+    args = ["--hidden", "32", "--heads", "2", "--depth", "2", "--features", "64", "--pixels", "64",
+            "--text-tokens", "4", "--steps", "2", "--prompts", "6", "--batch", "3", "--k", "4", "--cap-mb", "16",
+            "--repeats", "1", "--threads", "1"]
     out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "atlas_build.py"), *args], capture_output=True, text=True, timeout=300,
-        check=False,
+        [sys.executable, str(BENCHMARKS / "atlas_build.py"), *args], capture_output=True, text=True,
+        timeout=300, check=False,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

@@ -70,7 +70,8 @@ def test_no_builtin_exception_is_raised() -> None:
 
 
 def test_every_error_class_derives_from_diffract_error() -> None:
-    classes = [value for value in vars(errors).values() if inspect.isclass(value) and value.__module__ == errors.__name__]
+    classes = [value for value in vars(errors).values()
+               if inspect.isclass(value) and value.__module__ == errors.__name__]
     assert len(classes) > 1
     assert [cls.__name__ for cls in classes if not issubclass(cls, DiffractError)] == []
 

@@ -28,7 +28,8 @@ def test_folders_and_oversized_files_are_refused_before_reading(tmp_path: Path) 
     with pytest.raises(UnreadableFileError, match="is a folder, not a regular file"):
         check_readable_file(tmp_path, "pick a file")
     (tmp_path / "big.json").write_bytes(b" " * 2048)
-    with pytest.raises(CorruptFileError, match=r"big.json is 2.0 KiB, more than such a file can be \(1.0 KiB\); shrink"):
+    with pytest.raises(CorruptFileError,
+                       match=r"big.json is 2.0 KiB, more than such a file can be \(1.0 KiB\); shrink"):
         read_regular_file(tmp_path / "big.json", max_bytes=1024, fix="shrink it")
     assert read_regular_file(tmp_path / "big.json", max_bytes=2048, fix="") == b" " * 2048
     with pytest.raises(FileNotFoundError):

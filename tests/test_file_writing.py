@@ -38,7 +38,8 @@ def test_a_file_in_the_way_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "README.md").read_text() == "keep me"
 
 
-def test_a_read_only_parent_is_refused_without_creating_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_only_parent_is_refused_without_creating_anything(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     read_only(monkeypatch, tmp_path)
     with pytest.raises(DestinationError, match=rf"its nearest existing folder {tmp_path} is read-only for this user"):
         prepare_destination(tmp_path / "a" / "b", "the destination")

@@ -63,7 +63,8 @@ def test_download_converts_from_the_cache(tmp_path: Path, release_files_on_disk:
     assert _cache_repo(cache).exists(), "a cache the caller names is left as it is"
 
 
-def test_download_resumes_and_reports_what_to_fetch_by_hand(tmp_path: Path, release_files_on_disk: dict[str, Path]) -> None:
+def test_download_resumes_and_reports_what_to_fetch_by_hand(tmp_path: Path,
+                                                            release_files_on_disk: dict[str, Path]) -> None:
     dest = tmp_path / "dest"
     private_cache = dest / ".hub-download"
     present = {k: v for k, v in release_files_on_disk.items() if "img" in k}
@@ -72,10 +73,12 @@ def test_download_resumes_and_reports_what_to_fetch_by_hand(tmp_path: Path, rele
         download_release(dest, layers=[0, 1], offline=True)
     message = str(error.value)
     assert "could not be reached" in message
-    assert f"https://huggingface.co/{DEFAULT_REPO_ID}/resolve/main/temporal-aware-transcoders/transcoder_txt_0.pt" in message
+    assert (f"https://huggingface.co/{DEFAULT_REPO_ID}/resolve/main/temporal-aware-transcoders/transcoder_txt_0.pt"
+            in message)
     assert "transcoder_txt_1.pt" in message and "transcoder_img_0.pt" not in message
     assert f"python -m diffract_core convert {dest / 'downloads'} {dest}" in message
-    assert sorted(p.name for p in dest.iterdir() if p.name.startswith("transcoder")) == ["transcoder_img_0", "transcoder_img_1"]
+    assert sorted(p.name for p in dest.iterdir() if p.name.startswith("transcoder")) == ["transcoder_img_0",
+                                                                                          "transcoder_img_1"]
 
     # Converted raw files left the private cache; the retry finds only the missing ones there.
     assert not list((_cache_repo(private_cache) / "blobs").iterdir())
@@ -94,7 +97,8 @@ def test_hub_offline_by_environment_is_the_same_clear_error(tmp_path: Path) -> N
         "    print(exc)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+                         check=False)
     assert "Could not download temporal-aware-transcoders/transcoder_img_18.pt" in out.stdout, out.stderr
 
 
@@ -109,7 +113,8 @@ def test_unreachable_endpoint_is_a_clear_error(tmp_path: Path) -> None:
         "    print(exc)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                         check=False)
     assert "Could not download temporal-aware-saes/sae_txt_6.pt: the Hub could not be reached" in out.stdout, out.stderr
 
 
@@ -155,7 +160,8 @@ def test_a_silent_endpoint_fails_within_a_minute_with_the_manual_instructions(tm
         "        print(attempt, round(time.monotonic() - started), exc)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=False)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                         check=False)
     download, listing = out.stdout.split("\nlisting ", 1)
     seconds = int(download.split()[1])
     assert seconds < 60, out.stdout

@@ -173,7 +173,8 @@ def test_site_config_documents(document: Any) -> None:
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=2000), _spoiled_text(MANIFEST), mutated(MANIFEST).map(lambda d: json.dumps(d).encode())))
+@given(st.one_of(st.binary(max_size=2000), _spoiled_text(MANIFEST),
+                 mutated(MANIFEST).map(lambda d: json.dumps(d).encode())))
 def test_manifest_files(folder: Path, data: bytes) -> None:
     root = folder / "release"
     root.mkdir(exist_ok=True)

@@ -8,7 +8,8 @@ import sys
 
 def _policy_after(code: str) -> str:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code + "\nimport os; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"],
+    out = subprocess.run([sys.executable, "-c",
+                          code + "\nimport os; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"],
                          capture_output=True, text=True, env=env, timeout=120, check=True)
     return out.stdout.strip()
 

@@ -73,8 +73,8 @@ def test_the_demo_runs_to_a_report_from_an_unpacked_wheel(wheel: Path, tmp_path:
     site = tmp_path / "site-packages"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site)}
-    done = subprocess.run([sys.executable, "-m", "diffract_core", "demo", "--out", str(tmp_path / "demo")], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run([sys.executable, "-m", "diffract_core", "demo", "--out", str(tmp_path / "demo")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "demo" / "report.html").read_text()
     assert "mountStandalone(document)" in report and 'data-diffract-view="circuit"' in report

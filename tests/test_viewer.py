@@ -70,7 +70,8 @@ def test_payloads_carry_atlas_labels_and_cards(labelled_release) -> None:
     assert payload["labels"] == feature_labels(atlas, image_refs)
     assert viewer.heatmap_payload(recording, image_refs, recording.steps, image=None)["labels"] == {}
 
-    site = max((s for s in atlas.sites if s[0] == "txt"), key=lambda s: max(l.confidence for l in atlas.labels(s).values()))
+    site = max((s for s in atlas.sites if s[0] == "txt"),
+               key=lambda s: max(l.confidence for l in atlas.labels(s).values()))
     labels = atlas.labels(site)
     indices = sorted(labels, key=lambda i: -labels[i].confidence)[:2]
     refs = [FeatureRef("txt", site[1], i) for i in indices]

@@ -1,7 +1,7 @@
 """The feature atlas of a release: per feature, statistics per sigma bucket, its top activating
 prompts (with image crops or text context), the prompt words most associated with it, and an
-automatic label, and a feature's dashboard. Built from a prompt set with `build_atlas` (or `python -m diffract_core atlas`),
-stored beside the release in `atlas/`, read back with `Atlas.open`."""
+automatic label, and a feature's dashboard. Built from a prompt set with `build_atlas` (or
+`python -m diffract_core atlas`), stored beside the release in `atlas/`, read back with `Atlas.open`."""
 
 from .builder import AtlasBuild, build_atlas
 from .cards import feature_cards, feature_labels

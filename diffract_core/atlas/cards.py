@@ -29,7 +29,8 @@ def feature_labels(atlas: Atlas | None, refs: Iterable[FeatureRef]) -> dict[str,
     return {spec: label.text for spec, label in labels.items() if label.describes}
 
 
-def feature_cards(atlas: Atlas | None, refs: Iterable[FeatureRef], examples: int = CARD_EXAMPLES) -> dict[str, dict[str, Any]]:
+def feature_cards(atlas: Atlas | None, refs: Iterable[FeatureRef],
+                  examples: int = CARD_EXAMPLES) -> dict[str, dict[str, Any]]:
     """Feature spec -> {label, confidence, examples: [{prompt, step, activation, crop?, context?}]}."""
     if atlas is None:
         return {}

@@ -74,7 +74,8 @@ def render_dashboard(atlas: Atlas, ref: FeatureRef, examples: int = EXAMPLES) ->
         draw.text((left + BAR_WIDTH + 8, y), _bucket_text(stats, i), fill=INK, font=font)
         y += line
     if words:
-        draw.text((PAD, y), "prompt words: " + ", ".join(f"{word} (z {z:.1f})" for word, z in words), fill=INK, font=font)
+        draw.text((PAD, y), "prompt words: " + ", ".join(f"{word} (z {z:.1f})" for word, z in words), fill=INK,
+                  font=font)
         y += line
     draw.text((PAD, y + line // 2), "top examples:" if shown else "no examples: it never fired on the atlas's prompts",
               fill=INK, font=font)

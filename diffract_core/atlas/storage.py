@@ -226,7 +226,7 @@ class Atlas:
             check_readable_file(path, rebuild_hint(self.folder))
             with safe_open(str(path), framework="pt") as handle:
                 found = {key: (tuple(handle.get_slice(key).get_shape()), handle.get_slice(key).get_dtype())
-                         for key in handle.keys()}
+                         for key in handle.keys()}  # noqa: SIM118 - a safe_open handle has keys() but no `in` or iteration
         except (SafetensorError, OSError) as exc:
             raise CorruptFileError(f"{path} cannot be read ({exc}): it is missing, truncated or damaged; "
                                    f"{rebuild_hint(self.folder)}") from exc
@@ -253,7 +253,7 @@ class Atlas:
         if site not in self._arrays:
             path = self._site_file(site)
             with safe_open(str(path), framework="pt") as handle:
-                arrays = {key: handle.get_tensor(key) for key in handle.keys()}
+                arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - a safe_open handle has keys() but no `in` or iteration
             features = arrays["features"].long()
             d_features = int(self._release[site]["d_features"])
             if len(features) and (features[0] < 0 or features[-1] >= d_features or bool((features.diff() <= 0).any())):

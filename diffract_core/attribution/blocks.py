@@ -20,7 +20,8 @@ from ..transcoders.config import STREAMS, Stream
 LinearReader = Callable[[nn.Module, torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def read_plain_linear(module: nn.Module, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def read_plain_linear(module: nn.Module, dtype: torch.dtype,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     weight = module.weight.detach().to(device=device, dtype=dtype)
     bias = None if module.bias is None else module.bias.detach().to(device=device, dtype=dtype)
     return weight, bias
@@ -60,10 +61,13 @@ def check_double_block(block: nn.Module, index: int) -> None:
     SiLU-gated MLPs, image-first joint attention)."""
     where = f"double_blocks.{index}"
     if getattr(block, "flipped_img_txt", False):
-        raise UnsupportedModelError(f"{where} puts image tokens first in attention; tracing supports FLUX.1 (text first)")
+        raise UnsupportedModelError(
+            f"{where} puts image tokens first in attention; tracing supports FLUX.1 (text first)"
+        )
     if getattr(block, "modulation", True) is not True or not hasattr(block, "img_mod"):
         raise UnsupportedModelError(
-            f"{where} takes its modulation from outside the block (a Chroma/Flux 2 style model); tracing supports FLUX.1"
+            f"{where} takes its modulation from outside the block (a Chroma/Flux 2 style model); "
+            "tracing supports FLUX.1"
         )
     for stream in STREAMS:
         mlp = getattr(block, f"{stream}_mlp")

@@ -55,7 +55,8 @@ def trace_circuit(
             "sigma": call.sigma,
             "chunk": "cond" if call.chunk == 0 else "uncond",
             "image_grid": list(call.image_grid) if call.image_grid is not None else None,
-            "text_tokens": list(text_tokens) if text_tokens is not None else [f"t{i}" for i in range(call.txt.shape[1])],
+            "text_tokens": (list(text_tokens) if text_tokens is not None
+                            else [f"t{i}" for i in range(call.txt.shape[1])]),
             "image_tokens": int(call.img.shape[1]),
             "target": {
                 "feature": f"{target.stream}:{target.layer}:{root.feature}",

@@ -144,9 +144,11 @@ class ReplacementModel:
         keep_inputs_of: Iterable[int] = (),
     ) -> None:
         if call.batch != 1:
-            raise DiffractError(f"trace one image at a time: these call inputs hold {call.batch}; pick one with .row(i)")
+            raise DiffractError(f"trace one image at a time: these call inputs hold {call.batch}; "
+                                "pick one with .row(i)")
         if not 0 <= last_layer < len(blocks):
-            raise DiffractError(f"layer {last_layer} is past this model's {len(blocks)} double blocks (0..{len(blocks) - 1})")
+            raise DiffractError(f"layer {last_layer} is past this model's {len(blocks)} double blocks "
+                                f"(0..{len(blocks) - 1})")
         if max_active < 1:
             raise DiffractError(f"max_active must be at least 1, got {max_active}")
         self.blocks = blocks
@@ -368,7 +370,8 @@ class ReplacementModel:
         order = sorted(range(len(rows)), key=lambda i: -rows[i].layer)
         ordered = [rows[i] for i in order]
         layers = torch.tensor([row.layer for row in ordered])
-        grads = {s: torch.zeros(len(rows), self.tokens(s), self.hidden, dtype=self.dtype, device=self.device) for s in STREAMS}
+        grads = {s: torch.zeros(len(rows), self.tokens(s), self.hidden, dtype=self.dtype, device=self.device)
+                 for s in STREAMS}
         edges = [RowEdges() for _ in rows]
         for index in range(max(row.layer for row in rows), -1, -1):
             layer = self.layers[index]
@@ -395,7 +398,8 @@ class ReplacementModel:
         if not 0 <= row.layer <= self.last_layer:
             raise DiffractError(f"target layer {row.layer} is outside the traced blocks 0..{self.last_layer}")
         if row.weights.shape != (self.tokens(row.stream),):
-            raise DiffractError(f"target weights of shape {tuple(row.weights.shape)} do not fit the {self.tokens(row.stream)} {row.stream} tokens")
+            raise DiffractError(f"target weights of shape {tuple(row.weights.shape)} do not fit the "
+                                f"{self.tokens(row.stream)} {row.stream} tokens")
 
     def _block_transposed(self, layer: LayerConstants, grads: dict[Stream, torch.Tensor]) -> None:
         """In place: gradients at a block's output -> at its input (MLP outputs are constants)."""
@@ -446,7 +450,8 @@ class ReplacementModel:
         xs = self.linear_forward(inputs, outputs)
         value = self.value(row, xs).sum()
         below = [site for site in outputs if site[1] < row.layer]
-        grads = torch.autograd.grad(value, [inputs["img"], inputs["txt"], *(outputs[s] for s in below)], allow_unused=True)
+        grads = torch.autograd.grad(value, [inputs["img"], inputs["txt"], *(outputs[s] for s in below)],
+                                    allow_unused=True)
         self.backward_passes += 1
         edges = RowEdges()
         for s, grad in zip(("img", "txt"), grads[:2]):

@@ -113,7 +113,8 @@ def graph_from_dict(data: Any, source: str = "the circuit") -> CircuitGraph:
                f'is not a DifFRACT circuit (its "format" is {data.get("format")!r:.80}, expected {FORMAT!r})')
     version = data.get("version")
     check.that(_is_int(version), '"version" is missing or not an integer')
-    check.that(version <= VERSION, f"was written by a newer DifFRACT (circuit version {version}, this one reads {VERSION}): update the pack")
+    check.that(version <= VERSION, f"was written by a newer DifFRACT (circuit version {version}, "
+                                   f"this one reads {VERSION}): update the pack")
     check.that(version >= 1, f"has an unknown circuit version {version}")
     unknown = set(data) - {"format", "version", "metadata", "nodes", "edges"}
     check.that(not unknown, f"has unknown top-level keys {sorted(unknown)[:10]}")
@@ -122,9 +123,11 @@ def graph_from_dict(data: Any, source: str = "the circuit") -> CircuitGraph:
     _check_json_values(metadata, check)
     tokens = check.metadata(metadata)
     raw_nodes = data.get("nodes")
-    check.that(isinstance(raw_nodes, list) and 0 < len(raw_nodes) <= MAX_NODES, f'"nodes" must be a list of 1..{MAX_NODES} nodes')
+    check.that(isinstance(raw_nodes, list) and 0 < len(raw_nodes) <= MAX_NODES,
+               f'"nodes" must be a list of 1..{MAX_NODES} nodes')
     edges = data.get("edges")
-    check.that(isinstance(edges, dict) and set(edges) == {"source", "target", "weight"}, '"edges" must be an object with "source", "target" and "weight" lists')
+    check.that(isinstance(edges, dict) and set(edges) == {"source", "target", "weight"},
+               '"edges" must be an object with "source", "target" and "weight" lists')
     columns = [edges[name] for name in ("source", "target", "weight")]
     check.that(all(isinstance(column, list) for column in columns), "edge columns must be lists")
     check.that(len({len(column) for column in columns}) == 1, "edge columns have different lengths")
@@ -139,7 +142,8 @@ def graph_from_dict(data: Any, source: str = "the circuit") -> CircuitGraph:
     targets = [node for node in nodes if node.kind == "target"]
     check.that(len(targets) == 1, f"must have exactly one target node, has {len(targets)}")
     for name, column in zip(("source", "target"), columns[:2]):
-        check.that(all(_is_int(i) and 0 <= i < len(nodes) for i in column), f"edge {name}s must be node indices 0..{len(nodes) - 1}")
+        check.that(all(_is_int(i) and 0 <= i < len(nodes) for i in column),
+                   f"edge {name}s must be node indices 0..{len(nodes) - 1}")
     check.that(all(_is_number(w) for w in columns[2]), "edge weights must be finite numbers")
     dtype = {"dtype": torch.long}
     graph = CircuitGraph(
@@ -173,7 +177,8 @@ def _node_from_dict(raw: Any, index: int, check: _Checker, tokens: dict[str, int
         check.that(_is_int(feature) and 0 <= feature < 2**31, f"{where} ({kind}) needs a feature index (integer >= 0)")
     check.that(_is_number(raw.get("value", 0.0)), f"{where} value must be a finite number")
     positions, activations = raw.get("positions", []), raw.get("activations", [])
-    check.that(isinstance(positions, list) and isinstance(activations, list) and len(positions) == len(activations) <= MAX_POSITIONS,
+    check.that(isinstance(positions, list) and isinstance(activations, list)
+               and len(positions) == len(activations) <= MAX_POSITIONS,
                f"{where} positions and activations must be lists of equal length")
     limit = tokens.get(stream, 0) if kind != "bias" else 0
     check.that(all(_is_int(p) and 0 <= p < limit for p in positions),
@@ -181,7 +186,8 @@ def _node_from_dict(raw: Any, index: int, check: _Checker, tokens: dict[str, int
                "(metadata image_tokens / text_tokens)")
     check.that(all(_is_number(a) for a in activations), f"{where} activations must be finite numbers")
     label = raw.get("label", "")
-    check.that(isinstance(label, str) and len(label) <= 500, f"{where} label must be a string of at most 500 characters")
+    check.that(isinstance(label, str) and len(label) <= 500,
+               f"{where} label must be a string of at most 500 characters")
     node = CircuitNode(
         kind,
         raw["step"],
@@ -279,16 +285,19 @@ def neuronpedia_graph(graph: CircuitGraph, slug: str, node_threshold: float = 0.
         column = image_column if node.stream == "img" else _strongest_position(node)
         influence = float(pruned.influence[index])
         if node.kind == "feature":
-            row = {"node_id": f"{node.layer + 1}_{node.feature}_{column}", "feature": _pair(node), "layer": str(node.layer + 1),
-                   "feature_type": "cross layer transcoder",
+            row = {"node_id": f"{node.layer + 1}_{node.feature}_{column}", "feature": _pair(node),
+                   "layer": str(node.layer + 1), "feature_type": "cross layer transcoder",
                    "clerp": node_label(node, labels or {}) or f"{node.stream} L{node.layer} #{node.feature}"}
         elif node.kind in ("error", "rest"):
-            row = {"node_id": f"{node.layer + 1}_-{1 if node.kind == 'error' else 2}{'0' if node.stream == 'img' else '1'}_{column}",
-                   "feature": -1, "layer": str(node.layer + 1), "feature_type": "mlp reconstruction error", "clerp": node.describe()}
+            row = {"node_id": f"{node.layer + 1}_-{1 if node.kind == 'error' else 2}"
+                              f"{'0' if node.stream == 'img' else '1'}_{column}",
+                   "feature": -1, "layer": str(node.layer + 1), "feature_type": "mlp reconstruction error",
+                   "clerp": node.describe()}
         elif node.kind in ("input", "bias"):
             column = image_column if node.stream == "img" else 0
             tag = "bias" if node.kind == "bias" else node.stream
-            row = {"node_id": f"E_{tag}_{column}", "feature": column, "layer": "E", "feature_type": "embedding", "clerp": node.describe()}
+            row = {"node_id": f"E_{tag}_{column}", "feature": column, "layer": "E", "feature_type": "embedding",
+                   "clerp": node.describe()}
         else:
             row = {"node_id": f"{top_layer}_{node.feature}_{column}", "feature": _pair(node), "layer": str(top_layer),
                    "feature_type": "logit", "is_target_logit": True, "token_prob": 1.0,
@@ -300,7 +309,8 @@ def neuronpedia_graph(graph: CircuitGraph, slug: str, node_threshold: float = 0.
         exported[index] = row
     links = [
         {"source": exported[s]["node_id"], "target": exported[t]["node_id"], "weight": w}
-        for s, t, w, keep in zip(graph.edge_sources.tolist(), graph.edge_targets.tolist(), graph.edge_weights.tolist(), pruned.edge_mask.tolist())
+        for s, t, w, keep in zip(graph.edge_sources.tolist(), graph.edge_targets.tolist(), graph.edge_weights.tolist(),
+                                 pruned.edge_mask.tolist())
         if keep and s in exported and t in exported
     ]
     return {

@@ -47,7 +47,8 @@ class CircuitSteering:
     def active_at(self, sigma: float) -> bool:
         return self.sigma is None or abs(sigma - self.sigma) <= 1e-5 * max(1.0, abs(self.sigma))
 
-    def delta(self, transcoder: Transcoder, x: torch.Tensor, sigma: float, grid: Grid | None = None) -> torch.Tensor | None:
+    def delta(self, transcoder: Transcoder, x: torch.Tensor, sigma: float,
+              grid: Grid | None = None) -> torch.Tensor | None:
         site = transcoder.config.site.key
         refs = [ref for ref in self.features if ref.site == site]
         if not refs or self.is_noop or not self.active_at(sigma):
@@ -88,7 +89,8 @@ def select_nodes(graph: CircuitGraph, which: str) -> list[int]:
     for token in filter(None, re.split(r"[\s,;]+", text)):
         if token not in by_spec:
             raise DiffractError(
-                f"{token!r} is not a feature of this circuit; write {NODES_HELP} (the circuit holds {len(features)} features)"
+                f"{token!r} is not a feature of this circuit; write {NODES_HELP} "
+                f"(the circuit holds {len(features)} features)"
             )
         chosen.append(by_spec[token])
     return chosen

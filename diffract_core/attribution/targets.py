@@ -42,12 +42,14 @@ class TargetSpec:
         if self.mode == "position" and self.position is None:
             raise DiffractError("a position target needs a token position")
         if self.against is not None and (self.against == self.feature or self.mode == "strongest_in_region"):
-            raise DiffractError("a contrastive target needs a named feature and another feature of the same site to subtract")
+            raise DiffractError("a contrastive target needs a named feature and another feature of the same site "
+                                "to subtract")
         if self.mode in ("region", "strongest_in_region"):
             if self.region is None:
                 raise DiffractError(f"a {self.mode} target needs a MASK region: connect one")
             if self.stream != "img":
-                raise DiffractError("a region target needs an image-stream feature (img:...): text tokens have no region")
+                raise DiffractError("a region target needs an image-stream feature (img:...): "
+                                    "text tokens have no region")
 
     @classmethod
     def from_ref(cls, ref: FeatureRef, mode: TargetMode = "argmax", **kwargs: object) -> TargetSpec:
@@ -65,7 +67,8 @@ def resolve_target(model: ReplacementModel, spec: TargetSpec, grid: Grid | None)
     """The root row of a graph for `spec` in the traced call of `model`."""
     site = (spec.stream, spec.layer)
     if spec.layer != model.last_layer:
-        raise DiffractError(f"the replacement model was built up to layer {model.last_layer}, not the target's {spec.layer}")
+        raise DiffractError(f"the replacement model was built up to layer {model.last_layer}, "
+                            f"not the target's {spec.layer}")
     transcoder = model.transcoder_at(site)
     x = model.mlp_inputs[site][0]
     tokens = x.shape[0]

@@ -220,7 +220,8 @@ class CircuitTracer:
             _, stream, layer, feature = row.key
             positions, activations = self._feature_positions(row.key)
             index[row.key] = len(nodes)
-            nodes.append(CircuitNode("feature", step, stream, layer, feature, row.value, positions.cpu(), activations.float().cpu()))
+            nodes.append(CircuitNode("feature", step, stream, layer, feature, row.value, positions.cpu(),
+                                     activations.float().cpu()))
         for kind in ("error", "rest"):
             for stream, layer in sorted(self.model.sites, key=lambda site: (site[1], site[0])):
                 if (kind, stream, layer) in used:

@@ -35,7 +35,8 @@ class CallInputs:
     def row(self, index: int) -> CallInputs:
         """One image of the batch (tracing explains one image at a time)."""
         if not 0 <= index < self.batch:
-            raise BatchIndexError(f"batch index {index} is out of range: this call holds {self.batch} image(s) (0..{self.batch - 1})")
+            raise BatchIndexError(f"batch index {index} is out of range: this call holds {self.batch} image(s) "
+                                  f"(0..{self.batch - 1})")
         pe = self.pe if self.pe.shape[0] == 1 else self.pe[index : index + 1]
         pick = slice(index, index + 1)
         return CallInputs(

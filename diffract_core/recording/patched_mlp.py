@@ -97,7 +97,8 @@ class PatchedMLP(nn.Module):
     def with_steering(self, spec: Steering) -> PatchedMLP:
         """A new patch that also applies `spec` (chained steering nodes compose this way)."""
         return PatchedMLP(
-            self.mlp, self.transcoder, self.context, mode=self.mode, recording=self.recording, steering=(*self.steering, spec)
+            self.mlp, self.transcoder, self.context, mode=self.mode, recording=self.recording,
+            steering=(*self.steering, spec)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +136,8 @@ class PatchedMLP(nn.Module):
         return self.transcoder
 
     @staticmethod
-    def _top_codes(transcoder: Transcoder, x: torch.Tensor, sigma: float, k: int, z: torch.Tensor | None) -> SparseCodes:
+    def _top_codes(transcoder: Transcoder, x: torch.Tensor, sigma: float, k: int,
+                   z: torch.Tensor | None) -> SparseCodes:
         """Top-k codes, from the dense codes when replace mode already computed them."""
         if z is None:
             return transcoder.encode_topk(x, sigma, k)

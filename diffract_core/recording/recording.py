@@ -125,7 +125,8 @@ class FeatureRecording:
         kept = sorted({self.step_of(sigma) for sigma, c in self.calls if c == chunk})
         label = "cond" if chunk == COND else "uncond"
         if not self.runs:
-            raise DiffractError("this recording has not seen a sampling run yet: sample with the MODEL of Record Features first")
+            raise DiffractError("this recording has not seen a sampling run yet: "
+                                "sample with the MODEL of Record Features first")
         if self.skipped is not None:
             raise DiffractError(f"Record Features could not keep the model inputs: {self.skipped}")
         if step not in self.keep_input_steps:

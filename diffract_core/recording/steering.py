@@ -31,7 +31,8 @@ class Steering(Protocol):
     @property
     def chunks(self) -> frozenset[int]: ...
 
-    def delta(self, transcoder: Transcoder, x: torch.Tensor, sigma: float, grid: Grid | None = None) -> torch.Tensor | None: ...
+    def delta(self, transcoder: Transcoder, x: torch.Tensor, sigma: float,
+              grid: Grid | None = None) -> torch.Tensor | None: ...
 
 
 SteerMode = Literal["scale", "set", "add", "ablate"]
@@ -130,14 +131,16 @@ class PerImageSteering:
         for steerings in self.by_image:
             for steering in steerings:
                 if not self.chunks <= steering.chunks:
-                    raise SettingsError(f"a steering of this batch acts on chunks {sorted(steering.chunks)} only, not on "
-                                     f"all of {sorted(self.chunks)}: give PerImageSteering the chunks they share")
+                    raise SettingsError(f"a steering of this batch acts on chunks {sorted(steering.chunks)} only, "
+                                        f"not on all of {sorted(self.chunks)}: "
+                                        "give PerImageSteering the chunks they share")
 
     @property
     def features(self) -> tuple[FeatureRef, ...]:
         return tuple(dict.fromkeys(ref for steerings in self.by_image for s in steerings for ref in s.features))
 
-    def delta(self, transcoder: Transcoder, x: torch.Tensor, sigma: float, grid: Grid | None = None) -> torch.Tensor | None:
+    def delta(self, transcoder: Transcoder, x: torch.Tensor, sigma: float,
+              grid: Grid | None = None) -> torch.Tensor | None:
         if len(self.by_image) > x.shape[0]:
             raise InputShapeError(f"steerings for {len(self.by_image)} images, but the batch holds {x.shape[0]}")
         site = transcoder.config.site.key

@@ -102,7 +102,8 @@ def _legend(draw: ImageDraw.ImageDraw, graph: CircuitGraph, font: ImageFont.Imag
         f"circuit of {target}  (step {meta.get('step', '?')}, sigma {meta.get('sigma', float('nan')):.3f})",
         (
             f"{len(graph.features())} features, {len(graph.edge_weights)} edges;  replacement "
-            f"{scores.get('replacement', float('nan')):.2f}, completeness {scores.get('completeness', float('nan')):.2f};  "
+            f"{scores.get('replacement', float('nan')):.2f}, "
+            f"completeness {scores.get('completeness', float('nan')):.2f};  "
             "text stream left, image stream right"
         ),
     ]

@@ -61,7 +61,8 @@ def colour_labels(image: torch.Tensor, tolerance: float = 80.0) -> torch.Tensor:
     if size != (SIZE, SIZE):
         raise InputShapeError(f"toy images are {SIZE} x {SIZE} px, got {size[1]} x {size[0]} (W x H)")
     # In numpy: at this size torch's cdist and min reductions cost 30-300x more (thread start-up).
-    squared = ((pixels.detach().cpu().numpy()[None] - PALETTE.numpy()[:, None, None, :]) ** 2).sum(-1)  # [colours, H, W]
+    # squared: [colours, H, W]
+    squared = ((pixels.detach().cpu().numpy()[None] - PALETTE.numpy()[:, None, None, :]) ** 2).sum(-1)
     labels = squared.argmin(0)
     near = np.take_along_axis(squared, labels[None], 0)[0] <= tolerance**2
     return torch.from_numpy(np.where(near, labels, 0))
@@ -84,7 +85,8 @@ def detect_slot(labels: torch.Tensor, slot: str) -> DetectedObject:
         return DetectedObject(slot, None, {}, None, 0.0, 0, mask)
     counts = torch.bincount(labels[mask], minlength=len(NAMES))
     shares = {NAMES[i]: int(counts[i]) / area for i in range(1, len(NAMES)) if counts[i] > 0}
-    overlaps = {shape: float((mask & ideal).sum()) / float((mask | ideal).sum()) for shape, ideal in _IDEAL[slot].items()}
+    overlaps = {shape: float((mask & ideal).sum()) / float((mask | ideal).sum())
+                for shape, ideal in _IDEAL[slot].items()}
     best = max(overlaps, key=lambda shape: overlaps[shape])
     shape = best if overlaps[best] >= MIN_SHAPE_IOU else None
     return DetectedObject(slot, max(shares, key=lambda c: shares[c]), shares, shape, overlaps[best], area, mask)

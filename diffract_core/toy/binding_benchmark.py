@@ -315,8 +315,8 @@ def run_arm(model: ToyModel, releases: dict[Release, TranscoderSet], arm: Arm, c
                 steering = PerImageSteering(tuple(tuple(per_case[i][draw]) if draw < len(per_case[i]) else ()
                                                   for i in chunk), chunks=frozenset({COND}))
                 noise = torch.cat([cases[i].noise for i in chunk])
-                images = generate(model, [cases[i].error.prompt for i in chunk], noise, transcoders=releases[arm.release],
-                                  steering=[steering])
+                images = generate(model, [cases[i].error.prompt for i in chunk], noise,
+                                  transcoders=releases[arm.release], steering=[steering])
                 for row, i in enumerate(chunk):
                     outcomes[i].append(compare(cases[i].before, images[row], cases[i].error))
                 if keep_images and draw == 0:
@@ -325,7 +325,8 @@ def run_arm(model: ToyModel, releases: dict[Release, TranscoderSet], arm: Arm, c
                     result.images[-1] += list(images)
         for i, case_outcomes in enumerate(outcomes):
             fixed, inside, outside, right = _outcome_row(case_outcomes)
-            result.fixed[d, i], result.inside[d, i], result.outside[d, i], result.object_right[d, i] = fixed, inside, outside, right
+            (result.fixed[d, i], result.inside[d, i], result.outside[d, i],
+             result.object_right[d, i]) = fixed, inside, outside, right
     return result
 
 
@@ -450,7 +451,8 @@ def collect_cases(model: ToyModel, releases: dict[Release, TranscoderSet], promp
                 key = (release, layer)
                 stats.setdefault(key, ColourStats.empty(recording.codes(("img", layer), settings.step).d_features))
                 stats[key].add(recording, scores, layer, settings.step)
-        for error in binding_errors(scores)[: max(0, settings.max_errors - len(cases)) if settings.max_errors else None]:
+        for error in binding_errors(scores)[: max(0, settings.max_errors - len(cases))
+                                            if settings.max_errors else None]:
             row = error.index
             cases.append(ErrorCase(
                 error=replace(error, index=start + row),
@@ -468,8 +470,9 @@ def collect_cases(model: ToyModel, releases: dict[Release, TranscoderSet], promp
 GRAPHS = ("wrong", "contrast", "per step")
 
 
-def prepare_cases(model: ToyModel, transcoders: TranscoderSet, cases: list[ErrorCase], stats: dict[StatsKey, ColourStats],
-                  settings: BenchmarkSettings, graphs: Sequence[str] = GRAPHS) -> None:
+def prepare_cases(model: ToyModel, transcoders: TranscoderSet, cases: list[ErrorCase],
+                  stats: dict[StatsKey, ColourStats], settings: BenchmarkSettings,
+                  graphs: Sequence[str] = GRAPHS) -> None:
     """Choose each error's features and trace the circuits in `graphs` (in place): the wrong
     colour's ("wrong"), it against the right colour's ("contrast"), and one per step of
     `settings.per_step` ("per step")."""
@@ -484,7 +487,8 @@ def prepare_cases(model: ToyModel, transcoders: TranscoderSet, cases: list[Error
         active = (case.activity["transcoders"] > 0).nonzero().flatten()
         case.random = [active[torch.randperm(len(active), generator=generator)[: settings.k]].tolist()
                        for _ in range(settings.random_draws)]
-        target = case.wrong["transcoders"][0] if case.wrong["transcoders"] else int(case.activity["transcoders"].argmax())
+        target = (case.wrong["transcoders"][0] if case.wrong["transcoders"]
+                  else int(case.activity["transcoders"].argmax()))
         trace = {"model": model, "transcoders": transcoders, "error": error, "feature": target,
                  "layer": settings.layer, "budget": settings.budget}
         if "wrong" in graphs:
@@ -510,7 +514,8 @@ def run_baseline(model: ToyModel, cases: list[ErrorCase], settings: BenchmarkSet
         images = generate(model, [c.error.prompt for c in chunk], noise)
         for i, (case, image) in enumerate(zip(chunk, images), start):
             outcome = compare(case.before, image, case.error)
-            result.fixed[0, i], result.inside[0, i], result.outside[0, i] = outcome.fixed, outcome.change_inside, outcome.change_outside
+            result.fixed[0, i], result.inside[0, i], result.outside[0, i] = (outcome.fixed, outcome.change_inside,
+                                                                             outcome.change_outside)
             result.object_right[0, i] = outcome.colour_share >= 0.5
     return result
 

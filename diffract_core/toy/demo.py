@@ -67,7 +67,8 @@ GLOSSARY: dict[str, str] = {
     "binding error": (
         f"an object of a two-object prompt drawn in its own shape (its pixels overlap the ideal drawing "
         f"of that shape by at least {MIN_SHAPE_IOU} intersection over union) but with at least "
-        f"{100 * MOSTLY:.0f} % of its pixels in the other object's colour, or with at least {100 * MIXED:.0f} % of them "
+        f"{100 * MOSTLY:.0f} % of its pixels in the other object's colour, "
+        f"or with at least {100 * MIXED:.0f} % of them "
         f"in each of the two colours (mixed). An object's pixels are the coloured pixels of its half of the "
         "image, each taking the nearest of the six palette colours."
     ),
@@ -445,7 +446,8 @@ def _error_html(case: ErrorCase, score: BindingScore, result: DemoResult, steeri
         f"<tr><th>The prompt asked for</th><td>{html.escape(error.prompt)}</td></tr>"
         f"<tr><th>What came out</th><td>{'; '.join(_drawn(o) for o in score.objects)} (share of each object's "
         f"pixels in each colour)</td></tr>"
-        f"<tr><th>The {_g('binding error')}</th><td class='bad'>the {error.shape} {_went_wrong(error)}: {error.drawn} is the colour "
+        f"<tr><th>The {_g('binding error')}</th><td class='bad'>the {error.shape} {_went_wrong(error)}: "
+        f"{error.drawn} is the colour "
         f"the prompt gave the {other}</td></tr></table>"
     )
     images = figure(

@@ -66,7 +66,8 @@ class ToyModel:
         """One safetensors file (flux.* with BFL names, text_encoder.*) in fp16, half the size of fp32
         (`load` computes in fp32 from them), with the configs in its metadata."""
         tensors = {f"flux.{k}": v.to(STORED_DTYPE).contiguous() for k, v in self.flux.state_dict().items()}
-        tensors |= {f"text_encoder.{k}": v.to(STORED_DTYPE).contiguous() for k, v in self.text_encoder.state_dict().items()}
+        tensors |= {f"text_encoder.{k}": v.to(STORED_DTYPE).contiguous()
+                    for k, v in self.text_encoder.state_dict().items()}
         metadata = {"flux_config": json.dumps(self.flux.config.to_dict()),
                     "text_encoder_config": json.dumps(self.text_encoder.config.to_dict()),
                     "info": json.dumps(self.info)}

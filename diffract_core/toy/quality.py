@@ -49,8 +49,8 @@ class SetQuality:
         exact = self.score.exact
         binding = self.score.binding_errors
         return {"set": self.name, "images": n, "objects_right": self.score.score, "all_right": exact,
-                "all_right_ci": wilson(exact * n, n), "binding_errors": binding, "binding_errors_ci": wilson(binding * n, n),
-                "shuffled_binding_errors": self.shuffled_binding_errors}
+                "all_right_ci": wilson(exact * n, n), "binding_errors": binding,
+                "binding_errors_ci": wilson(binding * n, n), "shuffled_binding_errors": self.shuffled_binding_errors}
 
 
 def measure_quality(model: ToyModel, count: int, seed: int = 0, batch: int = 100) -> list[SetQuality]:
@@ -65,7 +65,8 @@ def measure_quality(model: ToyModel, count: int, seed: int = 0, batch: int = 100
     return results
 
 
-def contact_sheet(images: torch.Tensor, captions: list[str] | None = None, *, scale: int = 4, columns: int = 8) -> Image.Image:
+def contact_sheet(images: torch.Tensor, captions: list[str] | None = None, *, scale: int = 4,
+                  columns: int = 8) -> Image.Image:
     """Images [B, 3, H, W] in [0, 1] enlarged `scale` times without smoothing, in a grid, each
     with an optional caption under it."""
     count, _, height, width = images.shape

@@ -23,12 +23,14 @@ figure { display: inline-block; margin: 0 .8em .8em 0; vertical-align: top; text
 figcaption { font-size: .85em; color: #444; max-width: 24em; margin: .3em auto 0; }
 img.pixel { image-rendering: pixelated; border: 1px solid #ccc; }
 .big figcaption { font-size: .95em; }
-table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; }
+table { border-collapse: collapse; margin: .6em 0; }
+td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; }
 .bad { color: #b00020; } .good { color: #006d2c; } code { background: #f4f4f4; padding: 0 .2em; }
 .badge { display: inline-block; padding: 0 .5em; border-radius: .8em; color: #fff; font-weight: 600; font-size: .9em; }
 .badge.good { background: #1a7f37; } .badge.bad { background: #c62828; }
 .facts th { background: #fafafa; width: 11em; vertical-align: top; } .facts td:nth-child(2) { white-space: nowrap; }
-.side { display: flex; gap: 1.2em; align-items: flex-start; } .side figure { flex: none; } .side figcaption { max-width: 10em; }
+.side { display: flex; gap: 1.2em; align-items: flex-start; } .side figure { flex: none; }
+.side figcaption { max-width: 10em; }
 details { margin: .6em 0; } summary { cursor: pointer; color: #444; }
 a.term { color: inherit; text-decoration: underline dotted #888; }
 dl.glossary dt { font-weight: 600; margin-top: .5em; } dl.glossary dd { margin: 0 0 0 1.5em; }

@@ -164,7 +164,8 @@ def all_prompts() -> list[str]:
     different shapes and different colours."""
     objects = [(colour, shape) for colour in COLOURS for shape in SHAPES]
     single = [phrase(*obj) for obj in objects]
-    return single + [f"{phrase(*a)} and {phrase(*b)}" for a in objects for b in objects if a[0] != b[0] and a[1] != b[1]]
+    return single + [f"{phrase(*a)} and {phrase(*b)}"
+                     for a in objects for b in objects if a[0] != b[0] and a[1] != b[1]]
 
 
 def held_out_prompts(count: int, seed: int = 0, *, objects: int = 2) -> list[str]:

@@ -40,8 +40,10 @@ FLUX_PRESETS = {"schnell": FluxConfig.flux1_schnell, "dev": FluxConfig.flux1_dev
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str = "random"  # "random": seeded random weights; "reference": weights from a safetensors file; "toy": the embedded toy FLUX
-    weights: str | None = None  # reference: a FLUX diffusion model's safetensors (BFL / ComfyUI names); toy: a toy-train file (unset: the embedded one)
+    kind: str = "random"  # "random": seeded random weights; "reference": weights from a safetensors file;
+    #                       "toy": the embedded toy FLUX
+    weights: str | None = None  # reference: a FLUX diffusion model's safetensors (BFL / ComfyUI names);
+    #                             toy: a toy-train file (unset: the embedded one)
     flux: str | dict[str, Any] = "tiny"  # "schnell", "dev", "tiny", or a table of FluxConfig fields
     seed: int = 0  # random: the weights' seed
     dtype: str = "float32"  # the model's dtype while harvesting and in the spliced-in test
@@ -96,7 +98,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    kind: str = "hashing"  # prompts -> conditioning; "hashing": a fixed random vector per word; "toy": the toy's own text encoder ([model] kind = "toy")
+    kind: str = "hashing"  # prompts -> conditioning; "hashing": a fixed random vector per word;
+    #                        "toy": the toy's own text encoder ([model] kind = "toy")
     tokens: int = 32  # hashing: text tokens per prompt
     seed: int = 0  # hashing: the word vectors' seed
 
@@ -109,7 +112,8 @@ class EncoderSpec:
     def build(self, config: FluxConfig, model: ModelSpec) -> PromptEncoder:
         if self.kind == "toy":
             if model.kind != "toy":
-                raise DiffractError("[encoder] kind = 'toy' reads prompts for the toy model only: set [model] kind = 'toy'")
+                raise DiffractError("[encoder] kind = 'toy' reads prompts for the toy model only: "
+                                    "set [model] kind = 'toy'")
             from ..toy.embedded import load_toy
 
             return load_toy(model.weights).text_encoder.to(model.device)
@@ -147,7 +151,8 @@ class EvaluateSpec:
 @dataclass(frozen=True)
 class SweepSpec:
     l1_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)  # multiples of train.l1_img and l1_txt
-    sae_l1_scales: tuple[float, ...] | None = None  # the SAEs' own (unset: l1_scales); an SAE needs a stronger L1 for the same L0
+    sae_l1_scales: tuple[float, ...] | None = None  # the SAEs' own (unset: l1_scales);
+    #                                                 an SAE needs a stronger L1 for the same L0
     kinds: tuple[str, ...] = KINDS  # what the sweep trains at each scale
     steps: int | None = None  # training steps of each sweep run (unset: train.steps)
 
@@ -268,7 +273,8 @@ def _parse(path: Path, raw: bytes) -> dict[str, Any]:
         else:
             data = tomllib.loads(text)
     except Exception as exc:  # tomllib and yaml raise their own types; both mean "not parseable"
-        raise DiffractError(f"{path} cannot be parsed ({exc}); check its syntax (TOML, or YAML for .yaml/.yml)") from exc
+        raise DiffractError(f"{path} cannot be parsed ({exc}); "
+                            "check its syntax (TOML, or YAML for .yaml/.yml)") from exc
     if not isinstance(data, dict):
         raise DiffractError(f"{path} must hold a table of settings at the top level")
     return data

@@ -142,7 +142,8 @@ def spliced_fidelity(
     per_prompt = []
     for start in range(0, len(prompts), batch_size):
         batch = list(prompts[start : start + batch_size])
-        noise = torch.stack([prompt_noise(p, sampling.seed, (model.config.latent_channels, height, width)) for p in batch])
+        noise = torch.stack([prompt_noise(p, sampling.seed, (model.config.latent_channels, height, width))
+                             for p in batch])
         context, pooled = encoder(batch)
         args = (noise.to(parameters.device), context.to(parameters.device, parameters.dtype),
                 pooled.to(parameters.device, parameters.dtype), sigmas)
@@ -151,7 +152,8 @@ def spliced_fidelity(
             spliced = euler_sample(model, *args, guidance=sampling.guidance)
         mse = (spliced - original).pow(2).flatten(1).mean(1)
         cosine = F.cosine_similarity(spliced.flatten(1), original.flatten(1), dim=1)
-        per_prompt += [{"prompt": p, "latent_mse": float(m), "latent_cosine": float(c)} for p, m, c in zip(batch, mse, cosine)]
+        per_prompt += [{"prompt": p, "latent_mse": float(m), "latent_cosine": float(c)}
+                       for p, m, c in zip(batch, mse, cosine)]
     return SplicedFidelity(
         prompts=len(per_prompt),
         latent_mse=sum(r["latent_mse"] for r in per_prompt) / max(len(per_prompt), 1),

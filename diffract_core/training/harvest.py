@@ -28,10 +28,10 @@ from ..flux.model import Flux
 from ..flux.sampling import euler_sample, flux_sigmas
 from ..recording.lifecycle import end_call, flux_call, publish_call
 from ..recording.patched_mlp import CallContext
+from ..seeding import seeded_generator
 from ..transcoders.config import STREAMS, Site, dtype_from_name
 from ..transcoders.transcoder_set import SiteKey
 from .prompts import PromptEncoder, PromptSplit
-from ..seeding import seeded_generator
 from .shards import ShardWriter, site_folder
 
 RowsCallback = Callable[[SiteKey, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -181,7 +181,8 @@ def harvest(
         }
         reserved = sum(w.reserved_bytes for w in writers.values())
         report.reserved_bytes = max(report.reserved_bytes, reserved)
-        report.bound_bytes = max(report.bound_bytes, reserved + FLUSH_COPIES * max(w.reserved_bytes for w in writers.values()))
+        report.bound_bytes = max(report.bound_bytes,
+                                 reserved + FLUSH_COPIES * max(w.reserved_bytes for w in writers.values()))
         for ids in _prompt_batches(len(split_prompts), settings):
             _sample_batch(model, encoder, [split_prompts[i] for i in ids], ids, settings, writers)
             done += len(ids)
@@ -222,7 +223,8 @@ def _sample_batch(
 ) -> None:
     parameters = next(model.parameters())
     height, width = settings.latent_size
-    noise = torch.stack([prompt_noise(p, settings.seed, (model.config.latent_channels, height, width)) for p in batch_prompts])
+    noise = torch.stack([prompt_noise(p, settings.seed, (model.config.latent_channels, height, width))
+                         for p in batch_prompts])
     context, pooled = encoder(batch_prompts)
     keep = set(range(settings.steps)) if settings.keep_steps is None else set(settings.keep_steps)
     current = {"step": 0}

@@ -19,7 +19,8 @@ class TrainSettings:
     kind: Kind = "transcoder"  # "transcoder" learns x -> y (MLP input -> output); "sae" learns y -> y
     expansion_factor: int = 16  # d_features = expansion_factor * d_model (FLUX: 16 * 3072 = 49152)
     d_features: int | None = None  # set to override expansion_factor
-    activation: Literal["relu", "topk"] = "relu"  # "relu" (the paper's), or "topk": keep the `topk` largest codes per token
+    activation: Literal["relu", "topk"] = "relu"  # "relu" (the paper's), or "topk": keep the `topk` largest codes
+    #                                               per token
     topk: int | None = None  # k of the TopK variant (the L1 penalty is then off: sparsity is fixed)
     steps: int = 62_500  # optimizer steps per site (the paper: 256 cycles x 244 steps)
     batch_size: int = 4096  # token rows per step and site (split across a site's ranks)

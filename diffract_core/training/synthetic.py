@@ -48,7 +48,8 @@ class SparseDictionaryMLP:
 
     def sample(self, rows: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, y, sigma) for `rows` token rows; sigma drawn from schnell's four values."""
-        x = self.codes(rows, generator) @ self.input_atoms + self.noise * torch.randn(rows, self.d_model, generator=generator)
+        x = (self.codes(rows, generator) @ self.input_atoms
+             + self.noise * torch.randn(rows, self.d_model, generator=generator))
         choices = torch.tensor(SCHNELL_SIGMAS)
         sigma = choices[torch.randint(len(choices), (rows,), generator=generator)]
         return x, self.mlp(x, sigma), sigma

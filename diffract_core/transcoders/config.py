@@ -150,7 +150,8 @@ class TranscoderConfig:
             raise CorruptFileError(f"config stream {self.site.stream!r} is not one of {STREAMS}")
         if self.activation not in ("relu", "topk"):
             raise CorruptFileError(
-                f"config activation {self.activation!r} is not supported; this version reads 'relu' and 'topk' transcoders"
+                f"config activation {self.activation!r} is not supported; "
+                "this version reads 'relu' and 'topk' transcoders"
             )
         if self.activation == "topk" and not (_is_int(self.topk) and 0 < self.topk <= self.d_features):
             raise CorruptFileError(f"config activation 'topk' needs topk in 1..d_features, got {self.topk!r}")
@@ -220,7 +221,8 @@ class TranscoderConfig:
                 training=data.get("training"),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptFileError(f"{source} is missing or mistypes a field ({exc!r}); re-convert the weights") from exc
+            raise CorruptFileError(f"{source} is missing or mistypes a field ({exc!r}); "
+                                   "re-convert the weights") from exc
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "config") -> TranscoderConfig:

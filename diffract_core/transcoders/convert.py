@@ -163,7 +163,8 @@ def inspect_path(path: Path) -> list[SiteReport]:
         return [_native_report(path)]
     if path.is_dir() and site_folders(path):
         return [_native_report(p) for p in site_folders(path)]
-    releases = [child for child in sorted(path.iterdir()) if child.is_dir() and site_folders(child)] if path.is_dir() else []
+    releases = ([child for child in sorted(path.iterdir()) if child.is_dir() and site_folders(child)]
+                if path.is_dir() else [])
     if releases:
         return [_native_report(site) for release in releases for site in site_folders(release)]
     return [_release_report(file, name) for file, name in find_release_files(path).items()]

@@ -92,7 +92,8 @@ def file_sha256(path: Path, block: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
-def save_site(root: Path, config: TranscoderConfig, tensors: Mapping[str, torch.Tensor], overwrite: bool = False) -> Path:
+def save_site(root: Path, config: TranscoderConfig, tensors: Mapping[str, torch.Tensor],
+              overwrite: bool = False) -> Path:
     """Write one site folder: staged in a hidden folder, then swapped in (see the module's docstring)."""
     prepare_destination(root, "the release folder")
     target = root / site_folder_name(config.kind, config.site.stream, config.site.layer)
@@ -207,9 +208,10 @@ def load_site(
     try:
         check_readable_file(weights, _RECONVERT)
         with safe_open(str(weights), framework="pt") as handle:
-            found = {key: (tuple(handle.get_slice(key).get_shape()), _slice_dtype(handle.get_slice(key))) for key in handle.keys()}
+            found = {key: (tuple(handle.get_slice(key).get_shape()), _slice_dtype(handle.get_slice(key)))
+                     for key in handle.keys()}  # noqa: SIM118 - a safe_open handle has keys() but no `in` or iteration
             _check_against_config(config, found, str(folder))
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - a safe_open handle has keys() but no `in` or iteration
     except (SafetensorError, FileNotFoundError, OSError) as exc:
         raise CorruptFileError(
             f"{weights} cannot be read ({exc}); it is missing, truncated or damaged: re-run "

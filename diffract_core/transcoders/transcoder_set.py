@@ -62,7 +62,8 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
         d_models = {config.d_model for config in self._configs.values()}
         if len(d_models) > 1:
             raise DimensionMismatchError(
-                f"a transcoder set must share one d_model, got {sorted(d_models)}; load each model's transcoders separately"
+                f"a transcoder set must share one d_model, got {sorted(d_models)}; "
+                "load each model's transcoders separately"
             )
 
     @classmethod
@@ -92,7 +93,8 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
             kinds_seen.add(config.kind)
             if config.kind == kind:
                 if config.site.key in found:
-                    raise CorruptFileError(f"{root} holds two {kind}s for site {config.site.key}: {found[config.site.key][1].name} and {folder.name}")
+                    raise CorruptFileError(f"{root} holds two {kind}s for site {config.site.key}: "
+                                           f"{found[config.site.key][1].name} and {folder.name}")
                 found[config.site.key] = (config, folder)
         if not found:
             hint = (

@@ -13,13 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from diffract_core.atlas import Atlas
+from diffract_core.atlas import Atlas, describe_feature, render_dashboard
 from diffract_core.atlas.cards import feature_cards, feature_labels
 from diffract_core.errors import ConfigMismatchError, CorruptFileError
 from diffract_core.features import FeatureRef
 from diffract_core.flux import Flux
 from diffract_core.quickstart import random_transcoder
-from diffract_core.atlas import describe_feature, render_dashboard
 from diffract_core.transcoders import TranscoderSet
 from diffract_core.transcoders.native import save_site, write_manifest
 

@@ -33,7 +33,8 @@ def test_conservation_and_adjacency() -> None:
 def test_influence_sums_normalised_paths() -> None:
     influence = _graph().influence()
     # target's inputs: f1 3/4, error 1/4; f1's: f0 2.5/3, bias 0.5/3; f0's: input 1
-    assert torch.allclose(influence, torch.tensor([0.75 * 2.5 / 3, 0.75, 0.25, 0.75 * 2.5 / 3, 0.75 * 0.5 / 3, 0.0], dtype=torch.float64))
+    assert torch.allclose(influence, torch.tensor([0.75 * 2.5 / 3, 0.75, 0.25, 0.75 * 2.5 / 3, 0.75 * 0.5 / 3, 0.0],
+                                                  dtype=torch.float64))
 
 
 def test_scores_follow_circuit_tracer() -> None:
@@ -42,7 +43,8 @@ def test_scores_follow_circuit_tracer() -> None:
     assert abs(replacement - explained / (explained + 0.25)) < 1e-12
     # only the target has an error input (a quarter of it); weights: influence + target weight
     influence = _graph().influence() + torch.tensor([0, 0, 0, 0, 0, 1.0], dtype=torch.float64)
-    expected = float(((1 - torch.tensor([0, 0, 0, 0, 0, 0.25], dtype=torch.float64)) * influence).sum() / influence.sum())
+    expected = float(((1 - torch.tensor([0, 0, 0, 0, 0, 0.25], dtype=torch.float64)) * influence).sum()
+                     / influence.sum())
     assert abs(completeness - expected) < 1e-12
 
 
@@ -63,7 +65,8 @@ def test_sparse_influence_equals_the_dense_path_sum_on_random_graphs() -> None:
     for _ in range(20):
         n = int(torch.randint(4, 40, (1,), generator=generator))
         kinds = ["input", "bias", *["feature"] * (n - 4), "error", "target"]
-        nodes = [CircuitNode(kind, 0, None if kind == "bias" else "img", i, i, value=1.0) for i, kind in enumerate(kinds)]
+        nodes = [CircuitNode(kind, 0, None if kind == "bias" else "img", i, i, value=1.0)
+                 for i, kind in enumerate(kinds)]
         pairs = torch.randint(0, n, (4 * n, 2), generator=generator).sort(dim=1).values  # source < target: acyclic
         pairs = pairs[pairs[:, 0] != pairs[:, 1]]
         weights = torch.randn(len(pairs), generator=generator, dtype=torch.float64)

@@ -14,13 +14,15 @@ from .conftest import model_inputs
 
 @pytest.fixture(scope="module")
 def lrm(model, transcoders, call) -> ReplacementModel:
-    return ReplacementModel(model.double_blocks, transcoders, call, last_layer=3, keep_inputs_of=range(4), dtype=torch.float64)
+    return ReplacementModel(model.double_blocks, transcoders, call, last_layer=3, keep_inputs_of=range(4),
+                            dtype=torch.float64)
 
 
 def _rows(lrm: ReplacementModel):
     generator = torch.Generator().manual_seed(5)
     picks = [("img", 3, 7), ("txt", 2, 5), ("img", 1, 9), ("txt", 3, 2), ("img", 2, 40), ("img", 0, 4)]
-    return [lrm.feature_row(s, l, f, torch.rand(lrm.tokens(s), generator=generator, dtype=torch.float64)) for s, l, f in picks]
+    return [lrm.feature_row(s, l, f, torch.rand(lrm.tokens(s), generator=generator, dtype=torch.float64))
+            for s, l, f in picks]
 
 
 def test_the_replay_reproduces_the_models_own_mlp_inputs(model, lrm) -> None:
@@ -109,7 +111,8 @@ def test_bad_requests_are_refused(model, transcoders, call, lrm) -> None:
     with pytest.raises(DiffractError, match="past this model's 4 double blocks"):
         ReplacementModel(model.double_blocks, transcoders, call, last_layer=4)
     with pytest.raises(DiffractError, match="one image at a time"):
-        two = type(call)(*(torch.cat([t, t]) for t in (call.img, call.txt, call.vec)), call.pe, call.sigma, call.chunk, call.image_grid)
+        two = type(call)(*(torch.cat([t, t]) for t in (call.img, call.txt, call.vec)), call.pe, call.sigma, call.chunk,
+                         call.image_grid)
         ReplacementModel(model.double_blocks, transcoders, two, last_layer=1)
     with pytest.raises(DiffractError, match="do not fit the 24 img tokens"):
         lrm.attribute([lrm.feature_row("img", 2, 0, torch.ones(5))])

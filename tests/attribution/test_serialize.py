@@ -56,7 +56,8 @@ def _broken(graph, edit):
         (lambda d: d.update(extra=1), "unknown top-level keys"),
         (lambda d: d["nodes"][0].update(kind="exec"), "node 0 has kind 'exec'"),
         (lambda d: d["nodes"][0].update(id="feature:img:0:0@9"), "node 0 id .* does not match"),
-        (lambda d: d["nodes"][0].update(positions=[1, 2], activations=[1.0]), "positions and activations must be lists of equal length"),
+        (lambda d: d["nodes"][0].update(positions=[1, 2], activations=[1.0]),
+         "positions and activations must be lists of equal length"),
         (lambda d: d["nodes"][0].update(__class__="os.system"), "unknown keys"),
         (lambda d: d["nodes"].append(copy.deepcopy(d["nodes"][0])), "two nodes with the same id"),
         (lambda d: d["edges"]["source"].__setitem__(0, 10**6), "edge sources must be node indices"),
@@ -103,7 +104,8 @@ def test_neuronpedia_export_has_the_viewer_shape(graph) -> None:
     assert len(set(ids)) == len(ids)
     (target,) = [node for node in data["nodes"] if node["is_target_logit"]]
     assert target["feature_type"] == "logit" and "(p=1.000)" in target["clerp"]
-    assert {link["source"] for link in data["links"]} <= set(ids) and {link["target"] for link in data["links"]} <= set(ids)
+    assert ({link["source"] for link in data["links"]} <= set(ids)
+            and {link["target"] for link in data["links"]} <= set(ids))
     json.dumps(data, allow_nan=False)
 
 
@@ -116,7 +118,8 @@ def _star(nodes: int, **metadata: object) -> dict:
     sources = [nodes] * nodes + list(range(nodes))
     targets = list(range(nodes)) + [nodes + 2] * nodes
     return {"format": "diffract-circuit", "version": 1,
-            "metadata": {"step": 0, "sigma": 0.5, "image_grid": [2, 2], "text_tokens": ["a"], "image_tokens": 4, **metadata},
+            "metadata": {"step": 0, "sigma": 0.5, "image_grid": [2, 2], "text_tokens": ["a"], "image_tokens": 4,
+                         **metadata},
             "nodes": rows, "edges": {"source": sources, "target": targets, "weight": [1.0] * (2 * nodes)}}
 
 
@@ -125,12 +128,16 @@ def _star(nodes: int, **metadata: object) -> dict:
     [
         (lambda d: d["edges"]["source"].append(d["edges"]["target"][-1]) or d["edges"]["target"].append(0)
          or d["edges"]["weight"].append(1.0), r"edges form a cycle \(node \d+ is on it"),
-        (lambda d: d["nodes"][0].update(positions=[4], activations=[1.0]), r"node 0 positions must be token indices of its stream, 0\.\.3"),
-        (lambda d: d["nodes"][-1].update(stream="txt", positions=[1], activations=[1.0]), r"positions must be .* 0\.\.0"),
-        (lambda d: d["metadata"].update(note="x" * 2_000_000), r"metadata.note is a string of 2000000 characters, more than 10000"),
+        (lambda d: d["nodes"][0].update(positions=[4], activations=[1.0]),
+         r"node 0 positions must be token indices of its stream, 0\.\.3"),
+        (lambda d: d["nodes"][-1].update(stream="txt", positions=[1], activations=[1.0]),
+         r"positions must be .* 0\.\.0"),
+        (lambda d: d["metadata"].update(note="x" * 2_000_000),
+         r"metadata.note is a string of 2000000 characters, more than 10000"),
         (lambda d: d["metadata"].update(target={"label": "y" * 20_000}), "metadata.target.label is a string of 20000"),
         (lambda d: d["metadata"].update(notes=["z" * 9_000] * 200), "more than 1000000 characters of text"),
-        (lambda d: d["metadata"].update(image_grid=[3, 3]), r'"image_grid" must be null or \[rows, cols\] with rows \* cols'),
+        (lambda d: d["metadata"].update(image_grid=[3, 3]),
+         r'"image_grid" must be null or \[rows, cols\] with rows \* cols'),
     ],
 )
 def test_hostile_circuits_are_refused_at_load(edit, reason, tmp_path: Path) -> None:
@@ -151,7 +158,8 @@ def test_deep_nesting_is_refused_without_recursion(tmp_path: Path) -> None:
 def test_chains_deeper_than_any_circuit_are_refused(tmp_path: Path) -> None:
     count = MAX_DEPTH + 10
     data = _star(count)  # rewired: input -> feature 0 -> feature 1 -> ... -> the last feature -> target
-    data["edges"] = {"source": [count, *range(count)], "target": [*range(count), count + 2], "weight": [1.0] * (count + 1)}
+    data["edges"] = {"source": [count, *range(count)], "target": [*range(count), count + 2],
+                     "weight": [1.0] * (count + 1)}
     (tmp_path / "chain.json").write_text(json.dumps(data))
     with pytest.raises(CircuitFileError, match=f"edges chain more than {MAX_DEPTH} nodes deep"):
         load_graph(tmp_path / "chain.json")
@@ -213,4 +221,5 @@ def test_the_neuronpedia_export_carries_labels_as_clerps(graph) -> None:
     features = [n for n in exported["nodes"] if n["feature_type"] == "cross layer transcoder"]
     assert features and all(n["clerp"].startswith("label of ") for n in features)
     bare = neuronpedia_graph(graph, "bare")
-    assert all(" L" in n["clerp"] and "#" in n["clerp"] for n in bare["nodes"] if n["feature_type"] == "cross layer transcoder")
+    assert all(" L" in n["clerp"] and "#" in n["clerp"]
+               for n in bare["nodes"] if n["feature_type"] == "cross layer transcoder")

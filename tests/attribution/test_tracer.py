@@ -44,13 +44,15 @@ def test_batched_graph_equals_the_one_row_per_pass_graph(model, transcoders, cal
     assert single.metadata["passes"]["backward"] == 61 and single.metadata["passes"]["forward"] == 2 + 61
     assert graph.metadata["passes"]["backward"] < 20
     order = lambda g: torch.argsort(g.edge_targets * 10_000 + g.edge_sources)
-    torch.testing.assert_close(single.edge_weights[order(single)], graph.edge_weights[order(graph)], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(single.edge_weights[order(single)], graph.edge_weights[order(graph)], rtol=1e-6,
+                               atol=1e-7)
 
 
 def test_region_and_position_targets(model, transcoders, call) -> None:
     mask = torch.zeros(64, 96)
     mask[:32, :] = 1.0  # the top half: image-token rows 0 and 1 of 4
-    region = trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 2, None, "strongest_in_region", region=mask),
+    region = trace_circuit(model.double_blocks, transcoders, call,
+                           TargetSpec("img", 2, None, "strongest_in_region", region=mask),
                            step=1, settings=TraceSettings(max_feature_nodes=20))
     assert max(region.target.positions.tolist()) < 12
     assert float(region.conservation().max()) < 1e-5
@@ -64,8 +66,10 @@ def test_region_and_position_targets(model, transcoders, call) -> None:
     lrm = ReplacementModel(model.double_blocks, transcoders, call, last_layer=2)
     z, _ = transcoders[("img", 2)].encode(lrm.mlp_inputs[("img", 2)][0, :1], call.sigma)
     silent, strongest = int(torch.nonzero(z[0] == 0)[0]), int(torch.argmax(z[0]))
-    with pytest.raises(DiffractError, match=f"does not fire inside the region at this step; the strongest feature there is img:2:{strongest}"):
-        trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 2, silent, "region", region=corner), step=1)
+    with pytest.raises(DiffractError, match=f"does not fire inside the region at this step; "
+                                            f"the strongest feature there is img:2:{strongest}"):
+        trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 2, silent, "region", region=corner),
+                      step=1)
     with pytest.raises(DiffractError, match="needs a MASK region"):
         TargetSpec("img", 2, 3, "region")
 

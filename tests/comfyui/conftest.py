@@ -132,7 +132,7 @@ def comfy_run(comfy_nodes_dir, tmp_path_factory):
         try:
             proc = subprocess.run([COMFYUI_PYTHON, "-c", launcher, str(HERE), str(path)], cwd=COMFYUI_DIR,
                                   env=child_env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout)
+                                  timeout=timeout, check=False)
         except subprocess.TimeoutExpired as e:
             pytest.fail(f"comfy_run: snippet ran past {timeout}s\n--- output tail ---\n{_tail(e.stdout, e.stderr)}")
         proc.result = None
@@ -200,7 +200,7 @@ FRONTEND_BACKEND_MISMATCH = ("[Jobs API] Error fetching jobs", "violates the fol
 
 
 @pytest.fixture
-def page(page):  # noqa: ANN001, ANN201 - tests/conftest.py's page, which fails on any error the page logs
+def page(page):  # tests/conftest.py's page, which fails on any error the page logs
     yield page
     if FRONTEND_ROOT:
         page.errors[:] = [e for e in page.errors if not any(m in e for m in FRONTEND_BACKEND_MISMATCH)]
@@ -247,7 +247,8 @@ def comfy_server(comfy_nodes_dir):
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"no answer from {url}/object_info after {SERVER_START_TIMEOUT:.0f}s\n{server.log()[-6000:]}")
+                pytest.fail(f"no answer from {url}/object_info after {SERVER_START_TIMEOUT:.0f}s\n"
+                            f"{server.log()[-6000:]}")
             time.sleep(0.5)
         yield server
     finally:

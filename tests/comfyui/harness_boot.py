@@ -40,8 +40,8 @@ def boot() -> None:
     if COMFYUI_DIR not in sys.path:
         sys.path.insert(0, COMFYUI_DIR)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s:%(name)s: %(message)s")
-    import comfy.options  # noqa: F401  (args are parsed from [] unless enable_args_parsing() was called)
-    import comfy.cli_args
+    import comfy.cli_args  # parses args from [] unless comfy.options.enable_args_parsing() was called
+    import comfy.options
 
     comfy.cli_args.args.cpu = True  # must happen before comfy.model_management is imported
     # main.py order: folder_paths and utils.* before nodes (nodes.py puts ComfyUI/comfy on sys.path,

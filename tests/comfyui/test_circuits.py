@@ -22,24 +22,30 @@ settings = att.TraceSettings(max_feature_nodes=40, batch_size=16)
 def test_graph_from_comfyui_modules_equals_the_reference_models(comfy_run):
     proc = comfy_run(CIRCUIT_SETUP + """
 spec = att.TargetSpec("img", 1, 5)
-from_comfy = att.trace_circuit(blocks, tcs, call, spec, step=1, settings=settings, read_linear=circuit_nodes.read_comfy_linear, check_top_k=5)
+from_comfy = att.trace_circuit(blocks, tcs, call, spec, step=1, settings=settings,
+                               read_linear=circuit_nodes.read_comfy_linear, check_top_k=5)
 cfg = patcher.model.model_config.unet_config
-reference = flux_lib.Flux(flux_lib.FluxConfig(in_channels=64, out_channels=16, vec_in_dim=16, context_in_dim=32, hidden_size=64,
-                                              num_heads=2, depth=2, depth_single_blocks=1, axes_dim=tuple(cfg["axes_dim"])))
+reference = flux_lib.Flux(flux_lib.FluxConfig(in_channels=64, out_channels=16, vec_in_dim=16, context_in_dim=32,
+                                              hidden_size=64, num_heads=2, depth=2, depth_single_blocks=1,
+                                              axes_dim=tuple(cfg["axes_dim"])))
 missing, unexpected = reference.load_state_dict(patcher.model.diffusion_model.state_dict(), strict=False)
 from_reference = att.trace_circuit(reference.double_blocks, tcs, call, spec, step=1, settings=settings)
 order = lambda g: torch.argsort(g.edge_targets * 100000 + g.edge_sources)
 a, b = from_comfy.edge_weights[order(from_comfy)], from_reference.edge_weights[order(from_reference)]
 # the replay matches what ComfyUI's own run recorded at that step
-lrm = att.ReplacementModel(blocks, tcs, call, last_layer=1, keep_inputs_of=[0, 1], read_linear=circuit_nodes.read_comfy_linear)
+lrm = att.ReplacementModel(blocks, tcs, call, last_layer=1, keep_inputs_of=[0, 1],
+                           read_linear=circuit_nodes.read_comfy_linear)
 top = tcs[("img", 1)].encode_topk(lrm.mlp_inputs[("img", 1)], call.sigma, 8)
 kept = rec.codes(("img", 1), 1)
-hb.emit(dict(missing=missing, unexpected=unexpected, same_ids=[n.id for n in from_comfy.nodes] == [n.id for n in from_reference.nodes],
-             max_diff=float((a - b).abs().max()), scale=float(a.abs().max()), residual=from_comfy.metadata["conservation"],
+hb.emit(dict(missing=missing, unexpected=unexpected,
+             same_ids=[n.id for n in from_comfy.nodes] == [n.id for n in from_reference.nodes],
+             max_diff=float((a - b).abs().max()), scale=float(a.abs().max()),
+             residual=from_comfy.metadata["conservation"],
              residual_ref=from_reference.metadata["conservation"]["max_relative_residual"],
              features=len(from_comfy.features()), passes=from_comfy.metadata["passes"],
              faithfulness=from_comfy.metadata["faithfulness"]["spearman"],
-             codes_match=bool(torch.equal(top.indices.int(), kept.indices)), values_diff=float((top.values.half() - kept.values).abs().max())))
+             codes_match=bool(torch.equal(top.indices.int(), kept.indices)),
+             values_diff=float((top.values.half() - kept.values).abs().max())))
 """)
     r = proc.result
     assert r["missing"] == [] and r["unexpected"] == []
@@ -53,7 +59,8 @@ hb.emit(dict(missing=missing, unexpected=unexpected, same_ids=[n.id for n in fro
 
 def test_steer_circuit_in_comfyuis_sampler(comfy_run):
     proc = comfy_run(CIRCUIT_SETUP + """
-graph = att.trace_circuit(blocks, tcs, call, att.TargetSpec("img", 1, 5), step=1, settings=settings, read_linear=circuit_nodes.read_comfy_linear)
+graph = att.trace_circuit(blocks, tcs, call, att.TargetSpec("img", 1, 5), step=1, settings=settings,
+                          read_linear=circuit_nodes.read_comfy_linear)
 trajectory_base = trajectory(patcher)
 def steered(**kw):
     options = dict(mode="scale", strength=1.0, nodes="all", steps="traced step", apply_to="cond+uncond")

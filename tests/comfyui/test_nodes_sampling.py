@@ -76,7 +76,8 @@ first = trajectory(masked_model)[0]
 ref_first = base[0]
 changed = (first - ref_first).abs().amax(dim=(0, 1))  # [16, 24] latent pixels
 chained = run(steer(steer(patcher, features="img:0:3"), features="img:1:5 img:1:40"))
-hb.emit(dict(before_window=[torch.equal(late[i], base[i]) for i in range(4)], unmasked=not torch.equal(unmasked, base_out),
+hb.emit(dict(before_window=[torch.equal(late[i], base[i]) for i in range(4)],
+             unmasked=not torch.equal(unmasked, base_out),
              nothing=torch.equal(nothing, base_out), everything=torch.equal(everything, unmasked),
              left=float(changed[:, :12].max()), right=float(changed[:, 12:].max()),
              chained=float((chained - unmasked).abs().max())))
@@ -132,7 +133,8 @@ for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp8", t
     model_config.set_inference_dtype(dtype, torch.bfloat16 if name == "fp8" else None)
     model = model_config.get_model({})
     model.load_model_weights({k: v.float() for k, v in patcher.model.diffusion_model.state_dict().items()}, "")
-    low = comfy.model_patcher.ModelPatcher(model, load_device=patcher.load_device, offload_device=patcher.offload_device)
+    low = comfy.model_patcher.ModelPatcher(model, load_device=patcher.load_device,
+                                           offload_device=patcher.offload_device)
     base = run(low)
     recorded, rec = nodes.RecordFeatures.execute(low, tcs, "all", 8, "observe", "cond", "").args
     same = torch.equal(run(recorded), base)
@@ -144,4 +146,4 @@ hb.emit(out)
     r = proc.result
     assert r["lora_changes"] and r["lora_observe"] and r["lora_replace"] <= 1e-5
     for name, dtype in (("bf16", "torch.bfloat16"), ("fp16", "torch.float16"), ("fp8", "torch.float8_e4m3fn")):
-        assert r[name] == dict(same=True, complete=True, steered=True, weights=dtype), (name, r[name])
+        assert r[name] == {"same": True, "complete": True, "steered": True, "weights": dtype}, (name, r[name])

@@ -80,7 +80,8 @@ def test_full_node_init_reports_no_import_failure(comfy_run, comfy_nodes_dir):
         load="all",
     )
     pack_path = str(comfy_nodes_dir / PACK_NAME)
-    timing = [line for line in proc.stderr.splitlines() if re.search(r"\d seconds.*: " + re.escape(pack_path) + "$", line)]
+    timing = [line for line in proc.stderr.splitlines()
+              if re.search(r"\d seconds.*: " + re.escape(pack_path) + "$", line)]
     assert len(timing) == 1, proc.stderr[-4000:]
     assert "IMPORT FAILED" not in timing[0]
     assert not _failure_lines(proc.stderr, pack_path), proc.stderr[-4000:]
@@ -103,7 +104,8 @@ def test_server_starts_with_pack(comfy_server, pack_dir):
     extensions = comfy_server.get_json("/extensions")
     assert isinstance(extensions, list)
     web_files = sorted(p.relative_to(pack_dir / "web").as_posix() for p in (pack_dir / "web").rglob("*.js"))
-    ours_js = sorted(e[len(f"/extensions/{PACK_NAME}/"):] for e in extensions if e.startswith(f"/extensions/{PACK_NAME}/"))
+    ours_js = sorted(e[len(f"/extensions/{PACK_NAME}/"):] for e in extensions
+                     if e.startswith(f"/extensions/{PACK_NAME}/"))
     assert ours_js == web_files
     for rel in web_files:  # each listed file is served
         status, _ = comfy_server.get(f"/extensions/{PACK_NAME}/{rel}")

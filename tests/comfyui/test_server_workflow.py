@@ -20,7 +20,8 @@ def _workflow(features: str) -> dict:
     return {
         "1": {"class_type": "DiffractTestTinyFlux", "inputs": {"seed": 0}},
         "2": {"class_type": "DiffractLoadTranscoders",
-              "inputs": {"release": "tiny", "streams": "img+txt", "layers": "all", "dtype": "auto", "kind": "transcoder"}},
+              "inputs": {"release": "tiny", "streams": "img+txt", "layers": "all", "dtype": "auto",
+                         "kind": "transcoder"}},
         "3": {"class_type": "DiffractRecordFeatures",
               "inputs": {"model": ["1", 0], "transcoders": ["2", 0], "sites": "all", "top_k": 8, "mode": "observe",
                          "record": "cond", "keep_inputs_at_steps": ""}},
@@ -125,9 +126,10 @@ def _circuit_workflow() -> dict:
     workflow["3"]["inputs"]["keep_inputs_at_steps"] = "1"
     workflow["12"] = {"class_type": "DiffractTraceCircuit",
                       "inputs": {"model": ["3", 0], "recording": ["3", 1], "transcoders": ["2", 0], "samples": ["8", 0],
-                                 "target": "img:1:3", "target_mode": "argmax", "position": 0, "step": 1, "chunk": "cond",
-                                 "batch_index": 0, "max_feature_nodes": 20, "node_threshold": 0.8, "edge_threshold": 0.98,
-                                 "batch_size": 16, "max_active": 32, "faithfulness_checks": 3, "prompt": ""}}
+                                 "target": "img:1:3", "target_mode": "argmax", "position": 0, "step": 1,
+                                 "chunk": "cond", "batch_index": 0, "max_feature_nodes": 20, "node_threshold": 0.8,
+                                 "edge_threshold": 0.98, "batch_size": 16, "max_active": 32, "faithfulness_checks": 3,
+                                 "prompt": ""}}
     workflow["13"] = {"class_type": "DiffractSaveCircuit",
                       "inputs": {"circuit": ["12", 0], "filename_prefix": "diffract/test", "format": "diffract"}}
     workflow["14"] = {"class_type": "DiffractSteerCircuit",

@@ -48,7 +48,8 @@ def api_prompt(workflow: dict, object_info: dict) -> dict:
 
 
 def _preview(server, image: dict) -> torch.Tensor:
-    query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]})
+    query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image["subfolder"],
+                                    "type": image["type"]})
     status, body = server.get(f"/view?{query}")
     assert status == 200
     return torch.from_numpy(np.asarray(Image.open(io.BytesIO(body)).convert("RGB")).copy()).float() / 255
@@ -110,7 +111,8 @@ rec = recording_mod.FeatureRecording(sites=(("img", 2),), k=4)
 with torch.no_grad():
     generate.generate(toy, [prompt], generate.toy_noise([0]), transcoders=saes, recording=rec)
 feature = int(rec.codes(("img", 2), 2).indices[0, :, 0].mode().values)
-steer = lambda s: nodes.SteerFeature.execute(model, saes, f"img:2:{feature}", "scale", s, 0.0, 1.0, "cond+uncond").args[0]
+steer = lambda s: nodes.SteerFeature.execute(model, saes, f"img:2:{feature}", "scale", s, 0.0, 1.0,
+                                             "cond+uncond").args[0]
 plain = run(model)
 same = torch.equal(run(steer(1.0)), plain)
 ablated = codec.decode(run(steer(0.0)), raw=True)

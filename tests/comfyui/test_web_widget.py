@@ -15,7 +15,7 @@ WORKFLOW = "example_workflows/toy_trace_and_steer.json"
 TRACE = "app.graph.nodes.find((n) => n.comfyClass === 'DiffractTraceCircuit')"
 
 
-def _open(page, server, nodes_2: bool = False) -> None:  # noqa: ANN001
+def _open(page, server, nodes_2: bool = False) -> None:
     settings = server.run_dir / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     # no first-run templates dialog; the renderer chosen before the page loads
@@ -27,25 +27,26 @@ def _open(page, server, nodes_2: bool = False) -> None:  # noqa: ANN001
     page.evaluate("window.app.extensionManager.dialog?.closeDialog?.()")
 
 
-def _centre_on(page, node: str) -> None:  # noqa: ANN001
+def _centre_on(page, node: str) -> None:
     """Zoom to 100 % on the node where the template put it."""
     page.evaluate(f"""(() => {{ const c = window.app.canvas; c.ds.scale = 1; c.centerOnNode?.({node});
         c.setDirty(true, true); }})()""")
     page.wait_for_timeout(800)
 
 
-def _run_workflow(page, workflow: dict) -> None:  # noqa: ANN001
+def _run_workflow(page, workflow: dict) -> None:
     page.evaluate("(workflow) => window.app.loadGraphData(workflow)", workflow)
     page.evaluate("""() => { window.__diffractDone = null;
         const api = window.comfyAPI.api.api;
         api.addEventListener('execution_success', () => { window.__diffractDone = 'success'; });
-        api.addEventListener('execution_error', (e) => { window.__diffractDone = JSON.stringify(e.detail).slice(0, 2000); });
+        api.addEventListener('execution_error', (e) => {
+            window.__diffractDone = JSON.stringify(e.detail).slice(0, 2000); });
         return window.app.queuePrompt(0, 1); }""")
     page.wait_for_function("window.__diffractDone !== null", timeout=300_000)
     assert page.evaluate("window.__diffractDone") == "success"
 
 
-def test_the_circuit_widget_appears_and_steers_a_wired_node(comfy_server, pack_dir, page, artifacts) -> None:  # noqa: ANN001
+def test_the_circuit_widget_appears_and_steers_a_wired_node(comfy_server, pack_dir, page, artifacts) -> None:
     workflow = json.loads((pack_dir / WORKFLOW).read_text())
     _open(page, comfy_server)
     _run_workflow(page, workflow)
@@ -63,13 +64,16 @@ def test_the_circuit_widget_appears_and_steers_a_wired_node(comfy_server, pack_d
     widget.screenshot(path=str(artifacts / "comfyui-trace-circuit-widget.png"))
     page.screenshot(path=str(artifacts / "comfyui-trace-circuit.png"))
     top = "app.graph.nodes.find((n) => n.comfyClass === 'DiffractTopFeatures')"
-    rows = page.evaluate(f"window.app.nodeOutputs[String({top}.id)].diffract_top_features[0].rows.map((r) => r.feature)")
-    table = page.evaluate(f"[...{top}.diffractWidget.element.querySelectorAll('tbody tr')].map((tr) => tr.cells[0].textContent)")
+    rows = page.evaluate(f"window.app.nodeOutputs[String({top}.id)].diffract_top_features[0].rows"
+                         ".map((r) => r.feature)")
+    table = page.evaluate(f"[...{top}.diffractWidget.element.querySelectorAll('tbody tr')]"
+                          ".map((tr) => tr.cells[0].textContent)")
     assert table == rows, "Top Features draws its table in the node"
     if any(row.startswith("img:") for row in rows):
         assert page.evaluate(f"{top}.diffractView.heatmaps.maps.length") > 0, "the image rows' maps are in the viewer"
     if any(row.startswith("txt:") for row in rows):
-        strip = page.evaluate(f"[...{top}.diffractWidget.element.querySelectorAll('.dfx-strip-box:not([hidden]) .dfx-tokens span')].length")
+        strip = page.evaluate(f"[...{top}.diffractWidget.element"
+                              ".querySelectorAll('.dfx-strip-box:not([hidden]) .dfx-tokens span')].length")
         assert strip > 0, "a text row shows its token strip"
     _centre_on(page, top)
     page.screenshot(path=str(artifacts / "comfyui-top-features.png"))
@@ -88,9 +92,11 @@ def test_the_circuit_widget_appears_and_steers_a_wired_node(comfy_server, pack_d
     assert trace["properties"]["diffract_view"]["labels"] == {first: "my feature"}
 
     before = page.evaluate("window.app.graph.nodes.filter((n) => n.comfyClass === 'DiffractSteerFeature').length")
-    steered = page.evaluate(f"""(() => {{ const v = {TRACE}.diffractView; const n = v.circuit.nodes[v.circuit.byId.get({first!r})];
+    steered = page.evaluate(f"""(() => {{ const v = {TRACE}.diffractView;
+        const n = v.circuit.nodes[v.circuit.byId.get({first!r})];
         v.steer(n.index); return `${{n.stream}}:${{n.layer}}:${{n.feature}}`; }})()""")
-    nodes = page.evaluate("""(() => { const g = window.app.graph; const trace = g.nodes.find((n) => n.comfyClass === 'DiffractTraceCircuit');
+    nodes = page.evaluate("""(() => { const g = window.app.graph;
+        const trace = g.nodes.find((n) => n.comfyClass === 'DiffractTraceCircuit');
         const steer = g.nodes.filter((n) => n.comfyClass === 'DiffractSteerFeature').at(-1);
         const origin = (node, name) => { const link = node.getInputLink(node.inputs.findIndex((i) => i.name === name));
             return link ? [link.origin_id, link.origin_slot] : null; };
@@ -105,7 +111,7 @@ def test_the_circuit_widget_appears_and_steers_a_wired_node(comfy_server, pack_d
     page.screenshot(path=str(artifacts / "comfyui-steer-node.png"))
 
 
-def test_the_viewers_render_in_the_nodes_2_renderer(comfy_server, pack_dir, page, artifacts) -> None:  # noqa: ANN001
+def test_the_viewers_render_in_the_nodes_2_renderer(comfy_server, pack_dir, page, artifacts) -> None:
     _open(page, comfy_server)
     page.evaluate("window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
     _run_workflow(page, json.loads((pack_dir / WORKFLOW).read_text()))
@@ -123,7 +129,7 @@ WORKFLOWS = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "examp
 BOXES = """() => window.app.graph.nodes.map((n) => ({ id: n.id, title: n.title, box: [...n.boundingRect] }))"""
 
 
-def _overlaps(page) -> list[tuple[str, str]]:  # noqa: ANN001
+def _overlaps(page) -> list[tuple[str, str]]:
     """Pairs of nodes whose boxes (title bar included) intersect."""
     boxes = page.evaluate(BOXES)
     pairs = []
@@ -134,8 +140,9 @@ def _overlaps(page) -> list[tuple[str, str]]:  # noqa: ANN001
     return pairs
 
 
-def _fit_view(page) -> None:  # noqa: ANN001
-    page.evaluate("""() => { const c = window.app.canvas; const boxes = window.app.graph.nodes.map((n) => n.boundingRect);
+def _fit_view(page) -> None:
+    page.evaluate("""() => { const c = window.app.canvas;
+        const boxes = window.app.graph.nodes.map((n) => n.boundingRect);
         const left = Math.min(...boxes.map((b) => b[0])), top = Math.min(...boxes.map((b) => b[1]));
         const right = Math.max(...boxes.map((b) => b[0] + b[2])), bottom = Math.max(...boxes.map((b) => b[1] + b[3]));
         const [width, height] = [c.canvas.clientWidth - 100, c.canvas.clientHeight - 120];  // the side bar, the top bar
@@ -146,7 +153,7 @@ def _fit_view(page) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize("nodes_2", [False, True], ids=["litegraph", "nodes-2"])
 @pytest.mark.parametrize("name", WORKFLOWS)
-def test_example_workflows_have_room_for_every_node(comfy_server, pack_dir, page, artifacts, name, nodes_2) -> None:  # noqa: ANN001
+def test_example_workflows_have_room_for_every_node(comfy_server, pack_dir, page, artifacts, name, nodes_2) -> None:
     _open(page, comfy_server, nodes_2)
     workflow = json.loads((pack_dir / "example_workflows" / name).read_text())
     if name.startswith("toy"):

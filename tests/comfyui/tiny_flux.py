@@ -33,18 +33,18 @@ def unet_config(hidden_size: int = 256, num_heads: int = 2, depth: int = 2, dept
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} not divisible by num_heads {num_heads}")
     axes = list(axes_dim) if axes_dim is not None else default_axes_dim(hidden_size // num_heads)
-    return dict(image_model="flux", in_channels=in_channels, out_channels=in_channels, vec_in_dim=vec_in_dim,
-                context_in_dim=context_in_dim, hidden_size=hidden_size, mlp_ratio=mlp_ratio, num_heads=num_heads,
-                depth=depth, depth_single_blocks=depth_single_blocks, axes_dim=axes, theta=10000, patch_size=2,
-                qkv_bias=True, guidance_embed=guidance_embed, txt_ids_dims=[])
+    return {"image_model": "flux", "in_channels": in_channels, "out_channels": in_channels, "vec_in_dim": vec_in_dim,
+            "context_in_dim": context_in_dim, "hidden_size": hidden_size, "mlp_ratio": mlp_ratio,
+            "num_heads": num_heads, "depth": depth, "depth_single_blocks": depth_single_blocks, "axes_dim": axes,
+            "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": guidance_embed, "txt_ids_dims": []}
 
 
 def build(seed: int = 0, std: float = 0.02, **config):
     """A ModelPatcher around a random model_base.Flux (fp32, CPU). `config`: see unet_config()."""
-    import torch
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
+    import torch
 
     cfg = unet_config(**config)
     cls = comfy.supported_models.Flux if cfg["guidance_embed"] else comfy.supported_models.FluxSchnell
@@ -77,8 +77,8 @@ def conditioning(patcher, tokens: int = 8, batch: int = 1, seed: int = 1, zero: 
 def sample(patcher, steps: int = 3, latent=None, seed: int = 0, positive=None, negative=None, cfg: float = 1.0,
            sampler_name: str = "euler", scheduler: str = "simple"):
     """comfy.sample.sample on a zero latent (default 1x16x16x16: 128x128 px, 64 image tokens)."""
-    import torch
     import comfy.sample
+    import torch
 
     if latent is None:
         latent = torch.zeros(1, patcher.model.model_config.unet_config["in_channels"], 16, 16)

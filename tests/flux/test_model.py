@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -61,7 +61,7 @@ def test_state_dict_keys_follow_bfl_comfyui_names() -> None:
     }
     assert expected <= keys
     assert not any(k.startswith("guidance_in.") for k in keys)
-    assert not any(k.startswith("double_blocks.2.") or k.startswith("single_blocks.2.") for k in keys)
+    assert not any(k.startswith(("double_blocks.2.", "single_blocks.2.")) for k in keys)
 
     dev_keys = set(Flux(FluxConfig.tiny(guidance_embed=True)).state_dict())
     assert dev_keys - keys == {

@@ -65,7 +65,8 @@ def flux(core: ModuleType) -> torch.nn.Module:
 def transcoders(core: ModuleType, flux: torch.nn.Module):
     hidden = flux.config.hidden_size
     return core.transcoders.TranscoderSet.from_transcoders(
-        core.quickstart.random_transcoder(stream, layer, d_model=hidden, d_features=96, time_dim=16, seed=10 * layer + (stream == "txt"))
+        core.quickstart.random_transcoder(stream, layer, d_model=hidden, d_features=96, time_dim=16,
+                                          seed=10 * layer + (stream == "txt"))
         for stream in ("img", "txt")
         for layer in range(flux.config.depth)
     )
@@ -83,7 +84,8 @@ def sampler(flux: torch.nn.Module):
     cfg = flux.config
     generator = torch.Generator().manual_seed(3)
     noise = torch.randn(1, cfg.latent_channels, 8, 12, generator=generator)
-    cond = (torch.randn(1, 5, cfg.context_in_dim, generator=generator), torch.randn(1, cfg.vec_in_dim, generator=generator))
+    cond = (torch.randn(1, 5, cfg.context_in_dim, generator=generator),
+            torch.randn(1, cfg.vec_in_dim, generator=generator))
     uncond = (torch.zeros_like(cond[0]), torch.zeros_like(cond[1]))
 
     def run(model, cfg_scale: float = 1.0, sigmas: torch.Tensor = SCHNELL_4, callback=None) -> torch.Tensor:

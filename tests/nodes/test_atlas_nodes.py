@@ -109,12 +109,13 @@ def test_load_transcoders_reports_the_atlas_and_top_features_gets_a_label_column
     shutil.copytree(release, models_dir / "transcoders" / "labelled")
     transcoder_nodes = importlib.import_module("diffract_pack.nodes.transcoder_nodes")
     pack.nodes.transcoder_folders.register_transcoder_folder()
-    loaded = fake_runtime.run_node(transcoder_nodes.LoadTranscoders, release="labelled", streams="img+txt", layers="0-1",
-                                   dtype="fp32", kind="transcoder")
+    loaded = fake_runtime.run_node(transcoder_nodes.LoadTranscoders, release="labelled", streams="img+txt",
+                                   layers="0-1", dtype="fp32", kind="transcoder")
     assert loaded.ui["text"][0].startswith("feature atlas: 4 prompts")
     assert loaded.args[0].atlas is not None
     top = importlib.import_module("diffract_pack.diffract_core.render.top_features")
     ref = core.features.FeatureRef("txt", 0, next(iter(atlas.labels(("txt", 0)))))
     stat = top.FeatureStat(ref, 0, 1, None, 1.0, 1.0, 0.0, 0.0, 1.0)
     table = top.format_table([stat], {str(ref): "'red' token (text, all steps)"})
-    assert table.splitlines()[0].split()[-1] == "label" and table.splitlines()[2].endswith("'red' token (text, all steps)")
+    assert (table.splitlines()[0].split()[-1] == "label"
+            and table.splitlines()[2].endswith("'red' token (text, all steps)"))

@@ -69,7 +69,8 @@ def test_trace_refuses_a_region_of_another_aspect_at_the_node(pack, traced, tran
     latent = {"samples": torch.zeros(1, 16, 8, 12)}
     with pytest.raises(core.errors.InputShapeError, match=r"target's region is 100x10 \(WxH\).*different aspect ratio"):
         fake_runtime.run_node(pack.nodes.TraceCircuit, model=model, recording=recording, transcoders=transcoders,
-                              samples=latent, target="img:1:7", target_mode="region", step=1, region=torch.ones(1, 10, 100))
+                              samples=latent, target="img:1:7", target_mode="region", step=1,
+                              region=torch.ones(1, 10, 100))
 
 
 def test_trace_refuses_a_step_whose_inputs_were_not_kept(pack, patcher, transcoders, sampler, core) -> None:
@@ -101,13 +102,16 @@ def test_region_target_traces_the_strongest_feature_inside_the_mask(pack, traced
     assert float(graph.conservation().max()) < 1e-5
 
 
-def test_steer_circuit_scale_one_is_bit_identical_and_ablation_changes_the_image(pack, traced, patcher, transcoders, sampler) -> None:
+def test_steer_circuit_scale_one_is_bit_identical_and_ablation_changes_the_image(
+    pack, traced, patcher, transcoders, sampler
+) -> None:
     import fake_runtime
 
     _, _, output = traced
     graph = output.args[0]
     baseline = sampler(patcher)
-    same = fake_runtime.run_node(pack.nodes.SteerCircuit, model=patcher, transcoders=transcoders, circuit=graph, strength=1.0).args[0]
+    same = fake_runtime.run_node(pack.nodes.SteerCircuit, model=patcher, transcoders=transcoders, circuit=graph,
+                                 strength=1.0).args[0]
     assert torch.equal(sampler(same), baseline)
     ablated = fake_runtime.run_node(
         pack.nodes.SteerCircuit, model=patcher, transcoders=transcoders, circuit=graph, mode="ablate", nodes="top 3"
@@ -141,11 +145,14 @@ def test_save_then_load_round_trips_and_strangers_files_are_refused(pack, traced
     bad.write_text(json.dumps({"format": "diffract-circuit", "version": 1, "metadata": {}, "nodes": [], "edges": {}}))
     with pytest.raises(core.attribution.serialize.CircuitFileError, match='metadata needs "step"'):
         pack.nodes.LoadCircuit.execute("diffract/bad.json")
-    with pytest.raises(core.attribution.serialize.CircuitFileError, match="not a circuit file in ComfyUI's output folder"):
+    with pytest.raises(core.attribution.serialize.CircuitFileError,
+                       match="not a circuit file in ComfyUI's output folder"):
         pack.nodes.LoadCircuit.execute("../outside.json")
 
 
-def test_a_circuit_whose_positions_exceed_its_tokens_is_refused_by_load_not_by_steer(pack, traced, output_dir, core) -> None:
+def test_a_circuit_whose_positions_exceed_its_tokens_is_refused_by_load_not_by_steer(
+    pack, traced, output_dir, core
+) -> None:
     import fake_runtime
 
     graph = traced[2].args[0]
@@ -154,5 +161,6 @@ def test_a_circuit_whose_positions_exceed_its_tokens_is_refused_by_load_not_by_s
     feature = next(node for node in data["nodes"] if node["kind"] == "feature" and node["stream"] == "img")
     feature["positions"][0] = data["metadata"]["image_tokens"] + 100
     (output_dir / "diffract" / "shifted.json").write_text(json.dumps(data))
-    with pytest.raises(core.attribution.serialize.CircuitFileError, match="positions must be token indices of its stream"):
+    with pytest.raises(core.attribution.serialize.CircuitFileError,
+                       match="positions must be token indices of its stream"):
         fake_runtime.run_node(pack.nodes.LoadCircuit, circuit_file="diffract/shifted.json")

@@ -49,7 +49,8 @@ def test_the_templates_together_show_the_pack() -> None:
 def test_every_stage_is_a_group_with_a_note_and_no_two_nodes_overlap(path: Path) -> None:
     """As saved; tests/comfyui/test_web_widget.py checks the sizes the frontend gives the nodes, after a run too."""
     workflow = json.loads(path.read_text())
-    boxes = {node["id"]: (node["pos"][0], node["pos"][1] - TITLE_HEIGHT, node["size"][0], node["size"][1] + TITLE_HEIGHT)
+    boxes = {node["id"]: (node["pos"][0], node["pos"][1] - TITLE_HEIGHT, node["size"][0],
+                          node["size"][1] + TITLE_HEIGHT)
              for node in workflow["nodes"]}
     for (a, (ax, ay, aw, ah)), (b, (bx, by, bw, bh)) in combinations(boxes.items(), 2):
         assert not (ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah), (a, b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ import torch
 def recorded(pack, patcher, transcoders, sampler):
     import fake_runtime
 
-    model, recording = fake_runtime.run_node(pack.nodes.RecordFeatures, model=patcher, transcoders=transcoders, top_k=6).args
+    model, recording = fake_runtime.run_node(pack.nodes.RecordFeatures, model=patcher, transcoders=transcoders,
+                                             top_k=6).args
     return recording, sampler(model)
 
 
@@ -97,10 +99,12 @@ class _FakeClip:
     """ComfyUI's CLIP surface for labels: tokenize(text) -> {"l": ..., "t5xxl": [[(id, weight), ...]]}
     and tokenizer.t5xxl.inv_vocab; five T5 positions, as the recorded context has."""
 
-    words = ["▁a", "▁red", "▁cup", "</s>", "<pad>"]
+    words: ClassVar[list[str]] = ["▁a", "▁red", "▁cup", "</s>", "<pad>"]
 
     def __init__(self) -> None:
-        self.tokenizer = SimpleNamespace(t5xxl=SimpleNamespace(inv_vocab={i + 100: w for i, w in enumerate(self.words)}))
+        self.tokenizer = SimpleNamespace(
+            t5xxl=SimpleNamespace(inv_vocab={i + 100: w for i, w in enumerate(self.words)})
+        )
 
     def tokenize(self, text: str) -> dict[str, list[list[tuple[int, float]]]]:
         return {"l": [[(49406, 1.0)]], "t5xxl": [[(i + 100, 1.0) for i in range(len(self.words))]]}

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-
 from comfy.model_management import InterruptProcessingException
 from comfy.patcher_extension import WrappersMP
 
@@ -29,12 +28,15 @@ def test_observe_is_bit_identical_and_the_input_model_stays_clean(pack, core, pa
     assert torch.equal(sampler(patcher), baseline), "the unpatched model, used after the patched clone"
 
 
-def test_replace_is_exact_to_float_precision_and_without_error_is_not(pack, core, patcher, transcoders, sampler) -> None:
+def test_replace_is_exact_to_float_precision_and_without_error_is_not(
+    pack, core, patcher, transcoders, sampler
+) -> None:
     mp = pack.nodes.model_patching
     baseline = sampler(patcher)
     sites = transcoders.sites
     replaced = sampler(mp.record_features(patcher, transcoders, sites, _recording(core, sites), mode="replace"))
-    spliced = sampler(mp.record_features(patcher, transcoders, sites, _recording(core, sites), mode="replace_without_error"))
+    spliced = sampler(mp.record_features(patcher, transcoders, sites, _recording(core, sites),
+                                         mode="replace_without_error"))
     assert (replaced - baseline).abs().max() <= 1e-5 * baseline.abs().max()
     assert (spliced - baseline).abs().max() > 1e-3
 
@@ -94,7 +96,9 @@ def test_other_packs_wrappers_still_run(pack, core, patcher, transcoders, sample
     assert len(calls) == 4 and patched.get_wrappers(WrappersMP.DIFFUSION_MODEL, "other_pack") == [other]
 
 
-def test_interrupt_leaves_the_recording_incomplete_and_the_model_unpatched(pack, core, flux, patcher, transcoders, sampler) -> None:
+def test_interrupt_leaves_the_recording_incomplete_and_the_model_unpatched(
+    pack, core, flux, patcher, transcoders, sampler
+) -> None:
     mp = pack.nodes.model_patching
     baseline = sampler(patcher)
     recording = _recording(core, transcoders.sites)
@@ -134,10 +138,14 @@ def test_models_the_transcoders_cannot_read_are_refused(pack, core, flux, patche
     hidden = fake_runtime.ModelPatcher(torch.nn.Linear(2, 2))
     with pytest.raises(errors.UnsupportedModelError, match="has no `double_blocks`.*GGUF"):
         mp.record_features(hidden, transcoders, transcoders.sites, _recording(core, transcoders.sites))
-    wide = core.transcoders.TranscoderSet.from_transcoders([core.quickstart.random_transcoder("img", 0, d_model=32, d_features=8, time_dim=16)])
+    wide = core.transcoders.TranscoderSet.from_transcoders(
+        [core.quickstart.random_transcoder("img", 0, d_model=32, d_features=8, time_dim=16)]
+    )
     with pytest.raises(errors.DimensionMismatchError, match="d_model=32 .* hidden size is 64"):
         mp.record_features(patcher, wide, wide.sites, _recording(core, wide.sites))
-    deep = core.transcoders.TranscoderSet.from_transcoders([core.quickstart.random_transcoder("img", 5, d_model=64, d_features=8, time_dim=16)])
+    deep = core.transcoders.TranscoderSet.from_transcoders(
+        [core.quickstart.random_transcoder("img", 5, d_model=64, d_features=8, time_dim=16)]
+    )
     with pytest.raises(errors.DimensionMismatchError, match="past the model's last double-stream block"):
         mp.record_features(patcher, deep, deep.sites, _recording(core, deep.sites))
     assert patcher.object_patches == {} and patcher.wrappers == {}
@@ -152,11 +160,13 @@ def test_kept_inputs_are_refused_with_the_reason_under_a_controlnet(pack, core, 
     state = model.model_options["transformer_options"][pack.nodes.model_patching.KEY]
     recording.start_run(torch.tensor([1.0, 0.5, 0.0]))
     calls = []
-    run = fake_runtime.WrapperExecutor(lambda *args, **kwargs: calls.append(args), flux, [pack.nodes.model_patching.publish_call_wrapper])
+    run = fake_runtime.WrapperExecutor(lambda *args, **kwargs: calls.append(args), flux,
+                                       [pack.nodes.model_patching.publish_call_wrapper])
     x, context = torch.zeros(1, 4, 8, 12), torch.zeros(1, 5, 48)
     options = {pack.nodes.model_patching.KEY: state, "cond_or_uncond": [0], "sigmas": torch.tensor([1.0])}
     # Flux._forward(x, timestep, context, y, guidance, ref_latents, control, transformer_options)
     run(x, torch.tensor([1.0]), context, None, None, None, {"input": []}, transformer_options=options)
     assert calls and not flux.double_blocks[0]._forward_pre_hooks
-    with pytest.raises(core.errors.DiffractError, match="could not keep the model inputs: a ControlNet adds to the residual"):
+    with pytest.raises(core.errors.DiffractError,
+                       match="could not keep the model inputs: a ControlNet adds to the residual"):
         recording.call_inputs(0)

@@ -11,7 +11,8 @@ def test_records_the_chosen_sites_and_keeps_inputs_of_chosen_steps(pack, patcher
 
     baseline = sampler(patcher)
     model, recording = fake_runtime.run_node(
-        pack.nodes.RecordFeatures, model=patcher, transcoders=transcoders, sites="img", top_k=5, keep_inputs_at_steps="1"
+        pack.nodes.RecordFeatures, model=patcher, transcoders=transcoders, sites="img", top_k=5,
+        keep_inputs_at_steps="1"
     ).args
     assert recording.sites == (("img", 0), ("img", 1)) and recording.k == 5
     assert torch.equal(sampler(model), baseline)

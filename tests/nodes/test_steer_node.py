@@ -24,7 +24,8 @@ FEATURES = "img:0:3 img:1:5 img:1:40"
 def test_no_op_steering_is_bit_identical(pack, patcher, transcoders, sampler) -> None:
     baseline = sampler(patcher)
     for mode, strength in (("scale", 1.0), ("add", 0.0)):
-        assert torch.equal(sampler(_steer(pack, patcher, transcoders, features=FEATURES, mode=mode, strength=strength)), baseline)
+        assert torch.equal(sampler(_steer(pack, patcher, transcoders, features=FEATURES, mode=mode, strength=strength)),
+                           baseline)
 
 
 def test_steering_acts_only_inside_its_sigma_window(pack, patcher, transcoders, sampler) -> None:
@@ -40,7 +41,7 @@ def test_steering_acts_only_inside_its_sigma_window(pack, patcher, transcoders, 
 
 def test_mask_limits_steering_to_its_region(pack, patcher, transcoders, sampler) -> None:
     baseline = sampler(patcher)
-    settings = dict(features=FEATURES, mode="ablate")
+    settings = {"features": FEATURES, "mode": "ablate"}
     unmasked = sampler(_steer(pack, patcher, transcoders, **settings))
     assert not torch.equal(unmasked, baseline)
     assert torch.equal(sampler(_steer(pack, patcher, transcoders, mask=torch.zeros(1, 64, 96), **settings)), baseline)
@@ -70,11 +71,12 @@ def test_steer_nodes_chain_and_compose(pack, patcher, transcoders, sampler) -> N
     together = _steer(pack, patcher, transcoders, features="img:0:3 img:1:5 txt:1:7", mode="ablate")
     assert torch.allclose(sampler(both), sampler(together), atol=1e-6)
     assert not torch.equal(sampler(first), sampler(both))
-    assert torch.equal(sampler(_steer(pack, first, transcoders, features="img:1:5", mode="scale", strength=1.0)), sampler(first))
+    assert torch.equal(sampler(_steer(pack, first, transcoders, features="img:1:5", mode="scale", strength=1.0)),
+                       sampler(first))
 
 
 def test_cond_only_steering_leaves_the_uncond_chunk(pack, patcher, transcoders, sampler) -> None:
-    settings = dict(features=FEATURES, mode="scale", strength=5.0)
+    settings = {"features": FEATURES, "mode": "scale", "strength": 5.0}
     cond_only = sampler(_steer(pack, patcher, transcoders, apply_to="cond", **settings), cfg_scale=3.0)
     both = sampler(_steer(pack, patcher, transcoders, apply_to="cond+uncond", **settings), cfg_scale=3.0)
     assert not torch.equal(cond_only, both)

@@ -42,7 +42,8 @@ def test_encode_sample_decode_matches_the_library(toy_nodes, loaded, toy, core) 
     model, text_encoder = loaded
     generate = importlib.import_module("diffract_pack.diffract_core.toy.generate")
     prompt = "a yellow circle and a blue square"
-    (conditioning,) = fake_runtime.run_node(toy_nodes.ToyTextEncode, text_encoder=text_encoder, text=f"  {prompt} ").args
+    (conditioning,) = fake_runtime.run_node(toy_nodes.ToyTextEncode, text_encoder=text_encoder,
+                                            text=f"  {prompt} ").args
     (context, extra), = conditioning
     noise = generate.toy_noise([5])
     sigmas = importlib.import_module("diffract_pack.diffract_core.flux.sampling").flux_sigmas(generate.STEPS)
@@ -75,7 +76,9 @@ def test_load_transcoders_lists_the_toys_release(pack, models_dir) -> None:
     assert sorted(transcoders.sites) == sorted((s, layer) for s in ("img", "txt") for layer in range(4))
 
 
-def test_the_toys_sae_baseline_loads_and_steers_the_toy_in_the_comfy_path(pack, models_dir, toy_nodes, loaded, core) -> None:
+def test_the_toys_sae_baseline_loads_and_steers_the_toy_in_the_comfy_path(
+    pack, models_dir, toy_nodes, loaded, core
+) -> None:
     """Load Transcoders (kind sae) opens the SAEs beside the transcoders; Steer Feature steers an
     SAE feature while ComfyUI's FLUX samples the toy: scale 1 is bit-identical, ablation changes the
     image the way the library's SAE steering does."""

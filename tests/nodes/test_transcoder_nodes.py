@@ -16,7 +16,8 @@ def release(core, models_dir: Path, tmp_path: Path) -> Path:
     """A converted release `tiny` (img and txt, layers 0-1, d_model 64) in models/transcoders/."""
     quickstart = core.quickstart
     convert = importlib.import_module("diffract_pack.diffract_core.transcoders.convert")
-    quickstart.write_example_release(tmp_path / "pt", layers=(0, 1), kinds=("transcoder", "sae"), d_model=64, d_features=32)
+    quickstart.write_example_release(tmp_path / "pt", layers=(0, 1), kinds=("transcoder", "sae"), d_model=64,
+                                     d_features=32)
     dest = models_dir / "transcoders" / "tiny"
     convert.convert_release(tmp_path / "pt", dest)
     return dest
@@ -49,7 +50,8 @@ def test_load_lists_releases_and_opens_the_chosen_sites(pack, release: Path) -> 
     assert transcoders[("img", 1)].dtype == torch.bfloat16
     saes = fake_runtime.run_node(nodes.LoadTranscoders, release="tiny", kind="sae").args[0]
     assert saes.config(("txt", 0)).kind == "sae" and len(saes) == 4
-    with pytest.raises(pack.diffract_core.errors.SiteNotLoadedError, match="lacks the requested sites \\[img: 7; txt: 7\\]"):
+    with pytest.raises(pack.diffract_core.errors.SiteNotLoadedError,
+                       match="lacks the requested sites \\[img: 7; txt: 7\\]"):
         fake_runtime.run_node(nodes.LoadTranscoders, release="tiny", layers="0, 7")
     with pytest.raises(fake_runtime.NodeInputError, match="value not in list"):
         fake_runtime.run_node(nodes.LoadTranscoders, release="elsewhere")
@@ -65,7 +67,8 @@ def test_download_converts_into_models_transcoders(pack, release: Path, tmp_path
     dest = release.parent / "DifFRACT"
     _lay_out_hub_cache(dest / ".hub-download", tmp_path / "pt", layers=(0, 1))
     UPDATES.clear()
-    out = fake_runtime.run_node(nodes.DownloadTranscoders, unique_id="12", folder="DifFRACT", layers="0-1", dtype="bf16")
+    out = fake_runtime.run_node(nodes.DownloadTranscoders, unique_id="12", folder="DifFRACT", layers="0-1",
+                                dtype="bf16")
     transcoders = out.args[0]
     assert transcoders.sites == [("img", 0), ("img", 1), ("txt", 0), ("txt", 1)]
     assert transcoders.config(("img", 0)).provenance["hub_repo"] == "Artalmaz31/DifFRACT"

@@ -34,9 +34,11 @@ def test_publish_fills_the_context_and_end_clears_it() -> None:
     assert context.chunks == (1, 0) and context.sigmas.tolist() == [0.5, 0.25, 0.5, 0.25]
     assert context.image_grid == (3, 4), "odd latent sizes pad to whole patches"
     assert context.text_tokens == 9
-    assert flux_call((x, timestep, text), {})[1] is timestep and flux_call((x,), {"timesteps": timestep, "context": text})[1] is timestep
+    assert (flux_call((x, timestep, text), {})[1] is timestep
+            and flux_call((x,), {"timesteps": timestep, "context": text})[1] is timestep)
     end_call(context)
-    assert context.sigmas is None and context.image_grid is None and context.text_tokens is None and context.chunks == (0,)
+    assert (context.sigmas is None and context.image_grid is None and context.text_tokens is None
+            and context.chunks == (0,))
 
 
 class _Spec:

@@ -31,7 +31,8 @@ def model() -> Flux:
 def transcoders(model: Flux) -> TranscoderSet:
     hidden = model.config.hidden_size
     return TranscoderSet.from_transcoders(
-        random_transcoder(stream, layer, d_model=hidden, d_features=96, time_dim=16, seed=10 * layer + (stream == "txt"))
+        random_transcoder(stream, layer, d_model=hidden, d_features=96, time_dim=16,
+                          seed=10 * layer + (stream == "txt"))
         for stream in ("img", "txt")
         for layer in range(model.config.depth)
     )
@@ -105,7 +106,8 @@ def test_steering_is_delta_form(model: Flux, transcoders: TranscoderSet) -> None
     with torch.no_grad():
         y = mlp(x)
         z = torch.relu(transcoder.feature_preactivation(x, 0.5, [4, 17]))
-        for mode, strength, expected_codes in [("ablate", 0.0, 0 * z), ("scale", 3.0, 3 * z), ("set", 2.0, 0 * z + 2), ("add", -1.0, z - 1)]:
+        for mode, strength, expected_codes in [("ablate", 0.0, 0 * z), ("scale", 3.0, 3 * z), ("set", 2.0, 0 * z + 2),
+                                               ("add", -1.0, z - 1)]:
             spec = SteeringSpec(features, mode, strength, chunks=frozenset({COND}))
             out = PatchedMLP(mlp, transcoder, context, steering=(spec,))(x)
             delta = (expected_codes - z) @ transcoder.W_dec[[4, 17]]
@@ -129,7 +131,8 @@ def test_steering_is_delta_form(model: Flux, transcoders: TranscoderSet) -> None
         assert torch.allclose(chained, both, atol=1e-6)
 
         with pytest.raises(InputShapeError, match="a different aspect ratio"):
-            PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", mask=torch.ones(64, 64)),))(x)
+            PatchedMLP(mlp, transcoder, context,
+                       steering=(SteeringSpec(features, "ablate", mask=torch.ones(64, 64)),))(x)
         with pytest.raises(InputShapeError, match="covers 24 image tokens .* but the MLP saw 30"):
             PatchedMLP(mlp, transcoder, context, steering=(SteeringSpec(features, "ablate", mask=mask),))(
                 torch.randn(2, 30, model.config.hidden_size)
@@ -182,7 +185,8 @@ def test_records_are_keyed_by_sigma_and_chunk(model: Flux, transcoders: Transcod
     kept = recording.call_inputs(2)
     assert kept.img.shape == (1, 24, model.config.hidden_size) and kept.txt.shape == (1, 5, model.config.hidden_size)
     assert kept.image_grid == (4, 6) and kept.sigma == 0.5
-    with pytest.raises(DiffractError, match="did not keep the model inputs of step 1: add 1 to its keep_inputs_at_steps"):
+    with pytest.raises(DiffractError,
+                       match="did not keep the model inputs of step 1: add 1 to its keep_inputs_at_steps"):
         recording.call_inputs(1)
     with pytest.raises(DiffractError, match="uncond chunk; recorded steps: 0, 1, 2, 3"):
         recording.codes(("img", 0), step=1, chunk=UNCOND)

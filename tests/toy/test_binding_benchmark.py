@@ -44,4 +44,5 @@ def test_a_stronger_arm_does_not_win_by_dose_alone() -> None:
     errors = 50
     a = _arm([[0.2] * errors, [0.4] * errors], [[0.1] * errors, [0.2] * errors])
     b = _arm([[0.4] * errors, [0.6] * errors], [[0.2] * errors, [0.3] * errors])
-    assert at_level(a.fixed.mean(1), a.inside.mean(1), 0.2) == pytest.approx(at_level(b.fixed.mean(1), b.inside.mean(1), 0.2))
+    assert at_level(a.fixed.mean(1), a.inside.mean(1), 0.2) == pytest.approx(at_level(b.fixed.mean(1), b.inside.mean(1),
+                                                                                      0.2))

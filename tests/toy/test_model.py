@@ -16,7 +16,8 @@ def test_the_toy_has_a_few_million_parameters_and_flux_names() -> None:
     count = sum(p.numel() for p in model.parameters())
     assert 2e6 < count < 5e6
     names = set(model.flux.state_dict())
-    assert {"double_blocks.0.img_attn.qkv.weight", "double_blocks.3.txt_mlp.2.weight", "single_blocks.1.linear1.weight"} <= names
+    assert {"double_blocks.0.img_attn.qkv.weight", "double_blocks.3.txt_mlp.2.weight",
+            "single_blocks.1.linear1.weight"} <= names
     assert toy_flux_config().in_channels == 64  # FLUX's patchified 16-channel latents
 
 

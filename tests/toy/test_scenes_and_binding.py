@@ -103,7 +103,8 @@ def test_the_scorer_is_exact_on_every_prompt_of_the_world_in_both_layouts() -> N
 def test_the_scorer_tolerates_noise_and_float_images() -> None:
     generator = torch.Generator().manual_seed(4)
     cases = scenes(200, 5)
-    noisy = [(s.prompt, (render(s) / 255 + 0.04 * torch.randn(3, 32, 32, generator=generator)).clamp(0, 1)) for s in cases]
+    noisy = [(s.prompt, (render(s) / 255 + 0.04 * torch.randn(3, 32, 32, generator=generator)).clamp(0, 1))
+             for s in cases]
     result = score_prompt_set(noisy)
     assert result.images == 200 and result.score >= 0.99 and result.binding_errors == 0
 
@@ -120,7 +121,8 @@ def test_an_object_in_the_other_colour_or_mixed_is_a_binding_error() -> None:
     assert [o.binding_error for o in score_binding(leaked, prompt).objects] == ["other colour", None]
     mixed = render(scene).clone()
     top = mixed[:, :15, :16]  # the upper rows of the circle: about 40 % of it
-    mixed[:, :15, :16] = torch.where((top != 16).any(0), torch.tensor(COLOURS["red"], dtype=torch.uint8)[:, None, None], top)
+    mixed[:, :15, :16] = torch.where((top != 16).any(0), torch.tensor(COLOURS["red"], dtype=torch.uint8)[:, None, None],
+                                     top)
     (circle_score, square_score) = score_binding(mixed, prompt).objects
     assert circle_score.binding_error == "mixed" and not circle_score.right and square_score.right
     wrong_colour = render(Scene((replace(circle, colour="green"), square)))  # not the other object's colour

@@ -172,7 +172,7 @@ def test_the_toy_model_and_its_encoder_come_from_one_toy_file(tmp_path: Path) ->
     assert model.config == toy_flux_config() and config.harvest.sites == (("img", 3),)
     stored = (weight.to(torch.float16).float() for weight in toy.flux.state_dict().values())  # saved in fp16
     assert all(torch.equal(a.float(), b) for a, b in zip(model.state_dict().values(), stored))
-    context, pooled = encoder(["a red circle"])
+    context, _pooled = encoder(["a red circle"])
     assert context.shape == (1, 8, 64) and not context.requires_grad
     (tmp_path / "bad.toml").write_text("[encoder]\nkind = 'toy'\n")
     bad = load_run_config(tmp_path / "bad.toml")
@@ -195,7 +195,8 @@ def test_the_toy_model_and_its_encoder_come_from_one_toy_file(tmp_path: Path) ->
         ("[sweep]\nkinds = ['clt']\n", r"sweep.kinds must list some of"),
         ("out = 5\n", r"config out = 5 is not a folder path: write it as a string"),
         ('out = "taken.txt"\n', r"the run folder \(config `out`\) .*taken.txt is a file, not a folder"),
-        ('data = "taken.txt/activations"\n', r"the activations folder \(config `data`\) .* cannot be created: .*taken.txt is a file"),
+        ('data = "taken.txt/activations"\n',
+         r"the activations folder \(config `data`\) .* cannot be created: .*taken.txt is a file"),
     ],
 )
 def test_config_values_are_checked_before_any_work(tmp_path: Path, text: str, message: str) -> None:
@@ -209,9 +210,11 @@ def test_a_read_only_run_folder_is_refused_at_load(tmp_path: Path, monkeypatch: 
     import os
 
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: Path(path) != tmp_path and real_access(path, mode, *a, **k))
+    monkeypatch.setattr(os, "access",
+                        lambda path, mode, *a, **k: Path(path) != tmp_path and real_access(path, mode, *a, **k))
     (tmp_path / "run.toml").write_text("[train]\nsteps = 10\n")
-    with pytest.raises(DiffractError, match=r"the run folder \(config `out`\) .*run cannot be written: its nearest existing folder"):
+    with pytest.raises(DiffractError,
+                       match=r"the run folder \(config `out`\) .*run cannot be written: its nearest existing folder"):
         load_run_config(tmp_path / "run.toml")
 
 

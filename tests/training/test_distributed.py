@@ -26,7 +26,8 @@ def write_config(folder: Path, data: Path, sites: str) -> Path:
     train_table = "\n".join(f"{key} = {json.dumps(value)}" for key, value in
                             {**quick_settings(**SETTINGS).to_dict(), "d_features": 128}.items() if value is not None)
     path = folder / "run.toml"
-    path.write_text(f'out = "run"\ndata = {json.dumps(str(data))}\n[harvest]\nsites = "{sites}"\n[train]\n{train_table}\n')
+    path.write_text(f'out = "run"\ndata = {json.dumps(str(data))}\n'
+                    f'[harvest]\nsites = "{sites}"\n[train]\n{train_table}\n')
     return path
 
 
@@ -56,7 +57,8 @@ def test_two_gloo_processes_match_one(synthetic_data: Path, tmp_path: Path, site
             # steps right after resampling amplify that float noise to about 3e-5 at most.
             torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4, msg=f"{site} {key}")
     logged = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
-    assert sorted((line["site"], line["step"]) for line in logged) == sorted((s, n) for s in sites for n in (10, 20, 30))
+    assert (sorted((line["site"], line["step"]) for line in logged)
+            == sorted((s, n) for s in sites for n in (10, 20, 30)))
     for line in logged:
         expected = single.metrics[line["site"]] if line["step"] == 30 else None
         if expected is not None:

@@ -54,7 +54,8 @@ def test_spliced_fidelity_compares_generations_without_error_terms() -> None:
     model = init_random_(Flux(FluxConfig.tiny()), seed=0, std=0.1).eval()
     encoder = HashingPromptEncoder(model.config.context_in_dim, model.config.vec_in_dim, tokens=4)
     transcoders = TranscoderSet.from_transcoders(
-        random_transcoder(s, layer, d_model=64, d_features=96, time_dim=16, seed=layer) for s in ("img", "txt") for layer in (0, 1)
+        random_transcoder(s, layer, d_model=64, d_features=96, time_dim=16, seed=layer)
+        for s in ("img", "txt") for layer in (0, 1)
     )
     sampling = HarvestSettings(latent_size=(4, 4), steps=3, seed=2)
     prompts = ["a red circle", "a blue star", "a green square"]
@@ -68,7 +69,8 @@ def test_spliced_fidelity_compares_generations_without_error_terms() -> None:
     row = result.per_prompt[2]
     assert row["prompt"] == prompt
     assert row["latent_mse"] == pytest.approx(float((spliced - original).pow(2).mean()), rel=1e-5)
-    assert row["latent_cosine"] == pytest.approx(float(F.cosine_similarity(spliced.flatten(), original.flatten(), 0)), rel=1e-6)
+    assert row["latent_cosine"] == pytest.approx(float(F.cosine_similarity(spliced.flatten(), original.flatten(), 0)),
+                                                 rel=1e-6)
     assert 0 < result.latent_mse and result.latent_cosine < 1
     assert result.latent_mse == pytest.approx(sum(r["latent_mse"] for r in result.per_prompt) / 3)
 

@@ -94,7 +94,8 @@ def test_keep_steps_and_capture_on_any_bfl_model(model: Flux, encoder: HashingPr
     harvest(model, encoder, split_prompts(PROMPTS[:6], 0.0), tmp_path, settings)
     index = ActivationShards(site_folder(tmp_path, "train", ("img", 0))).index
     assert index["sigmas"] == [1.0, 0.25] and index["rows"] == 6 * 2 * 4
-    with pytest.raises(Exception, match="not a FLUX MM-DiT"), capture_mlp_io(torch.nn.Linear(2, 2), [("img", 0)], print):
+    with pytest.raises(Exception, match="not a FLUX MM-DiT"), capture_mlp_io(torch.nn.Linear(2, 2), [("img", 0)],
+                                                                             print):
         pass
 
 

@@ -175,9 +175,11 @@ def _truncate(path: Path) -> None:
 
 
 RESUME_DAMAGE = {
-    "truncated checkpoint": ("checkpoint/img_0.pt", _truncate, CorruptFileError, r"img_0.pt cannot be read as a torch checkpoint"),
+    "truncated checkpoint": ("checkpoint/img_0.pt", _truncate, CorruptFileError,
+                             r"img_0.pt cannot be read as a torch checkpoint"),
     "malicious checkpoint": ("checkpoint/img_0.pt", lambda p: torch.save({"transcoder": _RunsCodeWhenUnpickled()}, p),
-                             UnsafeCheckpointError, r"img_0.pt holds objects other than tensors \(it imports \w+.system"),
+                             UnsafeCheckpointError,
+                             r"img_0.pt holds objects other than tensors \(it imports \w+.system"),
     "checkpoint of something else": ("checkpoint/img_0.pt", lambda p: torch.save({"weights": torch.zeros(2)}, p),
                                      CorruptFileError, r"img_0.pt is not a checkpoint of this run \(KeyError"),
     "state without settings": ("checkpoint/state.json", lambda p: p.write_text('{"step": 20}'),

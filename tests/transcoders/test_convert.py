@@ -24,7 +24,8 @@ def test_converting_again_keeps_finished_sites(tmp_path: Path) -> None:
 
 
 def test_hidden_folders_are_never_sites(tmp_path: Path) -> None:
-    write_example_release(tmp_path / "release", layers=(0,), streams=("img",), kinds=("transcoder",), d_model=8, d_features=16)
+    write_example_release(tmp_path / "release", layers=(0,), streams=("img",), kinds=("transcoder",), d_model=8,
+                          d_features=16)
     convert_release(tmp_path / "release", tmp_path / "native")
     # What an interrupted write leaves behind: a complete-looking staging copy under a hidden name.
     shutil.copytree(tmp_path / "native" / "transcoder_img_0", tmp_path / "native" / ".transcoder_img_0.k2j4")

@@ -49,11 +49,14 @@ def test_site_folder_holds_config_and_safetensors(tmp_path: Path) -> None:
     config = json.loads((folder / CONFIG_FILE).read_text())
     assert config["format"] == "diffract-transcoder" and config["format_version"] == 1
     assert (config["d_model"], config["d_features"], config["dtype"]) == (16, 64, "float32")
-    assert config["site"] == {"stream": "img", "layer": 4, "model_family": "flux.1", "hook_point": "double_blocks.4.img_mlp"}
+    assert config["site"] == {"stream": "img", "layer": 4, "model_family": "flux.1",
+                              "hook_point": "double_blocks.4.img_mlp"}
     assert config["time_embedding"]["order"] == "sin_cos" and config["timestep_convention"] == "sigma"
-    assert config["provenance"]["source_file"] == "transcoder_img_4.pt" and len(config["provenance"]["weights_sha256"]) == 64
+    assert (config["provenance"]["source_file"] == "transcoder_img_4.pt"
+            and len(config["provenance"]["weights_sha256"]) == 64)
     manifest = read_manifest(native)
-    assert [site["folder"] for site in manifest["sites"]] == ["sae_img_4", "sae_txt_4", "transcoder_img_4", "transcoder_txt_4"]
+    assert [site["folder"] for site in manifest["sites"]] == ["sae_img_4", "sae_txt_4", "transcoder_img_4",
+                                                              "transcoder_txt_4"]
 
 
 def test_loading_is_lazy_and_memory_mapped(tmp_path: Path) -> None:
@@ -116,7 +119,8 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["transcoder_img_0"]
 
 
-def test_a_write_denied_after_the_checks_is_a_destination_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_denied_after_the_checks_is_a_destination_error(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Permission checks can pass and the write still be denied (ACLs, NFS root_squash)."""
     transcoder = random_transcoder("img", 0, d_model=8, d_features=16, time_dim=4)
 
@@ -195,7 +199,8 @@ def test_a_conversion_killed_midway_is_repaired_by_the_next_run(tmp_path: Path, 
     script = (
         "import os, sys\nfrom pathlib import Path\n" + KILL_POINTS[kill_point]
         + "from diffract_core.transcoders import convert_release\n"
-        f"convert_release(Path({str(tmp_path / 'release')!r}), Path({str(native)!r}), dtype=__import__('torch').bfloat16, "
+        f"convert_release(Path({str(tmp_path / 'release')!r}), Path({str(native)!r}), "
+        "dtype=__import__('torch').bfloat16, "
         "overwrite=True)\n"
     )
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
@@ -226,7 +231,8 @@ def test_a_fifo_as_weights_is_refused_without_blocking(tmp_path: Path, returns_w
     weights = native / "transcoder_img_0" / WEIGHTS_FILE
     weights.unlink()
     os.mkfifo(weights)
-    with pytest.raises(UnreadableFileError, match=r"weights.safetensors is a FIFO \(named pipe\), not a regular file.*convert"):
+    with pytest.raises(UnreadableFileError,
+                       match=r"weights.safetensors is a FIFO \(named pipe\), not a regular file.*convert"):
         returns_within(10, lambda: TranscoderSet.open(native)[("img", 0)])
     with pytest.raises(UnreadableFileError, match="FIFO"):
         returns_within(10, lambda: inspect_path(native))
@@ -281,7 +287,8 @@ def test_a_manifest_with_a_malformed_release_is_named(tmp_path: Path) -> None:
         convert_release(tmp_path / "release", native, overwrite=True)
 
 
-@pytest.mark.parametrize(("field", "value"), [("d_features", 10**12), ("d_model", True), ("time_embedding", {"dim": 10**9})])
+@pytest.mark.parametrize(("field", "value"),
+                         [("d_features", 10**12), ("d_model", True), ("time_embedding", {"dim": 10**9})])
 def test_configs_declaring_absurd_sizes_are_refused(tmp_path: Path, field: str, value: object) -> None:
     native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
     path = native / "transcoder_img_0" / CONFIG_FILE

@@ -15,7 +15,13 @@ from diffract_core.errors import (
     UnsafeCheckpointError,
 )
 from diffract_core.quickstart import random_transcoder, write_example_release
-from diffract_core.transcoders import TranscoderSet, convert_file, convert_release, load_release_state_dict, release_state_dict
+from diffract_core.transcoders import (
+    TranscoderSet,
+    convert_file,
+    convert_release,
+    load_release_state_dict,
+    release_state_dict,
+)
 from diffract_core.transcoders.release import parse_release_name
 
 
@@ -23,7 +29,7 @@ class _RunsCodeWhenUnpickled:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
 
 
@@ -136,7 +142,8 @@ def test_tensors_declaring_more_than_the_file_holds_are_refused_before_allocatio
     path = tmp_path / "transcoder_img_0.pt"
     torch.save(state, path)
     assert path.stat().st_size < 64 * 1024
-    with pytest.raises(CorruptFileError, match=r"declares 122.9 GiB of tensors but the file holds [\d.]+ KiB.*refused before allocating"):
+    with pytest.raises(CorruptFileError,
+                       match=r"declares 122.9 GiB of tensors but the file holds [\d.]+ KiB.*refused before allocating"):
         load_release_state_dict(path)
     with pytest.raises(CorruptFileError, match="declares"):
         convert_release(tmp_path, tmp_path / "native")

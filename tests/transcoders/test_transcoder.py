@@ -22,7 +22,8 @@ def _hand_forward(transcoder: Transcoder, x: list[float], t: float) -> tuple[lis
     def silu(v: list[float]) -> list[float]:
         return [a / (1 + math.exp(-a)) for a in v]
 
-    f = silu(linear(p["time_mlp.2.weight"], p["time_mlp.2.bias"], silu(linear(p["time_mlp.0.weight"], p["time_mlp.0.bias"], e))))
+    f = silu(linear(p["time_mlp.2.weight"], p["time_mlp.2.bias"],
+                    silu(linear(p["time_mlp.0.weight"], p["time_mlp.0.bias"], e))))
     m = linear(p["mod_linear.weight"], p["mod_linear.bias"], f)
     d = len(x)
     scale, shift = m[:d], m[d:]
@@ -40,7 +41,8 @@ def test_formula_matches_hand_computation() -> None:
         pre_hand, y_hand = _hand_forward(transcoder, x, t)
         z, pre = transcoder.encode(torch.tensor([x]), t)
         assert torch.allclose(pre[0].double(), torch.tensor(pre_hand, dtype=torch.float64), atol=1e-6)
-        assert torch.allclose(transcoder(torch.tensor([x]), t)[0].double(), torch.tensor(y_hand, dtype=torch.float64), atol=1e-6)
+        assert torch.allclose(transcoder(torch.tensor([x]), t)[0].double(), torch.tensor(y_hand, dtype=torch.float64),
+                              atol=1e-6)
         assert (z >= 0).all() and (z[0] == pre[0].clamp(min=0)).all()
 
 
@@ -50,7 +52,8 @@ def test_time_embedding_is_diffusers_bit_for_bit() -> None:
     ours = sinusoidal_embedding(sigmas, spec)
     theirs = get_timestep_embedding(sigmas, 256)  # flip_sin_to_cos=False, downscale_freq_shift=1
     assert ours.dtype == torch.float32 and torch.equal(ours, theirs)
-    assert torch.equal(ours[:, :128], torch.sin(sigmas[:, None] * torch.exp(-math.log(10000) * torch.arange(128) / 127)))
+    assert torch.equal(ours[:, :128],
+                       torch.sin(sigmas[:, None] * torch.exp(-math.log(10000) * torch.arange(128) / 127)))
 
 
 def test_encode_decode_forward_agree(small_transcoder: Transcoder, activations: torch.Tensor) -> None:
@@ -72,7 +75,8 @@ def test_one_sigma_per_row_equals_per_call(small_transcoder: Transcoder, activat
         small_transcoder.encode(activations, torch.tensor([1.0, 0.5, 0.25]))
 
 
-def test_feature_preactivation_is_a_differentiable_slice(small_transcoder: Transcoder, activations: torch.Tensor) -> None:
+def test_feature_preactivation_is_a_differentiable_slice(small_transcoder: Transcoder,
+                                                         activations: torch.Tensor) -> None:
     _, pre = small_transcoder.encode(activations, 0.75)
     x = activations.clone().requires_grad_(True)
     one = small_transcoder.feature_preactivation(x, 0.75, 11)

@@ -27,20 +27,23 @@ def page_path(labelled_release: Path, tmp_path_factory: pytest.TempPathFactory) 
     atlas = transcoders.atlas
     image_site = ("img", 1)
     image_features = list(atlas.labels(image_site))[:3]
-    text_site = max((s for s in atlas.sites if s[0] == "txt"), key=lambda s: max(l.confidence for l in atlas.labels(s).values()))
+    text_site = max((s for s in atlas.sites if s[0] == "txt"),
+                    key=lambda s: max(l.confidence for l in atlas.labels(s).values()))
     text_labels = atlas.labels(text_site)
     text_feature = max(text_labels, key=lambda i: text_labels[i].confidence)
     nodes = [CircuitNode("feature", 1, "img", 1, index, 1.0, torch.tensor([0, 5]), torch.tensor([1.0, 0.5]))
              for index in image_features]
-    nodes.append(CircuitNode("feature", 1, "txt", text_site[1], text_feature, 1.0, torch.tensor([1]), torch.tensor([1.0])))
+    nodes.append(CircuitNode("feature", 1, "txt", text_site[1], text_feature, 1.0, torch.tensor([1]),
+                             torch.tensor([1.0])))
     nodes.append(CircuitNode("target", 1, "img", 1, 7, 2.0, torch.tensor([3]), torch.tensor([2.0]), label="the target"))
     nodes.append(CircuitNode("input", 1, "img"))
     count = len(nodes) - 2  # features: fed by the input (node count + 1), feeding the target (node count)
     sources = torch.cat([torch.full((count,), count + 1), torch.arange(count)])
     targets = torch.cat([torch.arange(count), torch.full((count,), count)])
     graph = CircuitGraph(nodes, sources, targets, torch.linspace(1.0, 0.5, 2 * count),
-                         {"step": 1, "sigma": 0.5, "text_tokens": ["a", "red", "circle", "", "", ""], "image_tokens": 24,
-                          "image_grid": [4, 6], "pruning": {"node_threshold": 1.0, "edge_threshold": 1.0}})
+                         {"step": 1, "sigma": 0.5, "text_tokens": ["a", "red", "circle", "", "", ""],
+                          "image_tokens": 24, "image_grid": [4, 6],
+                          "pruning": {"node_threshold": 1.0, "edge_threshold": 1.0}})
     data = circuit_payload(graph, atlas)
     # Two features that share a label, so that "group by label" has something to fold.
     shared = text_labels[text_feature].text
@@ -57,38 +60,40 @@ def page_path(labelled_release: Path, tmp_path_factory: pytest.TempPathFactory) 
                   "shared": shared, "heatmaps": heatmaps}
 
 
-def _open(page, path: Path) -> None:  # noqa: ANN001
+def _open(page, path: Path) -> None:
     page.goto(path.as_uri())
     page.wait_for_function(f"window.diffract && {CIRCUIT} && {CIRCUIT}.redraws.length > 0")
 
 
-def _hover(page, spec: str) -> int:  # noqa: ANN001
-    index = page.evaluate(f"""{CIRCUIT}.circuit.nodes.findIndex((n) => `${{n.stream}}:${{n.layer}}:${{n.feature}}` === {spec!r}
-        && n.kind === 'feature')""")
+def _hover(page, spec: str) -> int:
+    index = page.evaluate(f"""{CIRCUIT}.circuit.nodes.findIndex((n) =>
+        `${{n.stream}}:${{n.layer}}:${{n.feature}}` === {spec!r} && n.kind === 'feature')""")
     point = page.evaluate(f"{CIRCUIT}.clientPoint({index})")
     page.mouse.move(point["x"], point["y"])
     page.wait_for_function(f"{CIRCUIT}.hovered === {index}")
     return index
 
 
-def test_hovering_a_labelled_node_shows_its_label_and_top_crops(page, page_path, artifacts) -> None:  # noqa: ANN001
+def test_hovering_a_labelled_node_shows_its_label_and_top_crops(page, page_path, artifacts) -> None:
     path, facts = page_path
     _open(page, path)
-    image_spec = page.evaluate(f"(() => {{ const n = {CIRCUIT}.circuit.nodes[2]; return `${{n.stream}}:${{n.layer}}:${{n.feature}}`; }})()")
+    image_spec = page.evaluate(f"(() => {{ const n = {CIRCUIT}.circuit.nodes[2]; "
+                               "return `${n.stream}:${n.layer}:${n.feature}`; })()")
     _hover(page, image_spec)
     details = page.locator("[data-diffract-view=circuit] .dfx-details")
     assert "(atlas, confidence" in details.locator(".dfx-auto-label").inner_text()
     crops = details.locator(".dfx-crops img")
     assert crops.count() >= 1
     assert crops.first.get_attribute("src").startswith("data:image/png;base64,")
-    assert page.evaluate("(() => { const img = document.querySelector('.dfx-crops img'); return img.complete && img.naturalWidth; })()") > 0
+    assert page.evaluate("(() => { const img = document.querySelector('.dfx-crops img'); "
+                         "return img.complete && img.naturalWidth; })()") > 0
     _hover(page, facts["text"])
     assert facts["label"] in details.locator(".dfx-auto-label").inner_text()
     assert details.locator(".dfx-example").count() >= 1
     page.locator("[data-diffract-view=circuit]").screenshot(path=str(artifacts / "atlas-hover.png"))
 
 
-def test_a_user_label_wins_and_group_by_label_folds_shared_labels(page, page_path) -> None:  # noqa: ANN001
+def test_a_user_label_wins_and_group_by_label_folds_shared_labels(page, page_path) -> None:
     path, facts = page_path
     _open(page, path)
     index = _hover(page, facts["text"])
@@ -102,7 +107,7 @@ def test_a_user_label_wins_and_group_by_label_folds_shared_labels(page, page_pat
     assert groups == [{"name": facts["shared"], "members": ids}], "the user's label took the text node out of the group"
 
 
-def test_the_heatmap_picker_lists_labels(page, page_path) -> None:  # noqa: ANN001
+def test_the_heatmap_picker_lists_labels(page, page_path) -> None:
     path, facts = page_path
     _open(page, path)
     options = page.locator("[data-diffract-view=heatmaps] .dfx-feature option").all_inner_texts()

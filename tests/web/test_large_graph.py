@@ -14,17 +14,18 @@ from diffract_core.viewer import standalone_script
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "viewer_redraw.py"
 
 
-def _benchmark():  # noqa: ANN202
+def _benchmark():
     spec = importlib.util.spec_from_file_location("viewer_redraw", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_five_thousand_nodes_and_fifty_thousand_edges_pan_and_zoom(page, tmp_path, artifacts) -> None:  # noqa: ANN001
+def test_five_thousand_nodes_and_fifty_thousand_edges_pan_and_zoom(page, tmp_path, artifacts) -> None:
     bench = _benchmark()
     data = bench.synthetic_circuit(5000, 50_000)
-    path = write_report(tmp_path / "large.html", "large", [("circuit", '<div data-diffract-view="circuit" style="height:700px"></div>')],
+    path = write_report(tmp_path / "large.html", "large",
+                        [("circuit", '<div data-diffract-view="circuit" style="height:700px"></div>')],
                         {"circuit": data}, standalone_script())
     result = bench.measure(page, path, frames=30)
     assert result["nodes"] == 5000 and result["edges"] == 50_000

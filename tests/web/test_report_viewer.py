@@ -127,9 +127,11 @@ def test_hover_shows_the_feature_and_its_heatmap_on_the_image(page, report, arti
     report_path, _ = report
     open_report(page, report_path)
     index = page.evaluate(f"""(() => {{ const v = {CIRCUIT};
-        return v.circuit.nodes.find((n) => v.drawn[n.index] && n.kind === 'feature' && n.stream === 'img').index; }})()""")
+        return v.circuit.nodes.find((n) =>
+            v.drawn[n.index] && n.kind === 'feature' && n.stream === 'img').index; }})()""")
     node = page.evaluate(
-        f"(() => {{ const n = {CIRCUIT}.circuit.nodes[{index}]; return {{ id: n.id, layer: n.layer, feature: n.feature }}; }})()"
+        f"(() => {{ const n = {CIRCUIT}.circuit.nodes[{index}]; "
+        "return { id: n.id, layer: n.layer, feature: n.feature }; })()"
     )
     before = image_pixels(page)
     page.mouse.move(*point_of(page, index))
@@ -233,7 +235,8 @@ def test_the_steer_action_names_the_feature(page, report) -> None:
     page.mouse.click(*point_of(page, index))
     page.locator("[data-diffract-view=circuit] .dfx-steer").click()
     spec = page.evaluate(
-        f"(() => {{ const n = {CIRCUIT}.circuit.nodes[{index}]; return `${{n.stream}}:${{n.layer}}:${{n.feature}}`; }})()"
+        f"(() => {{ const n = {CIRCUIT}.circuit.nodes[{index}]; "
+        "return `${n.stream}:${n.layer}:${n.feature}`; })()"
     )
     assert spec in page.locator(".dfx-steer-note").inner_text()
 

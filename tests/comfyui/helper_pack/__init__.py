@@ -8,9 +8,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-import tiny_flux  # noqa: E402  (tests/comfyui, put on the path above)
+import tiny_flux  # tests/comfyui, put on the path above
 
-TINY = dict(hidden_size=64, num_heads=2, depth=2, depth_single_blocks=1, context_in_dim=32, vec_in_dim=16)
+TINY = {"hidden_size": 64, "num_heads": 2, "depth": 2, "depth_single_blocks": 1, "context_in_dim": 32, "vec_in_dim": 16}
 
 
 class TinyFlux:

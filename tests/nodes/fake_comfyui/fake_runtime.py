@@ -146,9 +146,10 @@ def run_node(node: type, unique_id: str = "7", **given: Any) -> Any:
         value = given[spec.id]
         if spec.io_type == "COMBO" and value not in (spec.options or []):
             raise NodeInputError(f"{schema.node_id}: value not in list: {spec.id}: {value!r} not in {spec.options}")
-        if spec.io_type in ("INT", "FLOAT"):
-            if spec.min is not None and value < spec.min or spec.max is not None and value > spec.max:
-                raise NodeInputError(f"{schema.node_id}: {spec.id} {value} outside [{spec.min}, {spec.max}]")
+        if spec.io_type in ("INT", "FLOAT") and (
+            spec.min is not None and value < spec.min or spec.max is not None and value > spec.max
+        ):
+            raise NodeInputError(f"{schema.node_id}: {spec.id} {value} outside [{spec.min}, {spec.max}]")
         kwargs[spec.id] = value
     unknown = set(given) - {spec.id for spec in schema.inputs}
     if unknown:
@@ -158,5 +159,7 @@ def run_node(node: type, unique_id: str = "7", **given: Any) -> Any:
     assert not missing, f"{schema.node_id}.execute does not take schema inputs {missing}"
     node.hidden = SimpleNamespace(unique_id=unique_id)
     output = node.execute(**kwargs)
-    assert len(output.args) == len(schema.outputs), f"{schema.node_id} returned {len(output.args)} of {len(schema.outputs)} outputs"
+    assert len(output.args) == len(schema.outputs), (
+        f"{schema.node_id} returned {len(output.args)} of {len(schema.outputs)} outputs"
+    )
     return output

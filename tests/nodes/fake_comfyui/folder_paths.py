@@ -31,13 +31,14 @@ def get_output_directory() -> str:
     return output_directory
 
 
-def get_save_image_path(filename_prefix: str, output_dir: str, image_width: int = 0, image_height: int = 0) -> tuple[str, str, int, str, str]:
+def get_save_image_path(filename_prefix: str, output_dir: str, image_width: int = 0,
+                        image_height: int = 0) -> tuple[str, str, int, str, str]:
     """As ComfyUI: (folder, file name, next counter, subfolder, prefix); refuses folders outside output_dir."""
     subfolder = os.path.dirname(os.path.normpath(filename_prefix))
     filename = os.path.basename(os.path.normpath(filename_prefix))
     folder = os.path.join(output_dir, subfolder)
     if os.path.commonpath((output_dir, os.path.abspath(folder))) != output_dir:
-        raise Exception("**** ERROR: Saving image outside the output folder is not allowed.")
+        raise Exception("**** ERROR: Saving image outside the output folder is not allowed.")  # noqa: TRY002 - ComfyUI's folder_paths raises this plain Exception
     os.makedirs(folder, exist_ok=True)
     counters = []
     for name in os.listdir(folder):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class WrappersMP:
@@ -13,7 +14,8 @@ class WrappersMP:
 class WrapperExecutor:
     """Calls the wrappers outermost first; each continues the chain with executor(*args, **kwargs)."""
 
-    def __init__(self, original: Callable[..., Any], class_obj: Any, wrappers: list[Callable[..., Any]], index: int = 0):
+    def __init__(self, original: Callable[..., Any], class_obj: Any, wrappers: list[Callable[..., Any]],
+                 index: int = 0):
         self.original, self.class_obj, self.wrappers, self.index = original, class_obj, wrappers, index
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -44,7 +44,8 @@ def _socket(io_type: str) -> type:
         Type = Any
 
         @staticmethod
-        def Input(id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None, **extra: Any) -> Input:
+        def Input(id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
+                  **extra: Any) -> Input:
             return Input(id, io_type, display_name, optional, tooltip, **extra)
 
         @staticmethod
