@@ -16,8 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .errors import CorruptFileError, DiffractError, UnreadableFileError
+
+# safetensors' dtype names, as a file's header gives them
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I16": torch.int16,
+                      "I32": torch.int32, "I64": torch.int64}
 
 MAX_JSON_DEPTH = 64  # our files nest at most a handful of levels
 

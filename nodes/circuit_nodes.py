@@ -36,10 +36,9 @@ from ..diffract_core.transcoders import TranscoderSet
 from . import circuit_store
 from .inspect_nodes import preview_ref, token_labels
 from .model_patching import check_flux, steer_features
-from .node_types import AFTER_SAMPLING, CATEGORY, CHUNK_CHOICES, Circuit, Recording, Transcoders
+from .node_types import AFTER_SAMPLING, CATEGORY, CHUNK_CHOICES, CHUNKS, Circuit, Recording, Transcoders
 from .progress import NodeProgress
 
-CHUNKS = {"cond": 0, "uncond": 1}
 _TARGET = re.compile(r"^(?P<stream>img|txt):(?P<layer>\d+)(?::(?P<index>\d+))?$")
 TARGET_SPEC_HELP = "stream:layer:feature, e.g. img:12:40684; for strongest_in_region the site alone, e.g. img:12"
 

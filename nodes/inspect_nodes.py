@@ -17,9 +17,8 @@ from ..diffract_core.sites import LAYERS_HELP, parse_layers, parse_steps
 from ..diffract_core.spatial import mask_to_token_weights
 from ..diffract_core.transcoders import TranscoderSet
 from ..diffract_core.viewer import heatmap_payload, token_strip_payload
-from .node_types import AFTER_SAMPLING, CATEGORY, STREAM_CHOICES, Recording, Transcoders, streams_of
+from .node_types import AFTER_SAMPLING, CATEGORY, CHUNKS, STREAM_CHOICES, Recording, Transcoders, streams_of
 
-CHUNKS = {"cond": 0, "uncond": 1}
 STEPS_HELP = "steps like 0, 2-3, or all"
 ATLAS_HELP = "the recorded transcoders: their feature atlas labels the features"
 

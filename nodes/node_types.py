@@ -2,6 +2,8 @@
 
 from comfy_api.latest import io
 
+from ..diffract_core.recording import CHUNK_NAMES
+
 CATEGORY = "DifFRACT"
 
 Transcoders = io.Custom("TRANSCODERS")  # diffract_core TranscoderSet
@@ -11,7 +13,9 @@ FeatureAtlas = io.Custom("FEATURE_ATLAS")  # diffract_core Atlas
 
 AFTER_SAMPLING = "the sampler's output: makes this node run after sampling"
 STREAM_CHOICES = ("img+txt", "img", "txt")
-CHUNK_CHOICES = {"cond": frozenset({0}), "uncond": frozenset({1}), "cond+uncond": frozenset({0, 1})}
+CHUNKS = {name: chunk for chunk, name in CHUNK_NAMES.items()}  # one chunk: "cond" -> 0, "uncond" -> 1
+CHUNK_CHOICES = {name: frozenset({chunk}) for name, chunk in CHUNKS.items()}
+CHUNK_CHOICES["cond+uncond"] = frozenset(CHUNKS.values())
 
 
 def streams_of(choice: str) -> tuple[str, ...]:

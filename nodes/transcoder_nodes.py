@@ -9,20 +9,19 @@ from comfy_api.latest import io
 
 from ..diffract_core.hub import DEFAULT_REPO_ID, SAE_FOLDER, TRANSCODER_FOLDER, HubRelease, download_release
 from ..diffract_core.sites import LAYERS_HELP, parse_layers
-from ..diffract_core.transcoders import TranscoderSet, describe_sites
+from ..diffract_core.transcoders import TranscoderSet, describe_sites, dtype_from_name
 from .node_types import CATEGORY, STREAM_CHOICES, Transcoders, streams_of
 from .progress import NodeProgress
 from .transcoder_folders import download_destination, release_folder, release_folders
 
-DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")  # names dtype_from_name reads; auto: as stored
 
 
 def _runtime_dtype(transcoders: TranscoderSet, choice: str) -> TranscoderSet:
     """The chosen dtype; `auto` keeps the stored one, except that fp32 weights on a CUDA device run
     in bf16 and half-precision weights on a CPU run in fp32 (CPUs are slow and coarse in half precision)."""
     if choice != "auto":
-        return transcoders.to(dtype=_DTYPES[choice])
+        return transcoders.to(dtype=dtype_from_name(choice))
     stored = {transcoders.config(site).torch_dtype for site in transcoders}
     device = comfy.model_management.get_torch_device().type
     if stored == {torch.float32} and device == "cuda":
@@ -108,7 +107,7 @@ class DownloadTranscoders(io.ComfyNode):
             release=HubRelease(repo_id.strip(), hub_folder),
             streams=streams_of(streams),
             layers=parse_layers(layers),
-            dtype=_DTYPES.get(dtype),
+            dtype=None if dtype == "auto" else dtype_from_name(dtype),
             progress=lambda done, total, _name: progress.update(done, total),
         )
         return io.NodeOutput(_runtime_dtype(transcoders, "auto"))

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 from ..errors import ConfigMismatchError, CorruptFileError, DiffractError, FeatureIndexError, SiteNotLoadedError
 from ..features import FeatureRef
-from ..file_reading import check_readable_file, parse_json, read_regular_file
+from ..file_reading import SAFETENSORS_DTYPES, check_readable_file, parse_json, read_regular_file
 from ..file_writing import give_usual_permissions
 from ..training.evaluation import bucket_label, sigma_bucket_edges
 from ..transcoders.config import TranscoderConfig
@@ -53,8 +53,6 @@ CONTEXT_WORDS = 2  # a text example shows this many words either side of its tok
 MAX_INFO_BYTES = 1 << 20
 MAX_LIST_BYTES = 1 << 30  # prompts.json, labels.json: FLUX's 34 released sites of 49152 features label in ~150 MB
 INFO_KEYS = frozenset({"release", "settings", "prompts", "vocabulary", "schedule", "shape", "crop_size", "crop_sheets"})
-_SAFETENSORS_DTYPES = {"F16": torch.float16, "F32": torch.float32, "I16": torch.int16, "I32": torch.int32,
-                       "I64": torch.int64}
 
 
 def atlas_folder(release: Path, kind: str = "transcoder") -> Path:
@@ -236,7 +234,7 @@ class Atlas:
             raise CorruptFileError(f"{path} holds arrays {sorted(found)}, not the atlas's {sorted(expected)}; "
                                    f"{rebuild_hint(self.folder)}")
         for name, (shape, dtype) in expected.items():
-            if found[name][0] != shape or _SAFETENSORS_DTYPES.get(found[name][1]) != dtype:
+            if found[name][0] != shape or SAFETENSORS_DTYPES.get(found[name][1]) != dtype:
                 raise CorruptFileError(
                     f"{path}: {name} is {found[name][1]} {list(found[name][0])}, but {INFO_FILE} implies "
                     f"{dtype} {list(shape)}: the file does not belong to this atlas; {rebuild_hint(self.folder)}"

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..recording.call_inputs import CallInputs
+from ..recording.recording import CHUNK_NAMES
 from ..transcoders.transcoder_set import TranscoderSet
 from .blocks import LinearReader, read_plain_linear
 from .faithfulness import check_faithfulness
@@ -53,7 +54,7 @@ def trace_circuit(
         {
             "step": step,
             "sigma": call.sigma,
-            "chunk": "cond" if call.chunk == 0 else "uncond",
+            "chunk": CHUNK_NAMES[call.chunk],
             "image_grid": list(call.image_grid) if call.image_grid is not None else None,
             "text_tokens": (list(text_tokens) if text_tokens is not None
                             else [f"t{i}" for i in range(call.txt.shape[1])]),

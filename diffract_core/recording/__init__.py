@@ -5,11 +5,12 @@ delta form."""
 from .call_inputs import CallInputs, keep_call_inputs
 from .lifecycle import end_call, flux_call, install, keep_inputs_hook, publish_call, row_sigmas, site_patch
 from .patched_mlp import MLP_MODES, CallContext, MlpMode, PatchedMLP
-from .recording import COND, UNCOND, FeatureRecording, RecordKey
+from .recording import CHUNK_NAMES, COND, UNCOND, FeatureRecording, RecordKey
 from .reference import patch_reference_model
 from .steering import STEER_MODES, PerImageSteering, Steering, SteeringSpec, SteerMode
 
 __all__ = [
+    "CHUNK_NAMES",
     "COND",
     "MLP_MODES",
     "STEER_MODES",

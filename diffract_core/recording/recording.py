@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .call_inputs import CallInputs
 
 COND, UNCOND = 0, 1
+CHUNK_NAMES: dict[int, str] = {COND: "cond", UNCOND: "uncond"}  # ComfyUI's cond_or_uncond labels
 
 
 @dataclass(frozen=True, order=True)
@@ -102,7 +103,7 @@ class FeatureRecording:
                 return self.records[key][0]
         recorded = ", ".join(str(s) for s in self.steps) or "none"
         raise DiffractError(
-            f"no record of {site[0]}:{site[1]} at step {step} for the {'cond' if chunk == COND else 'uncond'} chunk; "
+            f"no record of {site[0]}:{site[1]} at step {step} for the {CHUNK_NAMES.get(chunk, chunk)} chunk; "
             f"recorded steps: {recorded}"
         )
 
@@ -123,7 +124,7 @@ class FeatureRecording:
             if kept_chunk == chunk and self.step_of(sigma) == step:
                 return self.calls[(sigma, kept_chunk)]
         kept = sorted({self.step_of(sigma) for sigma, c in self.calls if c == chunk})
-        label = "cond" if chunk == COND else "uncond"
+        label = CHUNK_NAMES.get(chunk, str(chunk))
         if not self.runs:
             raise DiffractError("this recording has not seen a sampling run yet: "
                                 "sample with the MODEL of Record Features first")

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import DiffractError, InputShapeError
 from ..features import FeatureRef
-from ..recording import COND, FeatureRecording
+from ..recording import CHUNK_NAMES, COND, FeatureRecording
 from ..transcoders.config import STREAMS, Stream
 from ..transcoders.transcoder_set import SiteKey, describe_sites
 from .heatmaps import check_image_tokens, image_grid_of, site_codes
@@ -179,7 +179,7 @@ def top_features(
     if not pairs:
         recorded = sorted({key.chunk for key in recording.records})
         raise DiffractError(
-            f"nothing was recorded for the {'cond' if chunk == COND else 'uncond'} chunk ({chunk}): "
+            f"nothing was recorded for the {CHUNK_NAMES.get(chunk, chunk)} chunk ({chunk}): "
             f"pick a recorded chunk ({', '.join(map(str, recorded))}; 0 = cond, 1 = uncond)"
         )
 

@@ -27,9 +27,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import ConfigMismatchError, CorruptFileError, DestinationError, OutputExistsError
-from ..file_reading import check_readable_file, parse_json, read_regular_file
+from ..file_reading import SAFETENSORS_DTYPES, check_readable_file, parse_json, read_regular_file
 from ..file_writing import give_usual_permissions, prepare_destination, write_text_atomically
-from .config import TranscoderConfig, dtype_name
+from .config import DTYPES, TranscoderConfig, dtype_name
 from .release import check_finite
 from .transcoder import Transcoder
 
@@ -229,14 +229,13 @@ def load_site(
     return transcoder.requires_grad_(False)
 
 
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 def _slice_dtype(tensor_slice: object) -> torch.dtype:
     name = tensor_slice.get_dtype()  # type: ignore[attr-defined]
-    if name not in _SAFETENSORS_DTYPES:
+    if SAFETENSORS_DTYPES.get(name) not in DTYPES.values():
         raise ConfigMismatchError(f"weights stored as {name}; transcoder weights must be F32, BF16 or F16")
-    return _SAFETENSORS_DTYPES[name]
+    return SAFETENSORS_DTYPES[name]
 
 
 def write_manifest(root: Path, release: Mapping[str, object] | None = None) -> Path:
