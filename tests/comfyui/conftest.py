@@ -27,7 +27,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -108,7 +110,9 @@ def comfy_nodes_dir(tmp_path_factory) -> Path:
 def comfy_run(comfy_nodes_dir, tmp_path_factory):
     """comfy_run(script, load="pack", timeout=300, check=True, env=None) -> CompletedProcess
 
-    Runs `script` (dedented) as __main__ under COMFYUI_PYTHON with cwd COMFYUI_DIR. Before it runs,
+    Runs `script` (dedented) as __main__ under COMFYUI_PYTHON with cwd COMFYUI_DIR, in a child that
+    harness_boot.serve() forks from one booted interpreter per session (a fresh process per snippet,
+    without paying for torch's and ComfyUI's imports each time). Before it runs,
     harness_boot.py has put COMFYUI_DIR (then this folder) on sys.path, set args.cpu = True and
     registered comfy_nodes_dir as a custom_nodes folder; then, by `load`:
       "pack": our pack loaded with nodes.load_custom_node (exit 3 if the loader says it failed);
@@ -120,21 +124,38 @@ def comfy_run(comfy_nodes_dir, tmp_path_factory):
     """
     scripts = tmp_path_factory.mktemp("comfy_run")
     counter = iter(range(1_000_000))
+    launcher = "import sys; sys.path.append(sys.argv[1]); import harness_boot; harness_boot.serve()"
+    server_log = open(scripts / "fork_server.log", "wb")  # noqa: SIM115 - open for the session
+    server = subprocess.Popen([COMFYUI_PYTHON, "-c", launcher, str(HERE)], cwd=COMFYUI_DIR, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=server_log, text=True, bufsize=1,
+                              env=_child_env(HARNESS_CUSTOM_NODES=str(comfy_nodes_dir), HARNESS_PACK_NAME=PACK_NAME))
+
+    def answer(timeout: float) -> dict | None:
+        ready, _, _ = select.select([server.stdout], [], [], timeout)
+        line = server.stdout.readline() if ready else ""
+        if ready and not line:
+            pytest.fail(f"comfy_run: the fork server exited\n{(scripts / 'fork_server.log').read_text()[-6000:]}")
+        return json.loads(line) if line else None
 
     def run(script: str, load: str = "pack", timeout: float = 300, check: bool = True,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        path = scripts / f"snippet_{next(counter)}.py"
+        number = next(counter)
+        path = scripts / f"snippet_{number}.py"
         path.write_text(textwrap.dedent(script))
-        launcher = ("import sys; sys.path.append(sys.argv[1]); import harness_boot; "
-                    "harness_boot.main(sys.argv[2])")
-        child_env = _child_env(HARNESS_CUSTOM_NODES=str(comfy_nodes_dir), HARNESS_PACK_NAME=PACK_NAME,
-                               HARNESS_LOAD=load, **(env or {}))
-        try:
-            proc = subprocess.run([COMFYUI_PYTHON, "-c", launcher, str(HERE), str(path)], cwd=COMFYUI_DIR,
-                                  env=child_env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"comfy_run: snippet ran past {timeout}s\n--- output tail ---\n{_tail(e.stdout, e.stderr)}")
+        out, err = scripts / f"snippet_{number}.out", scripts / f"snippet_{number}.err"
+        request = {"script": str(path), "env": {"HARNESS_LOAD": load, **(env or {})}, "stdout": str(out),
+                   "stderr": str(err)}
+        server.stdin.write(json.dumps(request) + "\n")
+        server.stdin.flush()
+        child = answer(60)["pid"]  # the server's boot (torch, ComfyUI) is part of the first wait
+        done = answer(timeout)
+        if done is None:
+            os.kill(child, signal.SIGKILL)
+            answer(30)
+            pytest.fail(f"comfy_run: snippet ran past {timeout}s\n--- output tail ---\n"
+                        f"{_tail(out.read_text(errors='replace'), err.read_text(errors='replace'))}")
+        proc = subprocess.CompletedProcess(str(path), done["returncode"], out.read_text(errors="replace"),
+                                           err.read_text(errors="replace"))
         proc.result = None
         for line in proc.stdout.splitlines():
             if line.startswith(RESULT_MARKER):
@@ -143,7 +164,10 @@ def comfy_run(comfy_nodes_dir, tmp_path_factory):
             pytest.fail(f"comfy_run: exit {proc.returncode}\n--- output tail ---\n{_tail(proc.stdout, proc.stderr)}")
         return proc
 
-    return run
+    yield run
+    server.stdin.close()
+    server.wait(timeout=30)
+    server_log.close()
 
 
 def _tail(stdout, stderr, n: int = 6000) -> str:

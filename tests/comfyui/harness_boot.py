@@ -1,12 +1,14 @@
 """Boot code that runs INSIDE the ComfyUI interpreter (COMFYUI_PYTHON), never under pytest.
 
-`conftest.comfy_run(script)` starts
+`conftest.comfy_run(script)` runs
 
-    COMFYUI_PYTHON -c "...; import harness_boot; harness_boot.main(<snippet file>)"
+    harness_boot.main(<snippet file>)
 
-with cwd = COMFYUI_DIR. `main` does what ComfyUI's `main.py` does before a custom node is imported
-(ComfyUI dir on sys.path, `args.cpu = True` before `comfy.model_management`, `folder_paths` and
-`utils.extra_config` imported before `nodes`, our temporary custom_nodes folder registered), then,
+in a child forked from one `COMFYUI_PYTHON -c "...; harness_boot.serve()"` process (cwd =
+COMFYUI_DIR) that has done the slow imports once (`serve`). `main` does what ComfyUI's `main.py`
+does before a custom node is imported (ComfyUI dir on sys.path, `args.cpu = True` before
+`comfy.model_management`, `folder_paths` and `utils.extra_config` imported before `nodes`, our
+temporary custom_nodes folder registered), then,
 depending on HARNESS_LOAD, loads our pack with ComfyUI's own loader and runs the snippet as
 `__main__` (tracebacks keep the snippet's line numbers).
 
@@ -86,6 +88,49 @@ def init_nodes(api_nodes: bool = False) -> list:
 def emit(obj) -> None:
     """Hand a JSON-serialisable result back to the test (`proc.result` in comfy_run)."""
     print(RESULT_MARKER + json.dumps(obj), flush=True)
+
+
+def serve() -> None:
+    """A fork server for comfy_run: boot once (torch, ComfyUI's model management and nodes.py
+    imported, no custom node loaded), then for each request line on stdin ({"script", "env",
+    "stdout", "stderr"}) fork a child that runs `main(script)` with its output in those files. Each
+    snippet gets a fresh copy of a booted interpreter without paying for the imports again. Answers
+    {"pid": ...} when the child starts and {"returncode": ...} when it ends."""
+    boot()
+    import nodes  # noqa: F401 - the slowest import, done once
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_child(request))
+        print(json.dumps({"pid": pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+
+
+def _child(request: dict) -> int:
+    """Run one snippet in a forked child, as `python -c ... harness_boot.main(script)` would; its exit code."""
+    for stream, path in ((1, request["stdout"]), (2, request["stderr"])):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), stream)
+    os.environ.update(request["env"])
+    code = 0
+    try:
+        main(request["script"])
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported as the interpreter would, then exit 1
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
 
 
 def main(snippet_path: str) -> None:
