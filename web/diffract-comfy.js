@@ -12,12 +12,12 @@ import { FeatureTableView } from "./diffract/feature-table.js";
 import { HeatmapView } from "./diffract/heatmap-view.js";
 
 const TRACE = "DiffractTraceCircuit";
-const HEATMAP_NODES = { DiffractFeatureHeatmaps: "diffract_heatmaps", DiffractTopFeatures: "diffract_top_features" };
-// The viewer each node carries and the height it needs (the example workflows leave room for these).
+// The viewer each node carries, the height it needs (the example workflows leave room for these) and
+// the key of the node's ui output it shows.
 const VIEWER_WIDGETS = {
-  [TRACE]: { name: "circuit_view", height: 560 },
-  DiffractFeatureHeatmaps: { name: "heatmap_view", height: 320 },
-  DiffractTopFeatures: { name: "feature_table", height: 440 },
+  [TRACE]: { name: "circuit_view", height: 560, output: "diffract_circuit" },
+  DiffractFeatureHeatmaps: { name: "heatmap_view", height: 320, output: "diffract_heatmaps" },
+  DiffractTopFeatures: { name: "feature_table", height: 440, output: "diffract_top_features" },
 };
 const STATE = "diffract_view";
 const LAST_CIRCUIT = "diffract_circuit_url";
@@ -143,10 +143,11 @@ function showHeatmaps(node, payload) {
 // --- outputs, from either renderer ----------------------------------------------------------------
 
 function handleOutput(node, output) {
-  if (!output || !node.diffractWidget) return;
-  if (node.comfyClass === TRACE) showCircuit(node, output.diffract_circuit?.[0]);
-  const key = HEATMAP_NODES[node.comfyClass];
-  if (key) showHeatmaps(node, output[key]?.[0]);
+  const viewer = VIEWER_WIDGETS[node.comfyClass];
+  if (!output || !node.diffractWidget || !viewer) return;
+  const payload = output[viewer.output]?.[0];
+  if (node.comfyClass === TRACE) showCircuit(node, payload);
+  else showHeatmaps(node, payload);
 }
 
 app.registerExtension({

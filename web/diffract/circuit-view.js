@@ -3,7 +3,7 @@
 // Used by the Trace Circuit widget, the large view in ComfyUI and the standalone report alike.
 
 import { collapseGroups, describeNode, featureCard, featureSpec, influence, labelGroups, layout, nodeLabel, nodesInRegion, prune, restoreViewState } from "./circuit-model.js";
-import { drawUnderHeat, fitRect, HEAT_GRADIENT, loadImage, nodeTokenMap, paintTokenMap } from "./heatmap.js";
+import { drawUnderHeat, fillTokenStrip, fitRect, HEAT_GRADIENT, loadImage, nodeTokenMap, paintTokenMap } from "./heatmap.js";
 import { createRoot } from "./style.js";
 
 const KIND_COLOURS = { feature: "#9aa3b5", error: "#8a8a8a", rest: "#b8b8b8", input: "#2fa36b", bias: "#a8a23a", target: "#f0a020" };
@@ -518,23 +518,12 @@ export class CircuitView {
   }
 
   #tokenStrip(node) {
-    const doc = this.details.ownerDocument;
-    const strip = doc.createElement("div");
+    const strip = this.details.ownerDocument.createElement("div");
     strip.className = "dfx-tokens";
     const tokens = this.circuit.metadata.text_tokens ?? [];
-    const activation = new Map();
-    let peak = 0;
-    for (let p = 0; p < node.positions.length; p++) {
-      activation.set(node.positions[p], node.activations[p]);
-      peak = Math.max(peak, Math.abs(node.activations[p]));
-    }
-    tokens.forEach((token, position) => {
-      const span = doc.createElement("span");
-      span.textContent = token;
-      const a = peak > 0 ? Math.abs(activation.get(position) ?? 0) / peak : 0;
-      span.style.background = `rgba(240, 160, 32, ${a.toFixed(2)})`;
-      strip.appendChild(span);
-    });
+    const values = new Array(tokens.length).fill(0);
+    for (let p = 0; p < node.positions.length; p++) values[node.positions[p]] = node.activations[p];
+    fillTokenStrip(strip, tokens, values);
     return strip;
   }
 

@@ -3,7 +3,7 @@
 // a row shows that row: its strip, or its map at its step.
 
 import { HeatmapView } from "./heatmap-view.js";
-import { inferno } from "./heatmap.js";
+import { fillTokenStrip } from "./heatmap.js";
 import { createRoot } from "./style.js";
 
 const COLUMNS = [
@@ -78,23 +78,9 @@ export class FeatureTableView {
   }
 
   #showStrip(row, strip) {
-    const doc = this.root.ownerDocument;
     this.stripBox.hidden = false;
-    const peak = Math.max(0, ...strip.values.map(Math.abs));
+    const peak = fillTokenStrip(this.stripBox.querySelector(".dfx-tokens"), this.tokens, strip.values, row.token ?? -1);
     this.stripBox.querySelector(".dfx-strip-title").textContent =
       `${row.feature}${row.label ? ` (${row.label})` : ""} on each prompt token at step ${row.step} (peak ${peak.toPrecision(3)}):`;
-    const box = this.stripBox.querySelector(".dfx-tokens");
-    box.replaceChildren();
-    strip.values.forEach((value, position) => {
-      const span = doc.createElement("span");
-      span.textContent = this.tokens[position] ?? `#${position}`;
-      const share = peak > 0 ? Math.abs(value) / peak : 0;
-      const [r, g, b] = inferno(share);
-      span.style.background = share > 0 ? `rgb(${r}, ${g}, ${b})` : "transparent";
-      span.style.color = share > 0.55 ? "#111" : "#ddd";
-      span.title = `token ${position}: ${value.toPrecision(3)}`;
-      if (position === row.token) span.classList.add("dfx-row-token");
-      box.appendChild(span);
-    });
   }
 }

@@ -38,6 +38,32 @@ export function drawUnderHeat(context, image, rect, heat) {
   context.restore();
 }
 
+/**
+ * Fill `box` with one span per token, coloured by |value| / peak on the heat ramp (values[position],
+ * missing = 0; `names[position]` or "#position"); the span at `highlight` gets class dfx-row-token.
+ * Returns the peak |value|.
+ */
+export function fillTokenStrip(box, names, values, highlight = -1) {
+  const doc = box.ownerDocument;
+  const count = Math.max(names.length, values.length);
+  let peak = 0;
+  for (let i = 0; i < count; i++) peak = Math.max(peak, Math.abs(values[i] ?? 0));
+  box.replaceChildren();
+  for (let position = 0; position < count; position++) {
+    const value = values[position] ?? 0;
+    const share = peak > 0 ? Math.abs(value) / peak : 0;
+    const [r, g, b] = inferno(share);
+    const span = doc.createElement("span");
+    span.textContent = names[position] ?? `#${position}`;
+    span.style.background = share > 0 ? `rgb(${r}, ${g}, ${b})` : "transparent";
+    span.style.color = share > 0.55 ? "#111" : "#ddd";
+    span.title = `token ${position}: ${value.toPrecision(3)}`;
+    if (position === highlight) span.classList.add("dfx-row-token");
+    box.appendChild(span);
+  }
+  return peak;
+}
+
 /** Decode a base64 string of bytes (the nodes' quantised maps) to values in [0, 1]. */
 export function decodeMap(base64) {
   const bytes = atob(base64);
