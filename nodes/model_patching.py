@@ -37,11 +37,10 @@ from ..diffract_core.recording import (
     FeatureRecording,
     MlpMode,
     Steering,
-    end_call,
     flux_call,
     install,
-    keep_inputs_hook,
-    publish_call,
+    one_call,
+    sampling_run,
 )
 from ..diffract_core.transcoders import Site, SiteKey, TranscoderSet
 
@@ -170,20 +169,11 @@ def sigma_window(model: Any, start_percent: float, end_percent: float) -> tuple[
 
 def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     """Around CFGGuider.outer_sample(noise, latent_image, sampler, sigmas, ...): one sampling run."""
-    options = executor.class_obj.model_options.get("transformer_options", {})
-    state = options.get(KEY)
-    recordings = state.recordings if isinstance(state, DiffractState) else ()
-    sigmas = kwargs["sigmas"] if "sigmas" in kwargs else args[3]
-    for recording in recordings:
-        recording.start_run(sigmas.detach().cpu())
-    try:
-        result = executor(*args, **kwargs)
-    finally:
-        if isinstance(state, DiffractState):
-            end_call(state.context)
-    for recording in recordings:
-        recording.finish_run()
-    return result
+    state = executor.class_obj.model_options.get("transformer_options", {}).get(KEY)
+    if not isinstance(state, DiffractState):
+        return executor(*args, **kwargs)
+    with sampling_run(state.context, state.recordings, kwargs["sigmas"] if "sigmas" in kwargs else args[3]):
+        return executor(*args, **kwargs)
 
 
 def publish_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
@@ -194,14 +184,8 @@ def publish_call_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     state = options.get(KEY)
     if not isinstance(state, DiffractState):
         return executor(*args, **kwargs)
-    context = state.context
-    publish_call(context, *flux_call(args, kwargs), int(getattr(executor.class_obj, "patch_size", 2)),
-                 chunks=options.get("cond_or_uncond") or (COND,), sigmas=options.get("sigmas"))
-    control = kwargs.get("control", args[6] if len(args) > 6 else None)
-    hook = keep_inputs_hook(executor.class_obj.double_blocks[0], context, state.recordings, control)
-    try:
+    flux = executor.class_obj
+    with one_call(state.context, state.recordings, flux_call(args, kwargs), int(getattr(flux, "patch_size", 2)),
+                  flux.double_blocks[0], chunks=options.get("cond_or_uncond") or (COND,), sigmas=options.get("sigmas"),
+                  control=kwargs.get("control", args[6] if len(args) > 6 else None)):
         return executor(*args, **kwargs)
-    finally:
-        if hook is not None:
-            hook.remove()
-        end_call(context)

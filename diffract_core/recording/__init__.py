@@ -3,7 +3,17 @@
 delta form."""
 
 from .call_inputs import CallInputs, keep_call_inputs
-from .lifecycle import end_call, flux_call, install, keep_inputs_hook, publish_call, row_sigmas, site_patch
+from .lifecycle import (
+    end_call,
+    flux_call,
+    install,
+    keep_inputs_hook,
+    one_call,
+    publish_call,
+    row_sigmas,
+    sampling_run,
+    site_patch,
+)
 from .patched_mlp import MLP_MODES, CallContext, MlpMode, PatchedMLP
 from .recording import CHUNK_NAMES, COND, UNCOND, FeatureRecording, RecordKey
 from .reference import patch_reference_model
@@ -30,8 +40,10 @@ __all__ = [
     "install",
     "keep_call_inputs",
     "keep_inputs_hook",
+    "one_call",
     "patch_reference_model",
     "publish_call",
     "row_sigmas",
+    "sampling_run",
     "site_patch",
 ]

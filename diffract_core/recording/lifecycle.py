@@ -9,7 +9,8 @@ library's model), the pack's `nodes/model_patching.py` (ComfyUI's wrappers and o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -55,6 +56,45 @@ def publish_call(
     context.sigmas = row_sigmas(sigmas, timestep, len(context.chunks))
     context.image_grid = (-(-x.shape[-2] // patch_size), -(-x.shape[-1] // patch_size))  # FLUX pads to whole patches
     context.text_tokens = int(text.shape[1])
+
+
+@contextmanager
+def sampling_run(context: CallContext, recordings: Iterable[FeatureRecording], sigmas: torch.Tensor) -> Iterator[None]:
+    """One sampling run over `sigmas`: the recordings start empty and are complete only when the run
+    ends normally; the call context is cleared however it ends."""
+    recordings = tuple(recordings)
+    for recording in recordings:
+        recording.start_run(sigmas.detach().cpu())
+    try:
+        yield
+    finally:
+        end_call(context)
+    for recording in recordings:
+        recording.finish_run()
+
+
+@contextmanager
+def one_call(
+    context: CallContext,
+    recordings: Iterable[FeatureRecording],
+    call: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    patch_size: int,
+    first_block: nn.Module,
+    *,
+    chunks: Sequence[int] = (COND,),
+    sigmas: torch.Tensor | None = None,
+    control: object = None,
+) -> Iterator[None]:
+    """One FLUX call (`call` as `flux_call` returns it): published to the patches, the first block's
+    inputs kept for the recordings that keep them, and everything undone when the call ends."""
+    publish_call(context, *call, patch_size, chunks=chunks, sigmas=sigmas)
+    hook = keep_inputs_hook(first_block, context, recordings, control)
+    try:
+        yield
+    finally:
+        if hook is not None:
+            hook.remove()
+        end_call(context)
 
 
 def end_call(context: CallContext) -> None:
