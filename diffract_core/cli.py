@@ -38,7 +38,7 @@ def _positive_int(text: str) -> int:
 def _dtype(text: str):
     try:
         return dtype_from_name(text)
-    except ValueError as exc:
+    except DiffractError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (DiffractError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except DiffractError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
