@@ -118,23 +118,26 @@ def main() -> None:
           f"{'peak MiB':>9} {'max resid':>10}")
     results = {}
     for name, settings in (
-        ("batched transpose", TraceSettings(max_feature_nodes=args.nodes, batch_size=args.batch_size)),
-        ("one target per pass (autograd)", TraceSettings(max_feature_nodes=args.nodes, per_row=True)),
+        ("batched transpose", TraceSettings(max_feature_nodes=args.nodes, batch_size=args.batch_size,
+                                            max_active=args.max_active)),
+        ("one target per pass (autograd)", TraceSettings(max_feature_nodes=args.nodes, per_row=True,
+                                                         max_active=args.max_active)),
     ):
         with PeakMemory(device) as memory:
             started = time.perf_counter()
             graph = trace_circuit(model.double_blocks, transcoders, call, target, step=1, settings=settings,
-                                  device=device, max_active=args.max_active)
+                                  device=device)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
         results[name] = (seconds, graph)
         base = results["batched transpose"][0]
-        passes = graph.metadata["passes"]
+        meta = graph.require_metadata()
+        assert meta.passes is not None and meta.conservation is not None
         print(
-            f"{name:34} {seconds:9.2f} {seconds / base:11.2f}x {passes['forward']:5d} {passes['backward']:5d} "
+            f"{name:34} {seconds:9.2f} {seconds / base:11.2f}x {meta.passes.forward:5d} {meta.passes.backward:5d} "
             f"{len(graph.nodes):6d} {graph.edge_weights.numel():8d} {memory.peak / MIB:9.1f} "
-            f"{graph.metadata['conservation']['max_relative_residual']:10.1e}",
+            f"{meta.conservation.max_relative_residual:10.1e}",
             flush=True,
         )
     batched, single = results["batched transpose"][1], results["one target per pass (autograd)"][1]

@@ -95,8 +95,7 @@ def token_strip_payload(
 
 def circuit_refs(graph: CircuitGraph) -> list[FeatureRef]:
     """The distinct features of a circuit's feature and target nodes."""
-    return list(dict.fromkeys(FeatureRef(node.stream, node.layer, node.feature)  # type: ignore[arg-type]
-                              for node in graph.nodes if node.feature is not None))
+    return list(dict.fromkeys(node.ref for node in graph.nodes if node.feature_spec is not None))
 
 
 def circuit_payload(graph: CircuitGraph, atlas: Atlas | None = None) -> dict[str, Any]:

@@ -94,8 +94,10 @@ class SaveCircuit(io.ComfyNode):
 
 
 def _thresholds(circuit: CircuitGraph) -> dict[str, float]:
-    pruning = circuit.metadata.get("pruning", {})
-    return {key: float(pruning[key]) for key in ("node_threshold", "edge_threshold") if key in pruning}
+    pruning = circuit.metadata.pruning if circuit.metadata is not None else None
+    if pruning is None:
+        return {}
+    return {"node_threshold": pruning.node_threshold, "edge_threshold": pruning.edge_threshold}
 
 
 class LoadCircuit(io.ComfyNode):

@@ -9,6 +9,7 @@ ComfyUI's ops (it applies LoRA weight functions and dequantises fp8 weights).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import comfy.model_management
@@ -22,6 +23,7 @@ from ..diffract_core.attribution import (
     TARGET_HELP,
     TARGET_MODES,
     CircuitGraph,
+    Pruning,
     TargetSpec,
     TraceSettings,
     circuit_steering,
@@ -148,15 +150,14 @@ class TraceCircuit(io.ComfyNode):
             call.row(batch_index),
             spec,
             step=step,
-            settings=TraceSettings(max_feature_nodes=max_feature_nodes, batch_size=batch_size),
+            settings=TraceSettings(max_feature_nodes=max_feature_nodes, batch_size=batch_size, max_active=max_active,
+                                   faithfulness_checks=faithfulness_checks),
             read_linear=read_comfy_linear,
             device=model.load_device,
-            max_active=max_active,
             text_tokens=labels,
             progress=lambda done, total: progress.update(done, total),
-            check_top_k=faithfulness_checks,
         )
-        graph.metadata["pruning"] = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
+        graph.metadata = replace(graph.require_metadata(), pruning=Pruning(node_threshold, edge_threshold))
         pruned = graph.subgraph(graph.prune(node_threshold, edge_threshold))
         picture = render_circuit(pruned)
         atlas = transcoders.atlas

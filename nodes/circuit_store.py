@@ -47,7 +47,7 @@ def lookup(circuit_id: str) -> tuple[int, dict[str, Any]]:
 
 def summary(graph: CircuitGraph, circuit_id: str, top: int = 12, atlas: Atlas | None = None) -> dict[str, Any]:
     """The small payload the node shows and the widget starts from."""
-    meta = graph.metadata
+    meta = graph.metadata.to_dict() if graph.metadata is not None else {}
     labels = feature_labels(atlas, circuit_refs(graph))
     influence = graph.influence()
     features = sorted(graph.indices("feature"), key=lambda i: -float(influence[i]))[:top]

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diffract_core.attribution.graph import CircuitGraph, CircuitNode, edge_list
+from diffract_core.attribution.metadata import CircuitMetadata, TargetInfo
 from diffract_core.attribution.serialize import graph_from_dict, graph_to_dict, load_graph
 from diffract_core.errors import DiffractError
 from diffract_core.quickstart import random_transcoder
@@ -45,8 +46,8 @@ def _circuit() -> dict[str, Any]:
         CircuitNode("target", 0, "img", 1, 7, 3.0, torch.tensor([3]), torch.tensor([1.0]), "a label"),
     ]
     graph = CircuitGraph(nodes, *edge_list([(2, 0, 2.0), (0, 4, 2.5), (1, 4, 0.5), (3, 4, 0.1)]))
-    graph.metadata = {"step": 0, "sigma": 0.5, "image_grid": [2, 2], "text_tokens": ["a", "b"], "image_tokens": 4,
-                      "target": {"label": "a label", "feature": "img:1:7"}, "note": "edges point source -> target"}
+    graph.metadata = CircuitMetadata(step=0, sigma=0.5, image_grid=(2, 2), text_tokens=("a", "b"), image_tokens=4,
+                                     target=TargetInfo("img:1:7", "argmax", "a label", 3.0))
     return graph_to_dict(graph)
 
 

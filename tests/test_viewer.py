@@ -79,7 +79,7 @@ def test_payloads_carry_atlas_labels_and_cards(labelled_release) -> None:
     nodes = [CircuitNode("feature", 0, "txt", site[1], indices[0], 1.0),
              CircuitNode("feature", 0, "txt", site[1], indices[1], 1.0, label="mine"),
              CircuitNode("target", 0, "img", 1, 3, 1.0, label="the target")]
-    graph = CircuitGraph(nodes, torch.tensor([0, 1]), torch.tensor([2, 2]), torch.tensor([0.5, 0.5]), {})
+    graph = CircuitGraph(nodes, torch.tensor([0, 1]), torch.tensor([2, 2]), torch.tensor([0.5, 0.5]))
     data = viewer.circuit_payload(graph, atlas)
     assert [n["label"] for n in data["nodes"]] == [labels[indices[0]].text, "mine", "the target"]
     assert set(data["features"]) == {str(refs[0]), str(refs[1]), "img:1:3"}  # the target's card too

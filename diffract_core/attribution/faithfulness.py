@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from ..typed_dicts import checked_keys
 from .graph import CircuitGraph, CircuitNode
 from .replacement import MlpEdit, ReplacementModel, TargetRow
 
@@ -30,9 +32,15 @@ class Faithfulness:
     mean_relative_error_direct: float
     forward_passes: int
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready (an undefined correlation becomes None)."""
         return {key: _finite_or_none(getattr(self, key)) for key in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "faithfulness") -> Faithfulness:
+        """The inverse of `to_dict` (None becomes nan again)."""
+        values = {key: float("nan") if value is None else value for key, value in data.items()}
+        return cls(**checked_keys(cls, values, where))
 
 
 def _finite_or_none(value: object) -> object:

@@ -17,22 +17,32 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from ..errors import SettingsError
+from ..errors import GraphStructureError, SettingsError
+from ..features import FeatureRef
 from ..transcoders.config import Stream
 from .adjacency import SparseAdjacency
+
+if TYPE_CHECKING:
+    from .metadata import CircuitMetadata
 
 NodeKind = Literal["feature", "error", "rest", "input", "bias", "target"]
 NODE_KINDS: tuple[NodeKind, ...] = ("feature", "error", "rest", "input", "bias", "target")
 UNEXPLAINED: tuple[NodeKind, ...] = ("error", "rest")
 TERMINAL: tuple[NodeKind, ...] = ("input", "bias")
+HAS_LAYER: tuple[NodeKind, ...] = ("feature", "target", "error", "rest")  # the site's layer
+HAS_FEATURE: tuple[NodeKind, ...] = ("feature", "target")
 
 
 @dataclass
 class CircuitNode:
+    """One node; which of stream, layer and feature it has is fixed by its kind (checked on creation):
+    features and the target have all three, error and rest nodes a site (stream and layer), inputs a
+    stream, the bias none."""
+
     kind: NodeKind
     step: int
     stream: Stream | None = None
@@ -42,6 +52,23 @@ class CircuitNode:
     positions: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     activations: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # per position, aligned with positions
     label: str = ""
+
+    def __post_init__(self) -> None:
+        wanted = (self.kind != "bias", self.kind in HAS_LAYER, self.kind in HAS_FEATURE)
+        present = (self.stream is not None, self.layer is not None, self.feature is not None)
+        if self.kind not in NODE_KINDS or wanted != present:
+            raise GraphStructureError(
+                f"a {self.kind!r} node has stream/layer/feature {self.stream}/{self.layer}/{self.feature}: "
+                "features and the target need all three, error and rest nodes stream and layer, "
+                "inputs a stream, the bias none"
+            )
+
+    @property
+    def ref(self) -> FeatureRef:
+        """The feature of a feature or target node."""
+        if self.stream is None or self.layer is None or self.feature is None:
+            raise GraphStructureError(f"a {self.kind} node has no feature (only feature and target nodes do)")
+        return FeatureRef(self.stream, self.layer, self.feature)
 
     @property
     def id(self) -> str:
@@ -56,9 +83,7 @@ class CircuitNode:
     @property
     def feature_spec(self) -> str | None:
         """`img:12:40684` for feature and target nodes."""
-        if self.feature is None:
-            return None
-        return f"{self.stream}:{self.layer}:{self.feature}"
+        return str(self.ref) if self.kind in HAS_FEATURE else None
 
     def describe(self) -> str:
         if self.kind == "feature":
@@ -87,7 +112,7 @@ class CircuitGraph:
     edge_sources: torch.Tensor  # [E] long, node indices
     edge_targets: torch.Tensor  # [E] long
     edge_weights: torch.Tensor  # [E] float64
-    metadata: dict = field(default_factory=dict)
+    metadata: CircuitMetadata | None = None  # what `trace_circuit` or a circuit file says about the graph
 
     def __post_init__(self) -> None:
         self.edge_sources = self.edge_sources.long()
@@ -95,6 +120,13 @@ class CircuitGraph:
         self.edge_weights = self.edge_weights.double()
 
     # --- structure -------------------------------------------------------------------------------
+
+    def require_metadata(self) -> CircuitMetadata:
+        """The metadata, which graphs traced by `trace_circuit` and read from files carry."""
+        if self.metadata is None:
+            raise GraphStructureError("this circuit has no metadata (step, sigma, tokens): trace it with "
+                                      "trace_circuit or load it from a circuit file")
+        return self.metadata
 
     @property
     def target_index(self) -> int:
@@ -202,7 +234,7 @@ class CircuitGraph:
             renumber[self.edge_sources[mask]],
             renumber[self.edge_targets[mask]],
             self.edge_weights[mask],
-            dict(self.metadata),
+            self.metadata,
         )
 
 

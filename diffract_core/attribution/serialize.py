@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 
-from ..errors import CircuitFileError, GraphStructureError
+from ..errors import CircuitFileError, GraphStructureError, SettingsError
 from ..file_reading import parse_json, read_regular_file
 from ..file_writing import write_text_atomically
 from ..transcoders.config import STREAMS
 from .graph import NODE_KINDS, CircuitGraph, CircuitNode
+from .metadata import CircuitMetadata
 
 FORMAT = "diffract-circuit"
 VERSION = 1
@@ -45,7 +46,7 @@ def graph_to_dict(graph: CircuitGraph, labels: Labels | None = None) -> dict[str
     return {
         "format": FORMAT,
         "version": VERSION,
-        "metadata": graph.metadata,
+        "metadata": graph.metadata.to_dict() if graph.metadata is not None else {},
         "nodes": [_node_to_dict(node, labels or {}) for node in graph.nodes],
         "edges": {
             "source": graph.edge_sources.tolist(),
@@ -122,6 +123,10 @@ def graph_from_dict(data: Any, source: str = "the circuit") -> CircuitGraph:
     check.that(isinstance(metadata, dict), '"metadata" must be an object')
     _check_json_values(metadata, check)
     tokens = check.metadata(metadata)
+    try:
+        typed_metadata = CircuitMetadata.from_dict(metadata)
+    except SettingsError as exc:
+        check.that(False, f"has metadata that does not fit: {exc}")
     raw_nodes = data.get("nodes")
     check.that(isinstance(raw_nodes, list) and 0 < len(raw_nodes) <= MAX_NODES,
                f'"nodes" must be a list of 1..{MAX_NODES} nodes')
@@ -151,7 +156,7 @@ def graph_from_dict(data: Any, source: str = "the circuit") -> CircuitGraph:
         torch.tensor(columns[0], **dtype),
         torch.tensor(columns[1], **dtype),
         torch.tensor(columns[2], dtype=torch.float64),
-        metadata,
+        typed_metadata,
     )
     try:
         graph.sparse_adjacency()
@@ -275,7 +280,7 @@ def neuronpedia_graph(graph: CircuitGraph, slug: str, node_threshold: float = 0.
     target is the "logit" node on top. A feature's `clerp` is its label (see `node_label`), else its
     site and index. The pruned graph is exported."""
     pruned = graph.prune(node_threshold, edge_threshold)
-    text_tokens = list(graph.metadata.get("text_tokens", []))
+    text_tokens = list(graph.metadata.text_tokens) if graph.metadata is not None else []
     image_column = len(text_tokens)
     prompt_tokens = [*text_tokens, "[image]"]
     top_layer = max((node.layer or 0) for node in graph.nodes) + 2

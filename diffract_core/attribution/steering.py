@@ -114,10 +114,8 @@ def circuit_steering(
     refs, positions = [], {}
     for index in chosen:
         node = graph.nodes[index]
-        ref = FeatureRef(node.stream, node.layer, node.feature)  # type: ignore[arg-type]
-        refs.append(ref)
-        positions[ref] = node.positions.long()
-    metadata = graph.metadata
-    tokens = {"img": int(metadata["image_tokens"]), "txt": len(metadata["text_tokens"])}
-    sigma = float(metadata["sigma"]) if steps == "traced step" else None
-    return CircuitSteering(tuple(refs), positions, tokens, mode, strength, sigma, chunks)
+        refs.append(node.ref)
+        positions[node.ref] = node.positions.long()
+    metadata = graph.require_metadata()
+    sigma = metadata.sigma if steps == "traced step" else None
+    return CircuitSteering(tuple(refs), positions, metadata.tokens, mode, strength, sigma, chunks)

@@ -11,35 +11,18 @@ its pre-activation at exactly those positions, so its incoming edges sum to that
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from ..errors import DiffractError
 from ..transcoders.config import STREAMS, Stream
-from .graph import CircuitGraph, CircuitNode, edge_list
+from .graph import CircuitGraph, CircuitNode, NodeKind, edge_list
 from .replacement import ReplacementModel, RowEdges, TargetRow
+from .settings import TraceSettings
 
 FeatureKey = tuple[Stream, int, int]  # (stream, layer, feature)
 SourceKey = tuple  # ("feature", stream, layer, f) | ("error"|"rest", stream, layer) | ("input", stream) | ("bias",)
-
-
-@dataclass(frozen=True)
-class TraceSettings:
-    max_feature_nodes: int = 1000
-    batch_size: int = 64  # target rows per backward pass
-    update_interval: int = 4  # batches between re-rankings
-    max_edges_per_node: int = 4096  # feature edges kept per row; the rest go to the sites' rest nodes
-    per_row: bool = False  # one forward + autograd backward per row (the reference method; for comparison)
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "update_interval", "max_edges_per_node"):
-            if getattr(self, name) < 1:
-                raise DiffractError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_feature_nodes < 0:
-            raise DiffractError(f"max_feature_nodes must be 0 or more, got {self.max_feature_nodes}")
 
 
 @dataclass
@@ -72,7 +55,7 @@ class CircuitTracer:
         self._positions: dict[SourceKey, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def trace(self, root: RootTarget, *, step: int, progress: ProgressCallback | None = None) -> CircuitGraph:
-        started = time.perf_counter()
+        """The graph, without metadata (`trace_circuit` adds it)."""
         root_key: SourceKey = ("target",)
         (root_edges,) = self._compute([root.row])
         self._root_edges = root_edges
@@ -92,11 +75,7 @@ class CircuitTracer:
                     expanded.add(key)
                 if progress is not None:
                     progress(len(expanded), budget)
-        graph = self._build_graph(root, step)
-        graph.metadata["passes"] = {"forward": self.model.forward_passes, "backward": self.model.backward_passes}
-        graph.metadata["rows"] = len(self._rows)
-        graph.metadata["seconds"] = time.perf_counter() - started
-        return graph
+        return self._build_graph(root, step)
 
     # --- rows ------------------------------------------------------------------------------------
 
@@ -249,13 +228,13 @@ class CircuitTracer:
         for key, value in folded_rows[0].items():  # a source node's value: its direct effect on the target
             if key[0] != "feature":
                 nodes[index[key]].value = value
-        return CircuitGraph(nodes, *edge_list(triples), metadata={})
+        return CircuitGraph(nodes, *edge_list(triples))
 
     def _source_node(
-        self, kind: str, step: int, stream: Stream, layer: int | None, per_position: torch.Tensor | None
+        self, kind: NodeKind, step: int, stream: Stream, layer: int | None, per_position: torch.Tensor | None
     ) -> CircuitNode:
         """Error and input nodes keep their per-position effect on the target."""
         if per_position is None:
-            return CircuitNode(kind, step, stream, layer)  # type: ignore[arg-type]
+            return CircuitNode(kind, step, stream, layer)
         positions = torch.nonzero(per_position).flatten()
-        return CircuitNode(kind, step, stream, layer, None, 0.0, positions.cpu(), per_position[positions].float().cpu())  # type: ignore[arg-type]
+        return CircuitNode(kind, step, stream, layer, None, 0.0, positions.cpu(), per_position[positions].float().cpu())

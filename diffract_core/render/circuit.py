@@ -96,16 +96,15 @@ def _layout(
 
 def _legend(draw: ImageDraw.ImageDraw, graph: CircuitGraph, font: ImageFont.ImageFont) -> None:
     meta = graph.metadata
-    target = meta.get("target", {}).get("label") or graph.target.describe()
-    scores = meta.get("scores", {})
+    target = graph.target.label or graph.target.describe()
+    traced_at = f"step {meta.step}, sigma {meta.sigma:.3f}" if meta is not None else "untraced"
+    scores = meta.scores if meta is not None and meta.scores is not None else None
+    quality = (f"replacement {scores.replacement:.2f}, completeness {scores.completeness:.2f}" if scores is not None
+               else "no scores")
     lines = [
-        f"circuit of {target}  (step {meta.get('step', '?')}, sigma {meta.get('sigma', float('nan')):.3f})",
-        (
-            f"{len(graph.features())} features, {len(graph.edge_weights)} edges;  replacement "
-            f"{scores.get('replacement', float('nan')):.2f}, "
-            f"completeness {scores.get('completeness', float('nan')):.2f};  "
-            "text stream left, image stream right"
-        ),
+        f"circuit of {target}  ({traced_at})",
+        (f"{len(graph.features())} features, {len(graph.edge_weights)} edges;  {quality};  "
+         "text stream left, image stream right"),
     ]
     for i, line in enumerate(lines):
         draw.text((10, 8 + 16 * i), line, fill=(20, 20, 20), font=font)

@@ -228,7 +228,7 @@ def top_refs(graph: CircuitGraph, k: int, *, stream: str) -> tuple[FeatureRef, .
     refs: list[FeatureRef] = []
     for index in sorted(graph.indices("feature"), key=lambda i: -float(influence[i])):
         node = graph.nodes[index]
-        ref = FeatureRef(node.stream, node.layer, node.feature)  # type: ignore[arg-type]
+        ref = node.ref
         if node.stream == stream and ref not in refs:
             refs.append(ref)
         if len(refs) == k:

@@ -27,7 +27,7 @@ from ..atlas.cards import feature_labels
 from ..attribution.serialize import graph_to_dict
 from ..attribution.steering import CircuitSteering
 from ..errors import DestinationError
-from ..features import FeatureRef, parse_features
+from ..features import FeatureRef
 from ..file_writing import prepare_destination
 from ..flux.sampling import flux_sigmas
 from ..recording import FeatureRecording, Steering, SteeringSpec
@@ -310,7 +310,7 @@ def _write(
     assert result.shown is not None
     case = result.cases[result.shown]
     graph = case.graphs["wrong"]
-    ref = parse_features(graph.metadata["target"]["feature"])[0]
+    ref = graph.target.ref
     # The heatmaps need every step of this image's recording: sample it again with their sites recorded.
     shown = [ref, *[r for r in top_refs(graph, 6, stream="img") if r != ref][:5]]  # and the circuit's strongest
     recording = FeatureRecording(sites=tuple(dict.fromkeys(r.site for r in shown)), k=settings.benchmark.record_k)
@@ -511,7 +511,7 @@ def _described(description: str, k: int) -> str:
 def _steering_html(
     case: ErrorCase, ref: FeatureRef, ref_label: dict[str, str], graph: Any, steering: dict[str, _Steered], k: int
 ) -> str:
-    error, meta = case.error, graph.metadata
+    error, meta = case.error, graph.require_metadata()
     label = f" ({html.escape(ref_label[str(ref)])})" if str(ref) in ref_label else ""
     region = case.before * (0.35 + 0.65 * error.region)
     parts = [
@@ -519,7 +519,7 @@ def _steering_html(
         (
             f"<p>The traced feature is <code>{ref}</code>{label}: of the toy's transcoder features at double block "
             f"{ref.layer}, the one most selective for {error.drawn} objects across the grid that is active in this "
-            f"{error.shape}. Its circuit was traced at {_g('step')} {meta['step']} ({_g('sigma')} {meta['sigma']:.2f}) "
+            f"{error.shape}. Its circuit was traced at {_g('step')} {meta.step} ({_g('sigma')} {meta.sigma:.2f}) "
             f"over the {error.shape}'s pixels: {len(graph.features())} features, {len(graph.edge_weights)} edges "
             f"(see <a href='#{anchor('Its circuit')}'>its circuit</a>). Each arm below changes the activations "
             "of its features from the same noise; the images are above.</p></div>"
@@ -667,7 +667,9 @@ def _heatmaps_html(recording: FeatureRecording, ref: FeatureRef, case: ErrorCase
 
 
 def _circuit_html(graph: Any, labels: dict[str, str]) -> str:
-    meta = graph.metadata
+    meta = graph.require_metadata()
+    scores = meta.scores
+    assert scores is not None, "trace_circuit scores every graph"
     rows = [
         (n.describe(), labels.get(n.feature_spec, "unclear"), f"{float(i):.3f}")
         for n, i in sorted(zip(graph.nodes, graph.influence().tolist()), key=lambda pair: -pair[1])[:12]
@@ -676,9 +678,9 @@ def _circuit_html(graph: Any, labels: dict[str, str]) -> str:
     features = [n for n in graph.nodes if n.kind == "feature"]
     labelled = sum(n.feature_spec in labels for n in features)
     return (
-        f"<p>Traced at {_g('step')} {meta['step']} ({_g('sigma')} {meta['sigma']:.3f}) over the object's region: "
+        f"<p>Traced at {_g('step')} {meta.step} ({_g('sigma')} {meta.sigma:.3f}) over the object's region: "
         f"{len(graph.features())} features, {len(graph.edge_weights)} edges; {_g('replacement score')} "
-        f"{meta['scores']['replacement']:.3f}, {_g('completeness')} {meta['scores']['completeness']:.3f} (1 would "
+        f"{scores.replacement:.3f}, {_g('completeness')} {scores.completeness:.3f} (1 would "
         f"be fully explained by features); {labelled} of {len(features)} feature nodes carry a label from the "
         f"toy's feature atlas. The full graph is in <code>circuit.json</code>. Hover a node for its heatmap on the "
         "image, click to focus it, Ctrl/Cmd-click to pin, G to group the pins, drag on the image to keep the "
@@ -768,7 +770,7 @@ def _outcome_table(rows: list[tuple[str, SteeringOutcome]]) -> str:
 
 def _all_html(result: DemoResult) -> str:
     rows = [
-        (f"{case.error.describe()} [{case.graphs['wrong'].metadata['target']['feature']}]: {name}", outcomes[i])
+        (f"{case.error.describe()} [{case.graphs['wrong'].target.feature_spec}]: {name}", outcomes[i])
         for i, case in enumerate(result.cases)
         for name, outcomes in result.outcomes.items()
     ]

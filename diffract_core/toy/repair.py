@@ -92,7 +92,7 @@ def trace_wrong_colour(model: ToyModel, transcoders: TranscoderSet, call: CallIn
     minus that feature (the wrong colour against the right one)."""
     target = TargetSpec("img", layer, feature, "region", region=error.region, against=against)
     return trace_circuit(model.flux.double_blocks, transcoders, call, target, step=step,
-                         settings=TraceSettings(max_feature_nodes=budget), check_top_k=0)
+                         settings=TraceSettings(max_feature_nodes=budget))
 
 
 @dataclass(frozen=True)

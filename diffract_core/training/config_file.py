@@ -26,9 +26,10 @@ from ..flux.config import FluxConfig
 from ..flux.model import Flux, init_random_
 from ..sites import parse_sites
 from ..transcoders.config import KINDS, STREAMS, dtype_from_name
+from ..typed_dicts import checked_keys
 from .harvest import HarvestSettings
 from .prompts import HashingPromptEncoder, PromptEncoder, PromptSplit, read_prompt_file, split_prompts
-from .settings import TrainSettings, checked_keys
+from .settings import TrainSettings
 
 TOP_LEVEL = {"out", "data", "model", "encoder", "prompts", "harvest", "train", "evaluate", "sweep"}
 MAX_CONFIG_BYTES = 1 << 20

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 from ..errors import SettingsError
 from ..transcoders.config import KINDS, Kind, Stream, dtype_from_name
+from ..typed_dicts import checked_keys
 
 
 @dataclass(frozen=True)
@@ -113,63 +113,3 @@ class TrainSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def checked_keys(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """Refuse keys the dataclass does not have, naming the valid ones, and values whose type does not
-    fit the field's annotation (lists stand for tuples), naming the key and the type expected."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known, key=str)
-    if unknown:
-        raise SettingsError(f"unknown key(s) {unknown} in [{where}]; valid keys: {', '.join(sorted(known))}")
-    hints = get_type_hints(cls)
-    for key, value in data.items():
-        if not _fits(value, hints[key]):
-            raise SettingsError(f"{where}.{key} = {value!r:.80} is not {_describe(hints[key])}")
-    return dict(data)
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    origin, args = get_origin(hint), get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (Union, UnionType):
-        return any(_fits(value, arg) for arg in args)
-    if origin is Literal:
-        return any(type(value) is type(arg) and value == arg for arg in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is tuple:
-        if not isinstance(value, (tuple, list)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_fits(item, args[0]) for item in value)
-        return len(value) == len(args) and all(_fits(item, arg) for item, arg in zip(value, args))
-    if origin is dict:
-        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
-    return isinstance(value, origin or hint)
-
-
-def _describe(hint: Any) -> str:
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, UnionType):
-        return " or ".join(_describe(arg) for arg in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(arg) for arg in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_plural(_describe(args[0]))}"
-        if len(set(args)) == 1:
-            return f"a list of {len(args)} {_plural(_describe(args[0]))}"
-        return f"a list [{', '.join(map(_describe, args))}]"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "unset",
-             dict: "a table"}
-    return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
-
-
-def _plural(description: str) -> str:
-    return {"an integer": "integers", "a number": "numbers", "a string": "strings"}.get(description, description)

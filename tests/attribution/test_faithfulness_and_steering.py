@@ -15,7 +15,7 @@ from diffract_core.features import FeatureRef
 @pytest.fixture(scope="module")
 def graph(model, transcoders, call):
     return trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 3, 7), step=1,
-                         settings=TraceSettings(max_feature_nodes=80), check_top_k=12)
+                         settings=TraceSettings(max_feature_nodes=80, faithfulness_checks=12))
 
 
 def test_rank_statistics() -> None:
@@ -26,11 +26,11 @@ def test_rank_statistics() -> None:
 
 
 def test_graph_predicts_real_ablations(graph) -> None:
-    check = graph.metadata["faithfulness"]
-    assert len(check["measured"]) == 12 and check["forward_passes"] == 12
-    assert all(abs(m) > 0 for m in check["measured"])
-    assert check["spearman"] > 0.8
-    assert check["mean_relative_error"] < 0.6
+    check = graph.metadata.faithfulness
+    assert len(check.measured) == 12 and check.forward_passes == 12
+    assert all(abs(m) > 0 for m in check.measured)
+    assert check.spearman > 0.8
+    assert check.mean_relative_error < 0.6
 
 
 def test_circuit_steering_acts_only_at_its_step_and_positions(graph, transcoders, call) -> None:
@@ -40,7 +40,7 @@ def test_circuit_steering_acts_only_at_its_step_and_positions(graph, transcoders
     assert spec.sigma == call.sigma and spec.positions[ref].tolist() == sparse.positions.tolist()
     transcoder = transcoders[ref.site]
     tokens = call.img.shape[1] if ref.stream == "img" else call.txt.shape[1]
-    x = torch.randn(1, tokens, 64)
+    x = torch.randn(1, tokens, 64, generator=torch.Generator().manual_seed(0))  # the feature fires at 4 of them
     delta = spec.delta(transcoder, x, call.sigma)
     outside = [p for p in range(tokens) if p not in set(sparse.positions.tolist())]
     assert delta is not None and outside and float(delta[0, outside].abs().max()) == 0.0

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from diffract_core.attribution.adjacency import GraphStructureError
-from diffract_core.attribution.graph import CircuitGraph, CircuitNode, edge_list
+from diffract_core.attribution.graph import HAS_FEATURE, HAS_LAYER, CircuitGraph, CircuitNode, edge_list
+from diffract_core.features import FeatureRef
 
 
 def _graph() -> CircuitGraph:
@@ -21,6 +22,16 @@ def _graph() -> CircuitGraph:
     ]
     edges = [(3, 0, 2.0), (0, 1, 2.5), (4, 1, 0.5), (1, 5, 3.0), (2, 5, 1.0)]
     return CircuitGraph(nodes, *edge_list(edges))
+
+
+def test_a_node_has_exactly_the_fields_of_its_kind() -> None:
+    assert CircuitNode("feature", 1, "img", 3, 7).ref == FeatureRef("img", 3, 7)
+    for kind, stream, layer, feature in (("feature", "img", 3, None), ("error", "img", 3, 7), ("input", "img", 3, None),
+                                         ("bias", "img", None, None), ("target", None, 3, 7), ("other", "img", 3, 7)):
+        with pytest.raises(GraphStructureError, match=f"a {kind!r} node has stream/layer/feature"):
+            CircuitNode(kind, 1, stream, layer, feature)  # type: ignore[arg-type]
+    with pytest.raises(GraphStructureError, match="a error node has no feature"):
+        _ = CircuitNode("error", 1, "img", 3).ref
 
 
 def test_conservation_and_adjacency() -> None:
@@ -65,7 +76,8 @@ def test_sparse_influence_equals_the_dense_path_sum_on_random_graphs() -> None:
     for _ in range(20):
         n = int(torch.randint(4, 40, (1,), generator=generator))
         kinds = ["input", "bias", *["feature"] * (n - 4), "error", "target"]
-        nodes = [CircuitNode(kind, 0, None if kind == "bias" else "img", i, i, value=1.0)
+        nodes = [CircuitNode(kind, 0, None if kind == "bias" else "img", i if kind in HAS_LAYER else None,
+                             i if kind in HAS_FEATURE else None, value=1.0)
                  for i, kind in enumerate(kinds)]
         pairs = torch.randint(0, n, (4 * n, 2), generator=generator).sort(dim=1).values  # source < target: acyclic
         pairs = pairs[pairs[:, 0] != pairs[:, 1]]

@@ -8,12 +8,13 @@ import os
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from diffract_core.attribution import TargetSpec, TraceSettings, trace_circuit
+from diffract_core.attribution import CircuitGraph, TargetSpec, TraceSettings, trace_circuit
 from diffract_core.attribution.adjacency import MAX_DEPTH
 from diffract_core.attribution.serialize import (
     CircuitFileError,
@@ -28,7 +29,7 @@ from diffract_core.attribution.serialize import (
 @pytest.fixture(scope="module")
 def graph(model, transcoders, call):
     return trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 2, 7), step=1,
-                         settings=TraceSettings(max_feature_nodes=15), check_top_k=4)
+                         settings=TraceSettings(max_feature_nodes=15, faithfulness_checks=4))
 
 
 def test_round_trip_keeps_nodes_edges_maps_and_metadata(graph, tmp_path: Path) -> None:
@@ -38,8 +39,30 @@ def test_round_trip_keeps_nodes_edges_maps_and_metadata(graph, tmp_path: Path) -
     assert torch.equal(loaded.edge_weights, graph.edge_weights) and torch.equal(loaded.edge_sources, graph.edge_sources)
     for a, b in zip(loaded.nodes, graph.nodes):
         assert torch.equal(a.positions, b.positions) and torch.allclose(a.activations, b.activations, atol=1e-6)
-    assert loaded.metadata == json.loads(json.dumps(graph.metadata))
+    assert loaded.metadata == graph.metadata and loaded.metadata.faithfulness.forward_passes == 4
     assert loaded.scores() == pytest.approx(graph.scores())
+
+
+def test_metadata_keeps_keys_it_does_not_know_and_refuses_mistyped_sections(graph, tmp_path: Path) -> None:
+    data = graph_to_dict(graph)
+    data["metadata"]["from_another_tool"] = {"run": 3}
+    (tmp_path / "extra.json").write_text(json.dumps(data))
+    loaded = load_graph(tmp_path / "extra.json")
+    assert loaded.metadata.extra == {"from_another_tool": {"run": 3}}
+    assert graph_to_dict(loaded)["metadata"] == data["metadata"]
+    data["metadata"]["scores"] = {"replacement": "high", "completeness": 0.5}
+    (tmp_path / "mistyped.json").write_text(json.dumps(data))
+    with pytest.raises(CircuitFileError, match=r"scores.replacement = 'high' is not a number"):
+        load_graph(tmp_path / "mistyped.json")
+
+
+def test_files_written_before_a_knob_existed_take_its_default(graph, tmp_path: Path) -> None:
+    data = graph_to_dict(graph)
+    for knob in ("update_interval", "faithfulness_checks", "per_row"):
+        del data["metadata"]["settings"][knob]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    expected = replace(graph.metadata.settings, faithfulness_checks=0)  # how many checks ran is not in such a file
+    assert load_graph(tmp_path / "old.json").metadata.settings == expected
 
 
 def _broken(graph, edit):
@@ -84,12 +107,10 @@ def test_non_json_numbers_and_garbage_files_are_refused(graph, tmp_path: Path) -
 def test_a_failed_save_leaves_the_old_file(graph, tmp_path: Path) -> None:
     path = save_graph(graph, tmp_path / "c.json")
     before = path.read_bytes()
-    graph.metadata["bad"] = float("nan")
-    try:
-        with pytest.raises(ValueError):
-            save_graph(graph, path)
-    finally:
-        del graph.metadata["bad"]
+    broken = CircuitGraph(graph.nodes, graph.edge_sources, graph.edge_targets, graph.edge_weights,
+                          replace(graph.metadata, extra={"bad": float("nan")}))
+    with pytest.raises(ValueError):
+        save_graph(broken, path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.json"]
 
 

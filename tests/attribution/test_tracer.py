@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffract_core.attribution import ReplacementModel, TargetSpec, TraceSettings, trace_circuit
+from diffract_core.attribution import Passes, ReplacementModel, TargetSpec, TraceSettings, trace_circuit
 from diffract_core.errors import DiffractError
 
 
@@ -19,7 +19,7 @@ def test_every_expanded_node_conserves_in_fp32(graph) -> None:
     residuals = graph.conservation()
     assert len(residuals) == len(graph.features()) + 1
     assert float(residuals.max()) < 1e-5
-    assert graph.metadata["conservation"]["max_relative_residual"] == pytest.approx(float(residuals.max()))
+    assert graph.metadata.conservation.max_relative_residual == pytest.approx(float(residuals.max()))
     bias = graph.indices("bias")[0]
     assert any(int(s) == bias for s in graph.edge_sources), "constants enter through the bias node"
 
@@ -33,7 +33,7 @@ def test_nodes_keep_positions_and_ids_do_not_collide(graph) -> None:
         assert len(node.positions) == len(node.activations) > 0
         assert float(node.activations.sum()) == pytest.approx(node.value, rel=1e-5)
     assert graph.target.positions.tolist() and graph.target.label.startswith("img:3:7 at image token")
-    assert graph.metadata["passes"]["forward"] == 2
+    assert graph.metadata.passes.forward == 2
     assert len(graph.features()) == 60
 
 
@@ -41,8 +41,8 @@ def test_batched_graph_equals_the_one_row_per_pass_graph(model, transcoders, cal
     single = trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 3, 7), step=1,
                            settings=TraceSettings(max_feature_nodes=60, batch_size=8, per_row=True))
     assert [n.id for n in single.nodes] == [n.id for n in graph.nodes]
-    assert single.metadata["passes"]["backward"] == 61 and single.metadata["passes"]["forward"] == 2 + 61
-    assert graph.metadata["passes"]["backward"] < 20
+    assert single.metadata.passes == Passes(forward=2 + 61, backward=61)
+    assert graph.metadata.passes.backward < 20
     order = lambda g: torch.argsort(g.edge_targets * 10_000 + g.edge_sources)
     torch.testing.assert_close(single.edge_weights[order(single)], graph.edge_weights[order(graph)], rtol=1e-6,
                                atol=1e-7)

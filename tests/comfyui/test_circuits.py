@@ -16,14 +16,15 @@ call = rec.call_inputs(1)
 comfy.model_management.load_models_gpu([recorded])
 blocks = recorded.get_model_object("diffusion_model").double_blocks
 settings = att.TraceSettings(max_feature_nodes=40, batch_size=16)
+checked = att.TraceSettings(max_feature_nodes=40, batch_size=16, faithfulness_checks=5)
 """
 
 
 def test_graph_from_comfyui_modules_equals_the_reference_models(comfy_run):
     proc = comfy_run(CIRCUIT_SETUP + """
 spec = att.TargetSpec("img", 1, 5)
-from_comfy = att.trace_circuit(blocks, tcs, call, spec, step=1, settings=settings,
-                               read_linear=circuit_nodes.read_comfy_linear, check_top_k=5)
+from_comfy = att.trace_circuit(blocks, tcs, call, spec, step=1, settings=checked,
+                               read_linear=circuit_nodes.read_comfy_linear)
 cfg = patcher.model.model_config.unet_config
 reference = flux_lib.Flux(flux_lib.FluxConfig(in_channels=64, out_channels=16, vec_in_dim=16, context_in_dim=32,
                                               hidden_size=64, num_heads=2, depth=2, depth_single_blocks=1,
@@ -40,10 +41,10 @@ kept = rec.codes(("img", 1), 1)
 hb.emit(dict(missing=missing, unexpected=unexpected,
              same_ids=[n.id for n in from_comfy.nodes] == [n.id for n in from_reference.nodes],
              max_diff=float((a - b).abs().max()), scale=float(a.abs().max()),
-             residual=from_comfy.metadata["conservation"],
-             residual_ref=from_reference.metadata["conservation"]["max_relative_residual"],
-             features=len(from_comfy.features()), passes=from_comfy.metadata["passes"],
-             faithfulness=from_comfy.metadata["faithfulness"]["spearman"],
+             residual=from_comfy.metadata.to_dict()["conservation"],
+             residual_ref=from_reference.metadata.conservation.max_relative_residual,
+             features=len(from_comfy.features()), passes=from_comfy.metadata.to_dict()["passes"],
+             faithfulness=from_comfy.metadata.faithfulness.spearman,
              codes_match=bool(torch.equal(top.indices.int(), kept.indices)),
              values_diff=float((top.values.half() - kept.values).abs().max())))
 """)

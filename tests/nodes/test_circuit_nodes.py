@@ -41,17 +41,18 @@ def traced(pack, patcher, transcoders, sampler):
     return model, recording, output
 
 
-def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack, traced) -> None:
+def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack, traced, core) -> None:
     output = traced[2]
     graph, picture = output.args
-    assert graph.metadata["step"] == 1 and graph.metadata["sigma"] == 0.75
-    assert graph.metadata["target"]["feature"] == "img:1:7"
+    assert graph.metadata.step == 1 and graph.metadata.sigma == 0.75
+    assert graph.metadata.target.feature == "img:1:7"
     assert float(graph.conservation().max()) < 1e-5
     features = len(graph.features())
     assert 0 < features <= 40
     # the clean and the zero-source forward; the target's row, then rows in batches of 16
-    assert graph.metadata["passes"] == {"forward": 2, "backward": 1 + -(-features // 16)}
-    assert graph.metadata["faithfulness"]["forward_passes"] == 5  # one per ablated feature
+    assert graph.metadata.passes == core.attribution.Passes(forward=2, backward=1 + -(-features // 16))
+    assert graph.metadata.faithfulness.forward_passes == 5  # one per ablated feature
+    assert graph.metadata.pruning == core.attribution.Pruning(node_threshold=0.8, edge_threshold=0.98)
     assert picture.shape == (1, 768, 1024, 3) and 0 <= float(picture.min()) and float(picture.max()) <= 1
     (payload,) = output.ui["diffract_circuit"]
     assert len(json.dumps(payload)) < 8000

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffract_core.atlas.sampling import sample_recorded
-from diffract_core.attribution.graph import CircuitGraph, CircuitNode
+from diffract_core.attribution import CircuitGraph, CircuitMetadata, CircuitNode, Pruning
 from diffract_core.features import FeatureRef
 from diffract_core.toy.report import write_report
 from diffract_core.transcoders import TranscoderSet
@@ -41,9 +41,8 @@ def page_path(labelled_release: Path, tmp_path_factory: pytest.TempPathFactory) 
     sources = torch.cat([torch.full((count,), count + 1), torch.arange(count)])
     targets = torch.cat([torch.arange(count), torch.full((count,), count)])
     graph = CircuitGraph(nodes, sources, targets, torch.linspace(1.0, 0.5, 2 * count),
-                         {"step": 1, "sigma": 0.5, "text_tokens": ["a", "red", "circle", "", "", ""],
-                          "image_tokens": 24, "image_grid": [4, 6],
-                          "pruning": {"node_threshold": 1.0, "edge_threshold": 1.0}})
+                         CircuitMetadata(step=1, sigma=0.5, text_tokens=("a", "red", "circle", "", "", ""),
+                                         image_tokens=24, image_grid=(4, 6), pruning=Pruning(1.0, 1.0)))
     data = circuit_payload(graph, atlas)
     # Two features that share a label, so that "group by label" has something to fold.
     shared = text_labels[text_feature].text

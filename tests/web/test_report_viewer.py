@@ -176,7 +176,7 @@ def test_ctrl_click_pins_and_g_groups_the_pins(page, report, artifacts) -> None:
 def test_a_box_on_the_image_keeps_the_features_active_there(page, report, artifacts) -> None:
     report_path, graph_data = report
     graph = graph_from_dict(graph_data)
-    rows, cols = graph.metadata["image_grid"]
+    rows, cols = graph.metadata.image_grid
     open_report(page, report_path)
     box = page.locator("[data-diffract-view=circuit] .dfx-image-canvas").bounding_box()
     rect = page.evaluate(f"{CIRCUIT}.imageRect")
