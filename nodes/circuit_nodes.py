@@ -40,6 +40,7 @@ from .inspect_nodes import preview_ref, token_labels
 from .model_patching import check_flux, steer_features
 from .node_types import AFTER_SAMPLING, CATEGORY, CHUNK_CHOICES, CHUNKS, Circuit, Recording, Transcoders
 from .progress import NodeProgress
+from .transcoder_memory import site_patchers
 
 _TARGET = re.compile(r"^(?P<stream>img|txt):(?P<layer>\d+)(?::(?P<index>\d+))?$")
 TARGET_SPEC_HELP = "stream:layer:feature, e.g. img:12:40684; for strongest_in_region the site alone, e.g. img:12"
@@ -141,7 +142,8 @@ class TraceCircuit(io.ComfyNode):
         labels = token_labels(clip, prompt) if clip is not None and prompt.strip() else None
         if labels is not None and len(labels) != call.txt.shape[1]:
             labels = None  # another prompt than the traced one: fall back to token numbers
-        comfy.model_management.load_models_gpu([model])
+        traced_sites = [site for site in transcoders.sites if site[1] <= spec.layer]
+        comfy.model_management.load_models_gpu([model, *site_patchers(transcoders, traced_sites)])
         blocks = model.get_model_object("diffusion_model").double_blocks
         progress = NodeProgress(max(max_feature_nodes, 1), node_id=cls.hidden.unique_id)
         graph = trace_circuit(

@@ -4,6 +4,8 @@ Every DifFRACT node that changes a MODEL goes through `record_features` or `stee
 - it works on `model.clone()` only, so the MODEL it was given (and a bypassed node) is untouched;
 - the MLPs `diffusion_model.double_blocks.{L}.{img|txt}_mlp` are replaced with object patches
   (`PatchedMLP`), which ComfyUI applies while the clone is loaded and undoes afterwards;
+- the patched sites' transcoders ride along as additional models (`transcoder_memory`), so ComfyUI
+  loads, offloads and frees them with the MODEL;
 - a holder in `model_options["transformer_options"]["diffract"]` carries the call context the
   patches read and the recordings to reset; it survives `clone()` without copying anything;
 - one `OUTER_SAMPLE` wrapper resets the recordings for each sampling run and marks them complete
@@ -43,6 +45,7 @@ from ..diffract_core.recording import (
     sampling_run,
 )
 from ..diffract_core.transcoders import Site, SiteKey, TranscoderSet
+from .transcoder_memory import attach_transcoders
 
 KEY = "diffract"
 
@@ -128,6 +131,7 @@ def _install(model: Any, transcoders: TranscoderSet, sites: Iterable[SiteKey],
     install(lambda path: clone.get_model_object(f"diffusion_model.{path}"),
             lambda path, module: clone.add_object_patch(f"diffusion_model.{path}", module),
             transcoders, sites, state.context, **patch)
+    attach_transcoders(clone, transcoders, sites)
     return clone, state
 
 

@@ -147,3 +147,38 @@ hb.emit(out)
     assert r["lora_changes"] and r["lora_observe"] and r["lora_replace"] <= 1e-5
     for name, dtype in (("bf16", "torch.bfloat16"), ("fp16", "torch.float16"), ("fp8", "torch.float8_e4m3fn")):
         assert r[name] == {"same": True, "complete": True, "steered": True, "weights": dtype}, (name, r[name])
+
+
+def test_transcoders_are_comfyui_managed_models(comfy_run):
+    """After sampling, ComfyUI's loaded-model list holds the recorded sites' transcoders (counted in its
+    memory figures); unloading every model (what `/free` with unload_models does) releases them; a second
+    run loads them again and records bit-identically."""
+    proc = comfy_run(SETUP + """
+mm = comfy.model_management
+mm.unload_all_models()
+def transcoder_sites():
+    return sorted("{}:{}".format(*m.model.model.transcoder.config.site.key) for m in mm.current_loaded_models
+                  if type(m.model.model).__name__ == "TranscoderSite")
+base = run(patcher)
+observed, first = record(sites="img:0-1 txt:1")
+run_one = run(observed)
+after_run = transcoder_sites()
+sizes = sorted(m.model.model_size() for m in mm.current_loaded_models
+               if type(m.model.model).__name__ == "TranscoderSite")
+expected = sorted(sum(p.numel() * p.element_size() for p in tcs[s].parameters())
+                  for s in (("img", 0), ("img", 1), ("txt", 1)))
+mm.unload_all_models()
+after_free = transcoder_sites()
+observed_again, second = record(sites="img:0-1 txt:1")
+run_two = run(observed_again)
+codes_same = all(torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
+                 for key in first.records for a, b in zip(first.records[key], second.records[key]))
+hb.emit(dict(after_run=after_run, after_free=after_free, reloaded=transcoder_sites(), sizes=sizes, expected=expected,
+             same=torch.equal(run_one, base) and torch.equal(run_two, base), codes_same=codes_same,
+             keys_same=sorted(map(str, first.records)) == sorted(map(str, second.records))))
+""")
+    r = proc.result
+    sites = ["img:0", "img:1", "txt:1"]
+    assert r["after_run"] == sites and r["after_free"] == [] and r["reloaded"] == sites
+    assert r["sizes"] == r["expected"]
+    assert r["same"] and r["codes_same"] and r["keys_same"]

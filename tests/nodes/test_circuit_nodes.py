@@ -20,6 +20,7 @@ def output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def traced(pack, patcher, transcoders, sampler):
+    import comfy.model_management
     import fake_runtime
 
     model, recording = fake_runtime.run_node(
@@ -38,10 +39,10 @@ def traced(pack, patcher, transcoders, sampler):
         batch_size=16,
         faithfulness_checks=5,
     )
-    return model, recording, output
+    return model, recording, output, list(comfy.model_management.loaded)
 
 
-def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack, traced, core) -> None:
+def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack, traced, core, transcoders) -> None:
     output = traced[2]
     graph, picture = output.args
     assert graph.metadata.step == 1 and graph.metadata.sigma == 0.75
@@ -54,6 +55,9 @@ def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack
     assert graph.metadata.faithfulness.forward_passes == 5  # one per ablated feature
     assert graph.metadata.pruning == core.attribution.Pruning(node_threshold=0.8, edge_threshold=0.98)
     assert picture.shape == (1, 768, 1024, 3) and 0 <= float(picture.min()) and float(picture.max()) <= 1
+    sites = [site for site in transcoders.sites if site[1] <= 1]  # the last load request: the MODEL, then the
+    request = traced[3][-len(sites) - 1:]  # transcoders of every site up to the target's layer
+    assert request[0] is traced[0] and [p.model.transcoder.config.site.key for p in request[1:]] == sites
     (payload,) = output.ui["diffract_circuit"]
     assert len(json.dumps(payload)) < 8000
     status, body = pack.nodes.circuit_store.lookup(payload["id"])
@@ -66,7 +70,7 @@ def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack
 def test_trace_refuses_a_region_of_another_aspect_at_the_node(pack, traced, transcoders, core) -> None:
     import fake_runtime
 
-    model, recording, _ = traced
+    model, recording, *_ = traced
     latent = {"samples": torch.zeros(1, 16, 8, 12)}
     with pytest.raises(core.errors.InputShapeError, match=r"target's region is 100x10 \(WxH\).*different aspect ratio"):
         fake_runtime.run_node(pack.nodes.TraceCircuit, model=model, recording=recording, transcoders=transcoders,
@@ -89,7 +93,7 @@ def test_trace_refuses_a_step_whose_inputs_were_not_kept(pack, patcher, transcod
 def test_region_target_traces_the_strongest_feature_inside_the_mask(pack, traced, transcoders) -> None:
     import fake_runtime
 
-    model, recording, _ = traced
+    model, recording, *_ = traced
     mask = torch.zeros(64, 96)
     mask[:, :48] = 1.0
     graph, _ = fake_runtime.run_node(
@@ -108,7 +112,7 @@ def test_steer_circuit_scale_one_is_bit_identical_and_ablation_changes_the_image
 ) -> None:
     import fake_runtime
 
-    _, _, output = traced
+    output = traced[2]
     graph = output.args[0]
     baseline = sampler(patcher)
     same = fake_runtime.run_node(pack.nodes.SteerCircuit, model=patcher, transcoders=transcoders, circuit=graph,

@@ -9,6 +9,7 @@ import inspect
 from types import SimpleNamespace
 from typing import Any
 
+import comfy.model_management
 import torch
 from comfy.patcher_extension import WrapperExecutor, WrappersMP
 
@@ -49,16 +50,38 @@ class ModelPatcher:
         self.model_options: dict[str, Any] = {"transformer_options": {}}
         self.object_patches: dict[str, Any] = {}
         self.wrappers: dict[str, dict[str, list[Any]]] = {}
+        self.additional_models: dict[str, list[Any]] = {}
         self.load_device = torch.device("cpu")
 
     def clone(self) -> ModelPatcher:
-        n = ModelPatcher.__new__(ModelPatcher)
+        n = self.__class__.__new__(self.__class__)
         n.model = self.model
         n.load_device = self.load_device
         n.model_options = copy.deepcopy(self.model_options)
         n.object_patches = self.object_patches.copy()
         n.wrappers = {t: {k: list(v) for k, v in keyed.items()} for t, keyed in self.wrappers.items()}
+        n.additional_models = {k: [m.clone() for m in models] for k, models in self.additional_models.items()}
         return n
+
+    def is_clone(self, other: Any) -> bool:
+        return getattr(other, "model", None) is self.model
+
+    def set_additional_models(self, key: str, models: list[Any]) -> None:
+        self.additional_models[key] = models
+
+    def get_additional_models_with_key(self, key: str) -> list[Any]:
+        return self.additional_models.get(key, [])
+
+    def get_nested_additional_models(self) -> list[Any]:
+        """Every additional model, and theirs, each once (ComfyUI's order: breadth first)."""
+        found: list[Any] = []
+        pending = [m for models in self.additional_models.values() for m in models]
+        while pending:
+            model = pending.pop(0)
+            if model not in found:
+                found.append(model)
+                pending.extend(m for models in model.additional_models.values() for m in models)
+        return found
 
     def add_object_patch(self, name: str, obj: Any) -> None:
         self.object_patches[name] = obj
@@ -117,6 +140,7 @@ def sample(patcher: ModelPatcher, noise: torch.Tensor, sigmas: torch.Tensor, con
     def outer(noise, latent, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs):
         return _euler(patcher, noise * sigmas[0], sigmas, cond, uncond, cfg, callback)
 
+    comfy.model_management.load_models_gpu([patcher, *patcher.get_nested_additional_models()])
     backup = {name: _set_attr(patcher.model, name, obj) for name, obj in patcher.object_patches.items()}
     try:
         run = WrapperExecutor(outer, guider, patcher.all_wrappers(WrappersMP.OUTER_SAMPLE))
