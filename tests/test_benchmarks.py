@@ -58,6 +58,18 @@ def test_attribution_speed_compares_both_algorithms() -> None:
     assert lines[4].startswith("same nodes in both graphs: True")
 
 
+def test_attention_transpose_compares_both_forms_and_they_agree() -> None:
+    args = ["--pixels", "64", "--text-tokens", "4", "--heads", "2", "--head-dim", "8", "--rows", "1", "3",
+            "--repeats", "1"]
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "attention_transpose.py"), *args], capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["1", "3"] and all(float(r[-1]) < 1e-6 for r in rows)
+
+
 def test_training_throughput_reports_rates_and_the_harvest_memory() -> None:
     args = ["--d-model", "32", "--features", "128", "--batch", "32", "--repeats", "1", "--hidden", "64", "--heads", "2",
             "--pixels", "64", "--text-tokens", "4", "--prompts", "4", "--per-call", "2", "--cap-mb", "1",

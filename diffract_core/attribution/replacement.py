@@ -291,11 +291,14 @@ class ReplacementModel:
         return rearrange(out, "B H L D -> B L (H D)")
 
     def _attend_transposed(self, layer: LayerConstants, grad: torch.Tensor) -> torch.Tensor:
-        """P^T grad for grad [R, H, S, d]: the value gradient of frozen attention."""
-        out = torch.zeros_like(grad)
-        for rows, probs in self._probabilities(layer.query, layer.key, grad.shape[0]):
-            out += torch.matmul(probs.transpose(-1, -2), grad[:, :, rows])
-        return out
+        """P^T grad for grad [R, H, S, d]: the value gradient of frozen attention. The rows fold into
+        the matmul's columns ([H, S, R * d]), so each chunk of probabilities serves every row at once."""
+        rows, heads, length, dim = grad.shape
+        folded = grad.permute(1, 2, 0, 3).reshape(heads, length, rows * dim)
+        out = torch.zeros_like(folded)
+        for chunk, probs in self._probabilities(layer.query, layer.key, 1):
+            out += torch.matmul(probs[0].transpose(-1, -2), folded[:, chunk])
+        return out.reshape(heads, length, rows, dim).permute(2, 0, 1, 3)
 
     def _probabilities(self, query: torch.Tensor, key: torch.Tensor, rows: int) -> Iterable[tuple[slice, torch.Tensor]]:
         heads, length, dim = query.shape[1], query.shape[2], query.shape[3]

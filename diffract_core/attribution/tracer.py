@@ -44,6 +44,7 @@ class RootTarget:
 
 
 ProgressCallback = Callable[[int, int], None]  # (features expanded, budget)
+MIN_RANKINGS = 4  # rankings per trace, at least, where the budget spans that many batches
 
 
 class CircuitTracer:
@@ -66,7 +67,7 @@ class CircuitTracer:
             ranked = self._rank_candidates(expanded)
             if not ranked:
                 break
-            queue = ranked[: min(self.settings.update_interval * self.settings.batch_size, budget - len(expanded))]
+            queue = ranked[: min(self._round_size(budget), budget - len(expanded))]
             for start in range(0, len(queue), self.settings.batch_size):
                 batch = queue[start : start + self.settings.batch_size]
                 rows = [self._feature_row(key) for key in batch]
@@ -76,6 +77,14 @@ class CircuitTracer:
                 if progress is not None:
                     progress(len(expanded), budget)
         return self._build_graph(root, step)
+
+    def _round_size(self, budget: int) -> int:
+        """Features expanded between two rankings: `update_interval` batches, but whole batches small
+        enough that even a small budget is ranked MIN_RANKINGS times, so the nodes chosen late follow
+        influence through the rows computed early, not only the direct effect on the target."""
+        batch = self.settings.batch_size
+        spread = -(-budget // MIN_RANKINGS) // batch * batch
+        return min(self.settings.update_interval * batch, max(batch, spread))
 
     # --- rows ------------------------------------------------------------------------------------
 

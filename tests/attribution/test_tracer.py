@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffract_core.attribution import Passes, ReplacementModel, TargetSpec, TraceSettings, trace_circuit
+from diffract_core.attribution import CircuitTracer, Passes, ReplacementModel, TargetSpec, TraceSettings, trace_circuit
 from diffract_core.errors import DiffractError
 
 
@@ -85,3 +85,16 @@ def test_a_contrastive_target_is_the_difference_of_two_features_and_conserves(mo
     assert contrast.target.label == "img:3:7 at image token 5 (row 0, col 5) minus img:3:9"
     with pytest.raises(DiffractError, match="another feature of the same site"):
         target(7, against=7)
+
+
+def test_a_small_budget_is_still_ranked_through_the_graph(model, transcoders, call, monkeypatch) -> None:
+    """64 nodes in batches of 16 fill one round of update_interval (4) batches; they are ranked before
+    every batch instead, without more passes."""
+    rankings = []
+    rank = CircuitTracer._rank_candidates
+    monkeypatch.setattr(CircuitTracer, "_rank_candidates",
+                        lambda self, done: rankings.append(len(done)) or rank(self, done))
+    graph = trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 3, 7), step=1,
+                          settings=TraceSettings(max_feature_nodes=64, batch_size=16))
+    assert rankings == [0, 16, 32, 48]
+    assert graph.metadata.passes.backward == 1 + 4 and len(graph.features()) == 64
