@@ -8,7 +8,8 @@ written back unchanged."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from ..errors import SettingsError
@@ -52,9 +53,19 @@ class Pruning:
     edge_threshold: float
 
 
-_SECTIONS: dict[str, type] = {"target": TargetInfo, "passes": Passes, "conservation": Conservation,
-                              "scores": Scores, "pruning": Pruning}
+def _record(cls: type) -> Callable[[dict[str, Any], str], Any]:
+    return lambda data, where: cls(**checked_keys(cls, data, where))
 
+
+_SECTIONS: dict[str, Callable[[dict[str, Any], str], Any]] = {
+    "target": _record(TargetInfo),
+    "settings": TraceSettings.from_dict,
+    "passes": _record(Passes),
+    "conservation": _record(Conservation),
+    "scores": _record(Scores),
+    "faithfulness": Faithfulness.from_dict,
+    "pruning": _record(Pruning),
+}
 
 @dataclass(frozen=True)
 class CircuitMetadata:
@@ -89,10 +100,8 @@ class CircuitMetadata:
             value = getattr(self, item.name)
             if item.name == "extra" or value is None:
                 continue
-            if isinstance(value, (TraceSettings, Faithfulness)):
-                value = value.to_dict()
-            elif type(value) in _SECTIONS.values():
-                value = {part.name: getattr(value, part.name) for part in fields(value)}
+            if is_dataclass(value):
+                value = value.to_dict() if hasattr(value, "to_dict") else asdict(value)
             elif isinstance(value, tuple):
                 value = list(value)
             data[item.name] = value
@@ -103,13 +112,9 @@ class CircuitMetadata:
         """SettingsError names the first key whose value does not fit."""
         known = {item.name for item in fields(cls)} - {"extra"}
         values = {key: value for key, value in data.items() if key in known}
-        for name, section in _SECTIONS.items():
+        for name, parse in _SECTIONS.items():
             if values.get(name) is not None:
-                values[name] = section(**checked_keys(section, _object(values[name], name), name))
-        if values.get("settings") is not None:
-            values["settings"] = TraceSettings.from_dict(_object(values["settings"], "settings"))
-        if values.get("faithfulness") is not None:
-            values["faithfulness"] = Faithfulness.from_dict(_object(values["faithfulness"], "faithfulness"))
+                values[name] = parse(_object(values[name], name), name)
         for name in ("text_tokens", "image_grid"):
             if isinstance(values.get(name), list):
                 values[name] = tuple(values[name])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -39,7 +39,7 @@ class TraceSettings:
         return torch.float64 if self.dtype == "float64" else torch.float32
 
     def to_dict(self) -> dict[str, Any]:
-        return {item.name: getattr(self, item.name) for item in fields(self)}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "settings") -> TraceSettings:
