@@ -34,6 +34,11 @@ def test_a_node_has_exactly_the_fields_of_its_kind() -> None:
         _ = CircuitNode("error", 1, "img", 3).ref
 
 
+def test_a_hand_built_graph_has_no_metadata_and_says_how_to_get_it() -> None:
+    with pytest.raises(GraphStructureError, match="no metadata .* trace it with trace_circuit or load it"):
+        _graph().require_metadata()
+
+
 def test_conservation_and_adjacency() -> None:
     graph = _graph()
     assert graph.conservation().tolist() == [0.0, 0.0, 0.0]
