@@ -52,6 +52,10 @@ class SparseAdjacency:
             total.index_add_(0, self.sources[wave], total[self.targets[wave]] * normalized[wave])
         return total - start
 
+    def row_times(self, row: torch.Tensor) -> torch.Tensor:
+        """row @ A, A[target, source] the summed edge weights: one pass over the pairs."""
+        return torch.zeros(self.size, dtype=torch.float64).index_add_(0, self.sources, row[self.targets] * self.weights)
+
     def pairs_of(self, nodes: torch.Tensor, grouping: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The pairs whose source (grouping `by_source`) or target (`by_target`) is one of `nodes`."""
         return _gather(nodes, *grouping)
