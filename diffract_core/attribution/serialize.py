@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 
 from ..errors import CircuitFileError, GraphStructureError, SettingsError
 from ..file_reading import parse_json, read_regular_file
-from ..file_writing import write_text_atomically
+from ..file_writing import replace_atomically, write_text_atomically
 from ..transcoders.config import STREAMS
 from .graph import NODE_KINDS, CircuitGraph, CircuitNode
 from .metadata import CircuitMetadata
@@ -33,6 +33,7 @@ MAX_METADATA_DEPTH = 8
 MAX_METADATA_VALUES = 100_000
 MAX_METADATA_STRING = 10_000  # characters of one string
 MAX_METADATA_CHARACTERS = 1_000_000  # of all strings together: the metadata travels to the browser
+EDGE_CHUNK = 65_536  # edge values formatted at a time when saving: the writer's memory stays flat
 
 
 # --- ours ----------------------------------------------------------------------------------------
@@ -44,16 +45,20 @@ Labels = Mapping[str, str]  # feature spec ("img:12:40684") -> label, e.g. the a
 def graph_to_dict(graph: CircuitGraph, labels: Labels | None = None) -> dict[str, Any]:
     """The graph in our schema; feature nodes without a label of their own take theirs from `labels`."""
     return {
-        "format": FORMAT,
-        "version": VERSION,
-        "metadata": graph.metadata.to_dict() if graph.metadata is not None else {},
+        **_header(graph),
         "nodes": [_node_to_dict(node, labels or {}) for node in graph.nodes],
-        "edges": {
-            "source": graph.edge_sources.tolist(),
-            "target": graph.edge_targets.tolist(),
-            "weight": graph.edge_weights.tolist(),
-        },
+        "edges": {name: column.tolist() for name, column in _edge_columns(graph)},
     }
+
+
+def _header(graph: CircuitGraph) -> dict[str, Any]:
+    """The keys before "nodes" and "edges", in the file's order."""
+    return {"format": FORMAT, "version": VERSION,
+            "metadata": graph.metadata.to_dict() if graph.metadata is not None else {}}
+
+
+def _edge_columns(graph: CircuitGraph) -> tuple[tuple[str, torch.Tensor], ...]:
+    return (("source", graph.edge_sources), ("target", graph.edge_targets), ("weight", graph.edge_weights))
 
 
 def node_label(node: CircuitNode, labels: Labels) -> str:
@@ -79,7 +84,34 @@ def _node_to_dict(node: CircuitNode, labels: Labels) -> dict[str, Any]:
 
 
 def save_graph(graph: CircuitGraph, path: str | os.PathLike[str], labels: Labels | None = None) -> Path:
-    return _write_json(graph_to_dict(graph, labels), Path(path))
+    """The bytes of `_dumps(graph_to_dict(graph, labels))`, streamed: one node at a time, and the edges
+    in chunks of EDGE_CHUNK straight from the tensors, so that no per-edge Python object outlives its
+    chunk and no copy of the whole file is held in memory. Written atomically, like `_write_json`."""
+    return replace_atomically(Path(path), lambda temporary: _stream_graph(graph, labels or {}, temporary))
+
+
+def _stream_graph(graph: CircuitGraph, labels: Labels, path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        out.writelines(_graph_pieces(graph, labels))
+
+
+def _graph_pieces(graph: CircuitGraph, labels: Labels) -> Iterator[str]:
+    """The file's text in pieces: the header, one node at a time, then the edge columns."""
+    yield _dumps(_header(graph))[:-1] + ',"nodes":['
+    for index, node in enumerate(graph.nodes):
+        yield ("," if index else "") + _dumps(_node_to_dict(node, labels))
+    yield '],"edges":{'
+    for index, (name, column) in enumerate(_edge_columns(graph)):
+        yield f'{"," if index else ""}{_dumps(name)}:['
+        yield from _column_pieces(column)
+        yield "]"
+    yield "}}"
+
+
+def _column_pieces(column: torch.Tensor) -> Iterator[str]:
+    """The column's values as JSON list items (without the brackets), EDGE_CHUNK at a time."""
+    for start in range(0, len(column), EDGE_CHUNK):
+        yield ("," if start else "") + _dumps(column[start : start + EDGE_CHUNK].tolist())[1:-1]
 
 
 def save_neuronpedia(graph: CircuitGraph, path: str | os.PathLike[str], slug: str, labels: Labels | None = None,
@@ -91,7 +123,12 @@ def save_neuronpedia(graph: CircuitGraph, path: str | os.PathLike[str], slug: st
 def _write_json(data: dict[str, Any], path: Path) -> Path:
     """Write atomically (a failed write leaves any existing file as it was), readable by others: a
     circuit file is meant to be shared."""
-    return write_text_atomically(path, json.dumps(data, allow_nan=False, separators=(",", ":")))
+    return write_text_atomically(path, _dumps(data))
+
+
+def _dumps(data: object) -> str:
+    """Compact JSON; NaN and infinities are refused (ValueError), since strict readers reject them."""
+    return json.dumps(data, allow_nan=False, separators=(",", ":"))
 
 
 def load_graph(path: str | os.PathLike[str]) -> CircuitGraph:

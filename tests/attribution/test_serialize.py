@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffract_core.attribution import CircuitGraph, TargetSpec, TraceSettings, trace_circuit
+from diffract_core.attribution import CircuitGraph, TargetSpec, TraceSettings, serialize, trace_circuit
 from diffract_core.attribution.adjacency import MAX_DEPTH
 from diffract_core.attribution.serialize import (
     CircuitFileError,
@@ -41,6 +41,36 @@ def test_round_trip_keeps_nodes_edges_maps_and_metadata(graph, tmp_path: Path) -
         assert torch.equal(a.positions, b.positions) and torch.allclose(a.activations, b.activations, atol=1e-6)
     assert loaded.metadata == graph.metadata and loaded.metadata.faithfulness.forward_passes == 4
     assert loaded.scores() == pytest.approx(graph.scores())
+
+
+def _previous_save(graph, labels=None) -> str:
+    """What save_graph wrote before it streamed: the whole document in one json.dumps."""
+    return json.dumps(graph_to_dict(graph, labels), allow_nan=False, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("chunk", [7, serialize.EDGE_CHUNK])
+def test_the_streamed_file_has_the_bytes_of_the_previous_format(graph, chunk, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(serialize, "EDGE_CHUNK", chunk)  # 7: every column spans several chunks and ends in a part
+    assert graph.edge_weights.numel() % 7 != 0
+    labels = {graph.features()[0].feature_spec: "labelled"}
+    text = save_graph(graph, tmp_path / "c.json", labels).read_text(encoding="utf-8")
+    assert text == _previous_save(graph, labels)
+    assert json.loads(text) == graph_to_dict(graph, labels)
+
+
+def test_a_graph_without_edges_or_metadata_streams_like_the_previous_format(tmp_path: Path) -> None:
+    no_edges = torch.zeros(0, dtype=torch.long)
+    bare = CircuitGraph(graph_from_dict(_star(1)).nodes, no_edges, no_edges, no_edges.double())
+    assert save_graph(bare, tmp_path / "bare.json").read_text(encoding="utf-8") == _previous_save(bare)
+
+
+def test_a_non_finite_edge_weight_fails_the_streamed_save_and_leaves_no_file(graph, tmp_path: Path) -> None:
+    weights = graph.edge_weights.clone()
+    weights[-1] = float("inf")
+    broken = CircuitGraph(graph.nodes, graph.edge_sources, graph.edge_targets, weights, graph.metadata)
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        save_graph(broken, tmp_path / "c.json")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_metadata_keeps_keys_it_does_not_know_and_refuses_mistyped_sections(graph, tmp_path: Path) -> None:
