@@ -33,7 +33,9 @@ class Affine:
     bias: torch.Tensor | None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x, self.weight, self.bias)
+        """Weights kept narrower than `x` (a bf16 FLUX's, in a float32 trace) are cast at use."""
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,22 @@ def _rms(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * scale
 
 
+def _kept_dtype(weight: torch.dtype, compute: torch.dtype) -> torch.dtype:
+    """The dtype weights are read in (and cast from at use): their own where the compute dtype holds
+    its values exactly (a bf16 FLUX's weights in a float32 trace, read with ComfyUI's LoRA patches
+    applied in bf16 as its own layers apply them); the compute dtype for quantised formats (fp8, GGUF)."""
+    plain = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    return weight if weight in plain and weight.itemsize <= compute.itemsize else compute
+
+
+def _constant_effect(grad: torch.Tensor, constant: torch.Tensor | None) -> torch.Tensor:
+    """[R] float64: sum over positions of grad[r, p] . constant, for a constant [D] (or [1, 1, D])
+    added at every position."""
+    if constant is None:
+        return grad.new_zeros(grad.shape[0], dtype=torch.float64)
+    return grad.sum(dim=1).double() @ constant.reshape(-1).double()
+
+
 def _rope(x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
     pairs = x.reshape(*x.shape[:-1], -1, 1, 2)
     out = pe[..., 0] * pairs[..., 0] + pe[..., 1] * pairs[..., 1]
@@ -70,7 +86,7 @@ class LayerConstants:
     streams: dict[Stream, StreamConstants]
     query: torch.Tensor  # [1, H, S_txt + S_img, d], RMS-normed and rotated
     key: torch.Tensor
-    value: dict[Stream, Affine]  # the value rows of qkv
+    value: dict[Stream, Affine]  # the value rows of qkv, in the weights' own dtype (cast at use)
     proj: dict[Stream, Affine]
 
 
@@ -85,6 +101,11 @@ class SiteSources:
     decoder_bias: torch.Tensor  # [D] (zero where no transcoder covers the site)
     transcoder: Transcoder | None
     dropped_fraction: float = 0.0  # share of sum |z| beyond the kept features (folded into the error)
+    features: torch.Tensor = field(init=False)  # [U] the distinct kept features, ascending
+    slots: torch.Tensor = field(init=False)  # [S * k] each slot's index into `features`
+
+    def __post_init__(self) -> None:
+        self.features, self.slots = torch.unique(self.indices.flatten(), return_inverse=True)
 
     def output(self) -> torch.Tensor:
         """The MLP output the sources add up to: [1, S, D]."""
@@ -115,12 +136,14 @@ class TargetRow:
 class RowEdges:
     """Direct effects on one target row of every source below it.
 
-    `features[site]` is [S, k] (the effect of each kept feature at each position, aligned with the
-    site's `indices`); `errors[site]` and `inputs[stream]` are per position."""
+    `features[site]` is [U] float64: each kept feature's effect summed over its positions, aligned
+    with the site's `features`; `errors[site]` and `inputs[stream]` are per position; `bias` is what
+    no source explains (the row's value with every source at zero)."""
 
     features: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
     errors: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
     inputs: dict[Stream, torch.Tensor] = field(default_factory=dict)
+    bias: float = 0.0
 
     def total(self) -> float:
         parts = [*self.features.values(), *self.errors.values(), *self.inputs.values()]
@@ -153,7 +176,8 @@ class ReplacementModel:
             raise DiffractError(f"max_active must be at least 1, got {max_active}")
         self.blocks = blocks
         self.transcoders = transcoders
-        self.read_linear = read_linear
+        self.read_linear: LinearReader = lambda module, compute, where: read_linear(
+            module, _kept_dtype(module.weight.dtype, compute), where)
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else call.img.device
         self.sigma = call.sigma
@@ -170,15 +194,12 @@ class ReplacementModel:
         self.layers: list[LayerConstants] = []
         self.sites: dict[SiteKey, SiteSources] = {}
         self.mlp_inputs: dict[SiteKey, torch.Tensor] = {}  # clean MLP inputs of the layers in keep_inputs_of
+        self._zero_inputs: dict[SiteKey, torch.Tensor] | None = None  # MLP inputs with every source at zero
         self.forward_passes = 0
         self.backward_passes = 0
         for index in range(last_layer + 1):
             check_double_block(blocks[index], index)
         self._clean_forward(set(keep_inputs_of) | {last_layer})
-        self._zero_inputs = self.linear_forward(
-            {stream: torch.zeros_like(h) for stream, h in self.inputs.items()},
-            {site: src.decoder_bias.expand_as(src.error)[None] for site, src in self.sites.items()},
-        )
 
     # --- shapes ----------------------------------------------------------------------------------
 
@@ -203,6 +224,18 @@ class ReplacementModel:
 
     def _stream_weights(self, index: int) -> dict[Stream, StreamWeights]:
         return {s: read_stream(self.blocks[index], s, self.dtype, self.device, self.read_linear) for s in STREAMS}
+
+    def _transpose_weights(self, index: int) -> tuple[dict[Stream, Affine], dict[Stream, Affine]]:
+        """(value rows of qkv, proj) per stream: all the linearised blocks keep of the weights, in
+        the dtype they are read in (a bf16 FLUX's: a quarter of what fp32 copies of qkv would take)."""
+        values, projs = {}, {}
+        for s in STREAMS:
+            attn = getattr(self.blocks[index], f"{s}_attn")
+            qkv = Affine(*self.read_linear(attn.qkv, self.dtype, self.device))
+            bias = None if qkv.bias is None else qkv.bias[2 * self.hidden :].clone()
+            values[s] = Affine(qkv.weight[2 * self.hidden :].clone(), bias)
+            projs[s] = Affine(*self.read_linear(attn.proj, self.dtype, self.device))
+        return values, projs
 
     @torch.no_grad()
     def _clean_forward(self, keep_layers: set[int]) -> None:
@@ -249,15 +282,8 @@ class ReplacementModel:
                 h[s] = h[s] + gate2 * y
                 constants[s] = StreamConstants(shift1, scale1, gate1, shift2, scale2, gate2, inv1[s], inv2)
             if keep_constants:
-                self.layers.append(
-                    LayerConstants(
-                        constants,
-                        query,
-                        key,
-                        {s: weights[s].value(self.hidden) for s in STREAMS},
-                        {s: weights[s].proj for s in STREAMS},
-                    )
-                )
+                del weights
+                self.layers.append(LayerConstants(constants, query, key, *self._transpose_weights(index)))
         self.forward_passes += 1
         return xs
 
@@ -290,15 +316,13 @@ class ReplacementModel:
             out[:, :, rows] = torch.matmul(probs, value)
         return rearrange(out, "B H L D -> B L (H D)")
 
-    def _attend_transposed(self, layer: LayerConstants, grad: torch.Tensor) -> torch.Tensor:
-        """P^T grad for grad [R, H, S, d]: the value gradient of frozen attention. The rows fold into
-        the matmul's columns ([H, S, R * d]), so each chunk of probabilities serves every row at once."""
-        rows, heads, length, dim = grad.shape
-        folded = grad.permute(1, 2, 0, 3).reshape(heads, length, rows * dim)
+    def _attend_transposed(self, layer: LayerConstants, folded: torch.Tensor) -> torch.Tensor:
+        """P^T grad: the value gradient of frozen attention, for the rows' gradients folded into the
+        matmul's columns ([H, S, R * d]), so each chunk of probabilities serves every row at once."""
         out = torch.zeros_like(folded)
         for chunk, probs in self._probabilities(layer.query, layer.key, 1):
             out += torch.matmul(probs[0].transpose(-1, -2), folded[:, chunk])
-        return out.reshape(heads, length, rows, dim).permute(2, 0, 1, 3)
+        return out
 
     def _probabilities(self, query: torch.Tensor, key: torch.Tensor, rows: int) -> Iterable[tuple[slice, torch.Tensor]]:
         heads, length, dim = query.shape[1], query.shape[2], query.shape[3]
@@ -358,7 +382,13 @@ class ReplacementModel:
         return torch.einsum("rsd,d,s->r", x, row.direction, row.weights) + row.constant * row.weights.sum()
 
     def bias(self, row: TargetRow) -> float:
-        """The row's value with every source at zero: what no edge explains (biases, shifts)."""
+        """The row's value with every source at zero: what no edge explains (biases, shifts), by a
+        forward pass with zero sources (`attribute` gets the same from its backward pass)."""
+        if self._zero_inputs is None:  # kept once made: the reference method asks for it per row
+            self._zero_inputs = self.linear_forward(
+                {stream: torch.zeros_like(h) for stream, h in self.inputs.items()},
+                {site: src.decoder_bias.expand_as(src.error)[None] for site, src in self.sites.items()},
+            )
         return float(self.value(row, self._zero_inputs)[0])
 
     # --- edges: the hand-written transpose, many rows per pass -----------------------------------
@@ -375,6 +405,7 @@ class ReplacementModel:
         layers = torch.tensor([row.layer for row in ordered])
         grads = {s: torch.zeros(len(rows), self.tokens(s), self.hidden, dtype=self.dtype, device=self.device)
                  for s in STREAMS}
+        bias = torch.zeros(len(rows), dtype=torch.float64, device=self.device)  # the constants' effects
         edges = [RowEdges() for _ in rows]
         for index in range(max(row.layer for row in rows), -1, -1):
             layer = self.layers[index]
@@ -383,17 +414,22 @@ class ReplacementModel:
                 for s in STREAMS:
                     grad_y = layer.streams[s].gate2 * grads[s][:above]
                     self._site_edges((s, index), grad_y, edges, order)
+                    bias[:above] += _constant_effect(grad_y, self.sites[(s, index)].decoder_bias)
             for r, row in enumerate(ordered):
                 if row.layer == index:
                     c = layer.streams[row.stream]
                     seed = (1 + c.scale2[0]) * (row.weights[:, None] * row.direction[None, :])
                     grads[row.stream][r] += _center(c.inv2[0] * seed)
+                    per_weight = float(row.direction.double() @ c.shift2.reshape(-1).double()) + row.constant
+                    bias[r] += float(row.weights.double().sum()) * per_weight
             live = int((layers >= index).sum())
-            self._block_transposed(layer, {s: g[:live] for s, g in grads.items()})
+            self._block_transposed(layer, {s: g[:live] for s, g in grads.items()}, bias[:live])
         for s in STREAMS:
             contribution = (grads[s] * self.inputs[s]).sum(-1)
             for r, original in enumerate(order):
                 edges[original].inputs[s] = contribution[r]
+        for r, original in enumerate(order):
+            edges[original].bias = float(bias[r])
         self.backward_passes += 1
         return edges
 
@@ -404,18 +440,46 @@ class ReplacementModel:
             raise DiffractError(f"target weights of shape {tuple(row.weights.shape)} do not fit the "
                                 f"{self.tokens(row.stream)} {row.stream} tokens")
 
-    def _block_transposed(self, layer: LayerConstants, grads: dict[Stream, torch.Tensor]) -> None:
-        """In place: gradients at a block's output -> at its input (MLP outputs are constants)."""
-        value_grads = []
-        for s in ("txt", "img"):
-            c = layer.streams[s]
-            attended = torch.matmul(c.gate1 * grads[s], layer.proj[s].weight)  # d/d(attention output)
-            value_grads.append(rearrange(attended, "B L (H D) -> B H L D", H=self.num_heads))
-        split = self._split_joint(self._attend_transposed(layer, torch.cat(value_grads, dim=2)), dim=2)
+    def _block_transposed(self, layer: LayerConstants, grads: dict[Stream, torch.Tensor], bias: torch.Tensor) -> None:
+        """In place: gradients at a block's output -> at its input (MLP outputs are constants), and
+        the effects of the block's constants (proj and value biases, shift1) added to `bias` [R].
+
+        Besides `grads`, at most two gradient-sized tensors live at once: the value gradient of the
+        joint sequence (rows folded into its columns) and one stream's gradient at the attention input."""
+        rows = grads["img"].shape[0]
+        heads, dim = self.num_heads, self.hidden // self.num_heads
+        folded = grads["img"].new_empty(heads, self.tokens("txt") + self.tokens("img"), rows * dim)
+        for s in STREAMS:
+            projected = layer.streams[s].gate1 * grads[s]  # d/d(proj output)
+            bias += _constant_effect(projected, layer.proj[s].bias)
+            attended = torch.matmul(projected, layer.proj[s].weight.to(self.dtype))  # d/d(attention output)
+            del projected
+            self._split_joint(folded, dim=1)[s].copy_(rearrange(attended, "R L (H D) -> H L (R D)", H=heads))
+            del attended
+        value_grads = self._attend_transposed(layer, folded)
+        del folded
         for s in STREAMS:
             c = layer.streams[s]
-            grad_a = torch.matmul(rearrange(split[s], "B H L D -> B L (H D)"), layer.value[s].weight)
-            grads[s] += _center(c.inv1 * ((1 + c.scale1) * grad_a))
+            grad_a = self._value_input_grad(self._split_joint(value_grads, dim=1)[s], layer.value[s], bias)
+            bias += _constant_effect(grad_a, c.shift1)
+            grad_a.mul_(1 + c.scale1).mul_(c.inv1)
+            grad_a.sub_(grad_a.mean(dim=-1, keepdim=True))
+            grads[s].add_(grad_a)
+
+    def _value_input_grad(self, value_grads: torch.Tensor, value: Affine, bias: torch.Tensor) -> torch.Tensor:
+        """[R, S, D] gradient at the value projection's input from its output's [H, S, R * d]
+        (folded) gradient, token chunk by token chunk; the value bias's effects go to `bias`."""
+        heads, length, folded = value_grads.shape
+        rows, dim = folded // (self.hidden // heads), self.hidden // heads
+        weight = value.weight.to(self.dtype)
+        out = value_grads.new_empty(rows, length, self.hidden)
+        step = max(1, _MEMORY_CHUNK // (rows * self.hidden))
+        for start in range(0, length, step):
+            chunk = slice(start, min(length, start + step))
+            unfolded = rearrange(value_grads[:, chunk], "H L (R D) -> R L (H D)", R=rows, D=dim)
+            bias += _constant_effect(unfolded, value.bias)
+            out[:, chunk] = torch.matmul(unfolded, weight)
+        return out
 
     def _site_edges(self, site: SiteKey, grad_y: torch.Tensor, edges: list[RowEdges], order: list[int]) -> None:
         """Edges from one MLP's sources to the first len(grad_y) rows (in `order`)."""
@@ -425,23 +489,26 @@ class ReplacementModel:
             edges[order[r]].features[site] = features[r]
 
     def _site_effects(self, site: SiteKey, grad_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per position, the effect of the site's error term ([R, S]) and of each kept feature
-        ([R, S, k]) on rows whose gradient at the MLP output is `grad_y` [R, S, D]."""
+        """The effect of the site's error term per position ([R, S]) and of each kept feature summed
+        over its positions ([R, U] float64) on rows whose gradient at the MLP output is `grad_y` [R, S, D]."""
         sources = self.sites[site]
-        return (grad_y * sources.error).sum(-1), self._feature_effects(sources, grad_y)
+        return (grad_y * sources.error).sum(-1), self._feature_totals(sources, grad_y)
 
-    def _feature_effects(self, sources: SiteSources, grad_y: torch.Tensor) -> torch.Tensor:
-        """values[p, k] * (grad_y[r, p] . W_dec[indices[p, k]]): [R, S, k]."""
+    def _feature_totals(self, sources: SiteSources, grad_y: torch.Tensor) -> torch.Tensor:
+        """sum over the slots (p, k) holding feature u of values[p, k] * (grad_y[r, p] . W_dec[u]): [R, U].
+        Token chunk by token chunk, so no [R, S, k] tensor is ever whole."""
         tokens, k = sources.indices.shape
-        out = grad_y.new_zeros(grad_y.shape[0], tokens, k)
+        rows = grad_y.shape[0]
+        out = torch.zeros(rows, len(sources.features), dtype=torch.float64, device=grad_y.device)
         if sources.transcoder is None or k == 0:
             return out
         decoder = sources.transcoder.W_dec.detach()
-        step = max(1, _MEMORY_CHUNK // (k * self.hidden))
+        step = max(1, _MEMORY_CHUNK // (max(rows, k) * self.hidden))
         for start in range(0, tokens, step):
             chunk = slice(start, min(tokens, start + step))
             vectors = decoder[sources.indices[chunk]].to(self.dtype)  # [c, k, D]
-            out[:, chunk] = torch.einsum("rcd,ckd->rck", grad_y[:, chunk], vectors) * sources.values[chunk]
+            effects = torch.einsum("rcd,ckd->rck", grad_y[:, chunk], vectors) * sources.values[chunk]
+            out.index_add_(1, sources.slots[start * k : chunk.stop * k], effects.reshape(rows, -1).double())
         return out
 
     # --- the same edges by autograd, one row per forward and backward -----------------------------
@@ -463,5 +530,6 @@ class ReplacementModel:
             grad_y = (grad_out if grad_out is not None else torch.zeros_like(outputs[site])).detach()
             error, features = self._site_effects(site, grad_y)
             edges.errors[site], edges.features[site] = error[0], features[0]
+        edges.bias = self.bias(row)
         return edges
 

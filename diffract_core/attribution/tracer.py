@@ -17,19 +17,12 @@ from dataclasses import dataclass
 import torch
 
 from ..transcoders.config import STREAMS, Stream
-from .graph import CircuitGraph, CircuitNode, NodeKind, edge_list
+from ..transcoders.transcoder_set import SiteKey
+from .graph import CircuitGraph, CircuitNode, NodeKind
 from .replacement import ReplacementModel, RowEdges, TargetRow
 from .settings import TraceSettings
 
-FeatureKey = tuple[Stream, int, int]  # (stream, layer, feature)
-SourceKey = tuple  # ("feature", stream, layer, f) | ("error"|"rest", stream, layer) | ("input", stream) | ("bias",)
-
-
-@dataclass
-class _Row:
-    key: SourceKey
-    value: float
-    sources: dict[SourceKey, float]
+_ROWS_AT_ONCE = 1 << 24  # elements of the [rows, features] matrix that picks the rows' top edges
 
 
 @dataclass
@@ -47,35 +40,79 @@ ProgressCallback = Callable[[int, int], None]  # (features expanded, budget)
 MIN_RANKINGS = 4  # rankings per trace, at least, where the budget spans that many batches
 
 
+class SourceIds:
+    """Every source of a trace as one integer: the distinct kept features of all sites first (site by
+    site), then per site its error and rest terms, then the inputs and the bias. Rows of the graph are
+    (ids, weights) tensors over this space, so edges never become Python objects."""
+
+    def __init__(self, model: ReplacementModel) -> None:
+        self.sites: list[SiteKey] = list(model.sites)
+        self.index = {site: i for i, site in enumerate(self.sites)}
+        site_features = [model.sites[site].features.cpu() for site in self.sites]
+        sizes = torch.tensor([len(f) for f in site_features], dtype=torch.long)
+        self.offsets = torch.cumsum(sizes, 0) - sizes
+        self.features = int(sizes.sum())
+        self.site_of = torch.repeat_interleave(torch.arange(len(self.sites)), sizes)  # [features]
+        self.feature_of = torch.cat([torch.zeros(0, dtype=torch.long), *site_features])  # [features]
+        self.size = self.features + 2 * len(self.sites) + len(STREAMS) + 1
+
+    def error(self, site: SiteKey) -> int:
+        return self.features + self.index[site]
+
+    def rest(self, site_index: int | torch.Tensor) -> int | torch.Tensor:
+        return self.features + len(self.sites) + site_index
+
+    def input(self, stream: Stream) -> int:
+        return self.features + 2 * len(self.sites) + STREAMS.index(stream)
+
+    @property
+    def bias(self) -> int:
+        return self.size - 1
+
+    def key(self, source: int) -> tuple[Stream, int, int]:
+        """(stream, layer, feature) of a feature id."""
+        stream, layer = self.sites[int(self.site_of[source])]
+        return stream, layer, int(self.feature_of[source])
+
+
+@dataclass
+class _Row:
+    source: int  # the expanded feature's id (-1: the target)
+    value: float
+    ids: torch.Tensor  # [E] long: its sources' ids (kept features, errors, rests, inputs, bias)
+    weights: torch.Tensor  # [E] float64: their direct effects
+
+
 class CircuitTracer:
     def __init__(self, model: ReplacementModel, settings: TraceSettings | None = None) -> None:
         self.model = model
         self.settings = settings or TraceSettings()
+        self.ids = SourceIds(model)
         self._rows: list[_Row] = []
         self._root_edges: RowEdges | None = None
-        self._positions: dict[SourceKey, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._positions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def trace(self, root: RootTarget, *, step: int, progress: ProgressCallback | None = None) -> CircuitGraph:
         """The graph, without metadata (`trace_circuit` adds it)."""
-        root_key: SourceKey = ("target",)
         (root_edges,) = self._compute([root.row])
         self._root_edges = root_edges
-        self._rows = [_Row(root_key, float(self.model.value(root.row)[0]), self._sources(root_edges, root.row))]
-        expanded: set[SourceKey] = set()
+        self._rows = self._edge_rows([-1], [float(self.model.value(root.row)[0])], [root_edges])
+        expanded = torch.zeros(self.ids.size, dtype=torch.bool)
         budget = self.settings.max_feature_nodes
-        while len(expanded) < budget:
+        count = 0
+        while count < budget:
             ranked = self._rank_candidates(expanded)
-            if not ranked:
+            if not len(ranked):
                 break
-            queue = ranked[: min(self._round_size(budget), budget - len(expanded))]
+            queue = ranked[: min(self._round_size(budget), budget - count)].tolist()
             for start in range(0, len(queue), self.settings.batch_size):
                 batch = queue[start : start + self.settings.batch_size]
-                rows = [self._feature_row(key) for key in batch]
-                for key, row, edges in zip(batch, rows, self._compute(rows)):
-                    self._rows.append(_Row(key, self._feature_value(key), self._sources(edges, row)))
-                    expanded.add(key)
+                edges = self._compute([self._feature_row(source) for source in batch])
+                self._rows += self._edge_rows(batch, [self._feature_value(source) for source in batch], edges)
+                expanded[batch] = True
+                count += len(batch)
                 if progress is not None:
-                    progress(len(expanded), budget)
+                    progress(count, budget)
         return self._build_graph(root, step)
 
     def _round_size(self, budget: int) -> int:
@@ -93,151 +130,159 @@ class CircuitTracer:
             return [self.model.attribute_autograd(row) for row in rows]
         return self.model.attribute(rows)
 
-    def _feature_positions(self, key: SourceKey) -> tuple[torch.Tensor, torch.Tensor]:
+    def _feature_positions(self, source: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions, activations) where a feature fires among its site's kept features."""
-        if key in self._positions:
-            return self._positions[key]
-        _, stream, layer, feature = key
+        if source in self._positions:
+            return self._positions[source]
+        stream, layer, feature = self.ids.key(source)
         sources = self.model.sites[(stream, layer)]
         hits = (sources.indices == feature) & (sources.values > 0)
         activations = (sources.values * hits).sum(-1)
         positions = torch.nonzero(hits.any(-1)).flatten()
-        self._positions[key] = (positions, activations[positions])
-        return self._positions[key]
+        self._positions[source] = (positions, activations[positions])
+        return self._positions[source]
 
-    def _feature_row(self, key: SourceKey) -> TargetRow:
-        _, stream, layer, feature = key
-        positions, _ = self._feature_positions(key)
+    def _feature_row(self, source: int) -> TargetRow:
+        stream, layer, feature = self.ids.key(source)
+        positions, _ = self._feature_positions(source)
         weights = torch.zeros(self.model.tokens(stream), dtype=self.model.dtype, device=self.model.device)
         weights[positions] = 1.0
         return self.model.feature_row(stream, layer, feature, weights)
 
-    def _feature_value(self, key: SourceKey) -> float:
-        return float(self._feature_positions(key)[1].double().sum())
+    def _feature_value(self, source: int) -> float:
+        return float(self._feature_positions(source)[1].double().sum())
 
-    def _sources(self, edges: RowEdges, row: TargetRow) -> dict[SourceKey, float]:
-        """One row's edges by source node; feature edges beyond the row's cap go to rest nodes."""
-        sources: dict[SourceKey, float] = {("bias",): self.model.bias(row)}
-        for stream, contribution in edges.inputs.items():
-            sources[("input", stream)] = float(contribution.double().sum())
-        keys, values = [], []
-        for site, effects in edges.features.items():
-            sources[("error", *site)] = float(edges.errors[site].double().sum())
-            indices = self.model.sites[site].indices
-            if indices.shape[-1] == 0:
-                continue
-            totals = torch.zeros(int(indices.max()) + 1, dtype=torch.float64, device=effects.device)
-            totals.scatter_add_(0, indices.flatten(), effects.flatten().double())
-            nonzero = torch.nonzero(totals).flatten()
-            for feature, value in zip(nonzero.tolist(), totals[nonzero].tolist()):
-                keys.append(("feature", site[0], site[1], feature))
-                values.append(value)
-        if values:
-            magnitudes = torch.tensor(values).abs()
-            kept = torch.topk(magnitudes, min(len(values), self.settings.max_edges_per_node)).indices.tolist()
-            kept_set = set(kept)
-            for i, (key, value) in enumerate(zip(keys, values)):
-                if i in kept_set:
-                    sources[key] = value
-                else:
-                    rest = ("rest", key[1], key[2])
-                    sources[rest] = sources.get(rest, 0.0) + value
-        return sources
+    def _edge_rows(self, sources: list[int], values: list[float], edges: list[RowEdges]) -> list[_Row]:
+        """The rows of one pass: for each, its top `max_edges_per_node` feature edges, the other
+        features summed into their sites' rest terms, the error terms, the inputs and the bias.
+        The choice runs on the model's device for many rows at once; only the kept edges leave it."""
+        ids, device = self.ids, self.model.device
+        site_of = ids.site_of.to(device)
+        out: list[_Row] = []
+        per_chunk = max(1, _ROWS_AT_ONCE // max(1, ids.features))
+        for start in range(0, len(edges), per_chunk):
+            chunk = edges[start : start + per_chunk]
+            totals = torch.zeros(len(chunk), ids.features, dtype=torch.float64, device=device)
+            for r, row in enumerate(chunk):
+                for site, effects in row.features.items():
+                    offset = int(ids.offsets[ids.index[site]])
+                    totals[r, offset : offset + len(effects)] = effects
+            kept = torch.zeros_like(totals, dtype=torch.bool)
+            if ids.features:
+                cap = min(ids.features, self.settings.max_edges_per_node)
+                kept.scatter_(1, torch.topk(totals.abs(), cap, dim=1).indices, True)
+            kept &= totals != 0
+            beyond = torch.where(kept, 0.0, totals)
+            sites = len(ids.sites)
+            rests = torch.zeros(len(chunk), sites, dtype=torch.float64, device=device).index_add_(1, site_of, beyond)
+            folded = torch.zeros(len(chunk), sites, dtype=torch.float64, device=device).index_add_(
+                1, site_of, (beyond != 0).double()) > 0
+            for r, row in enumerate(chunk):
+                features, rest_sites = torch.nonzero(kept[r]).flatten(), torch.nonzero(folded[r]).flatten()
+                others = self._other_sources(row)
+                out.append(_Row(
+                    sources[start + r],
+                    values[start + r],
+                    torch.cat([features.cpu(), ids.rest(rest_sites.cpu()), others[0]]),
+                    torch.cat([totals[r, features], rests[r, rest_sites], others[1].to(device)]).cpu(),
+                ))
+        return out
+
+    def _other_sources(self, edges: RowEdges) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, weights) of a row's bias, error and input sources."""
+        ids = [self.ids.bias, *(self.ids.error(site) for site in edges.errors),
+               *(self.ids.input(stream) for stream in edges.inputs)]
+        parts = [*edges.errors.values(), *edges.inputs.values()]
+        sums = torch.stack([part.double().sum() for part in parts]).cpu() if parts else torch.zeros(0)
+        weights = torch.cat([torch.tensor([edges.bias], dtype=torch.float64), sums.double()])
+        return torch.tensor(ids, dtype=torch.long), weights
 
     # --- ranking ---------------------------------------------------------------------------------
 
-    def _rank_candidates(self, expanded: set[SourceKey]) -> list[SourceKey]:
-        """Unexpanded features by their influence on the target through the rows so far."""
-        columns: dict[SourceKey, int] = {}
-        row_index = {row.key: i for i, row in enumerate(self._rows)}
-        crow, cols, vals = [0], [], []
-        for row in self._rows:
-            total = sum(abs(v) for v in row.sources.values()) or 1.0
-            for key, value in row.sources.items():
-                cols.append(columns.setdefault(key, len(columns)))
-                vals.append(abs(value) / total)
-            crow.append(len(cols))
-        if not cols:
-            return []
-        row_ids = torch.repeat_interleave(torch.arange(len(self._rows)), torch.tensor(crow).diff())
-        col_ids = torch.tensor(cols)
-        weights = torch.tensor(vals, dtype=torch.float64)
-        # influence flows from the target down the computed rows; a column that is also a row passes it on
-        row_of_column = torch.full((len(columns),), -1, dtype=torch.long)
-        for key, column in columns.items():
-            if key in row_index:
-                row_of_column[column] = row_index[key]
-        has_row = row_of_column >= 0
+    def _rank_candidates(self, expanded: torch.Tensor) -> torch.Tensor:
+        """Unexpanded feature ids by their influence on the target through the rows so far: the
+        normalised rows as one sparse matrix, applied to the influence carried down from the target
+        until no expanded feature passes any on."""
+        row_of_row = torch.repeat_interleave(torch.arange(len(self._rows)),
+                                             torch.tensor([len(row.ids) for row in self._rows]))
+        columns = torch.cat([row.ids for row in self._rows])
+        weights = torch.cat([row.weights for row in self._rows]).abs()
+        totals = torch.zeros(len(self._rows), dtype=torch.float64).index_add_(0, row_of_row, weights)
+        weights = weights / torch.where(totals == 0, 1.0, totals)[row_of_row]
+        row_of_source = torch.full((self.ids.size,), -1, dtype=torch.long)
+        row_of_source[torch.tensor([row.source for row in self._rows[1:]], dtype=torch.long)] = torch.arange(
+            1, len(self._rows))
+        passing = row_of_source >= 0  # sources that are rows pass their influence on
         carried = torch.zeros(len(self._rows), dtype=torch.float64)
         carried[0] = 1.0
-        influence = torch.zeros(len(columns), dtype=torch.float64)
+        influence = torch.zeros(self.ids.size, dtype=torch.float64)
         for _ in range(len(self._rows) + 1):
-            if not carried.any():
-                break
-            reached = torch.zeros(len(columns), dtype=torch.float64).index_add_(0, col_ids, weights * carried[row_ids])
+            reached = torch.zeros(self.ids.size, dtype=torch.float64).index_add_(
+                0, columns, weights * carried[row_of_row])
             influence += reached
             carried = torch.zeros(len(self._rows), dtype=torch.float64).index_add_(
-                0, row_of_column[has_row], reached[has_row]
-            )
-        candidates = [
-            (float(influence[column]), key)
-            for key, column in columns.items()
-            if key[0] == "feature" and key not in expanded and key not in row_index
-        ]
-        candidates.sort(key=lambda item: -item[0])
-        return [key for score, key in candidates if score > 0]
+                0, row_of_source[passing], reached[passing])
+            if not carried.any():
+                break
+        scores = influence[: self.ids.features]
+        open_ = (scores > 0) & ~expanded[: self.ids.features]
+        candidates = torch.nonzero(open_).flatten()
+        order = torch.sort(scores[candidates], descending=True, stable=True).indices
+        return candidates[order]
 
     # --- the graph -------------------------------------------------------------------------------
 
     def _build_graph(self, root: RootTarget, step: int) -> CircuitGraph:
-        expanded = {row.key for row in self._rows[1:]}
-        folded_rows = []
-        for row in self._rows:
-            folded: dict[SourceKey, float] = {}
-            for key, value in row.sources.items():
-                if key[0] == "feature" and key not in expanded:
-                    key = ("rest", key[1], key[2])  # features left out of the graph
-                folded[key] = folded.get(key, 0.0) + value
-            folded_rows.append(folded)
-        used = {key for folded in folded_rows for key in folded}
+        ids = self.ids
         root_edges = self._root_edges
         assert root_edges is not None
+        node_of = torch.full((ids.size,), -1, dtype=torch.long)  # each source id's node
         nodes: list[CircuitNode] = []
-        index: dict[SourceKey, int] = {}
         for row in self._rows[1:]:
-            _, stream, layer, feature = row.key
-            positions, activations = self._feature_positions(row.key)
-            index[row.key] = len(nodes)
+            stream, layer, feature = ids.key(row.source)
+            positions, activations = self._feature_positions(row.source)
+            node_of[row.source] = len(nodes)
             nodes.append(CircuitNode("feature", step, stream, layer, feature, row.value, positions.cpu(),
                                      activations.float().cpu()))
+        columns = torch.cat([row.ids for row in self._rows])
+        unexpanded = torch.nonzero((columns < ids.features) & (node_of[columns] < 0)).flatten()
+        columns[unexpanded] = ids.rest(ids.site_of[columns[unexpanded]])  # features left out: their sites' rest
+        used = torch.zeros(ids.size, dtype=torch.bool)
+        used[columns] = True
         for kind in ("error", "rest"):
-            for stream, layer in sorted(self.model.sites, key=lambda site: (site[1], site[0])):
-                if (kind, stream, layer) in used:
-                    index[(kind, stream, layer)] = len(nodes)
+            for stream, layer in sorted(ids.sites, key=lambda site: (site[1], site[0])):
+                site_index = ids.index[(stream, layer)]
+                source = ids.error((stream, layer)) if kind == "error" else int(ids.rest(site_index))
+                if used[source]:
+                    node_of[source] = len(nodes)
                     per_position = root_edges.errors.get((stream, layer)) if kind == "error" else None
                     nodes.append(self._source_node(kind, step, stream, layer, per_position))
         for stream in STREAMS:
-            index[("input", stream)] = len(nodes)
+            node_of[ids.input(stream)] = len(nodes)
             nodes.append(self._source_node("input", step, stream, None, root_edges.inputs.get(stream)))
-        index[("bias",)] = len(nodes)
+        node_of[ids.bias] = len(nodes)
         nodes.append(CircuitNode("bias", step))
-        index[("target",)] = len(nodes)
+        target = len(nodes)
         nodes.append(
             CircuitNode(
                 "target", step, root.row.stream, root.row.layer, root.feature, self._rows[0].value,
                 root.positions.cpu(), root.weights.float().cpu(), root.label,
             )
         )
-        triples = [
-            (index[key], index[row.key], value)
-            for row, folded in zip(self._rows, folded_rows)
-            for key, value in folded.items()
-            if value != 0.0
-        ]
-        for key, value in folded_rows[0].items():  # a source node's value: its direct effect on the target
-            if key[0] != "feature":
-                nodes[index[key]].value = value
-        return CircuitGraph(nodes, *edge_list(triples))
+        row_nodes = torch.tensor([target, *(int(node_of[row.source]) for row in self._rows[1:])], dtype=torch.long)
+        lengths = torch.tensor([len(row.ids) for row in self._rows])
+        targets = torch.repeat_interleave(row_nodes, lengths)
+        sources = node_of[columns]
+        weights = torch.cat([row.weights for row in self._rows])
+        pairs, pair_of_edge = torch.unique(targets * len(nodes) + sources, return_inverse=True)
+        summed = torch.zeros(len(pairs), dtype=torch.float64).index_add_(0, pair_of_edge, weights)
+        nonzero = summed != 0
+        graph = CircuitGraph(nodes, (pairs % len(nodes))[nonzero], (pairs // len(nodes))[nonzero], summed[nonzero])
+        into_target = (pairs // len(nodes)) == target
+        for source, value in zip((pairs % len(nodes))[into_target].tolist(), summed[into_target].tolist()):
+            if nodes[source].kind != "feature":  # a source node's value: its direct effect on the target
+                nodes[source].value = value
+        return graph
 
     def _source_node(
         self, kind: NodeKind, step: int, stream: Stream, layer: int | None, per_position: torch.Tensor | None

@@ -51,7 +51,7 @@ def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack
     features = len(graph.features())
     assert 0 < features <= 40
     # the clean and the zero-source forward; the target's row, then rows in batches of 16
-    assert graph.metadata.passes == core.attribution.Passes(forward=2, backward=1 + -(-features // 16))
+    assert graph.metadata.passes == core.attribution.Passes(forward=1, backward=1 + -(-features // 16))
     assert graph.metadata.faithfulness.forward_passes == 5  # one per ablated feature
     assert graph.metadata.pruning == core.attribution.Pruning(node_threshold=0.8, edge_threshold=0.98)
     assert picture.shape == (1, 768, 1024, 3) and 0 <= float(picture.min()) and float(picture.max()) <= 1
