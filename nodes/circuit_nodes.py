@@ -58,10 +58,15 @@ def parse_target(text: str, mode: str, position: int, region: torch.Tensor | Non
 
 def read_comfy_linear(module: torch.nn.Module, dtype: torch.dtype,
                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Weights as ComfyUI computes with them (LoRA weight functions, fp8 dequantised)."""
+    """Weights as ComfyUI computes with them (LoRA weight functions, fp8 dequantised). Layers of op
+    sets that dequantise in a `cast_bias_weight` method of their own (ComfyUI-GGUF's quantised
+    layers) are read through it: comfy.ops' function would cast their packed blocks as numbers."""
     if hasattr(module, "weight_function") and hasattr(module, "comfy_cast_weights"):
         import comfy.ops
 
+        own = getattr(type(module), "cast_bias_weight", None)
+        if callable(own):
+            return own(module, None, dtype=dtype, device=device, bias_dtype=dtype)
         return comfy.ops.cast_bias_weight(module, None, dtype=dtype, device=device, bias_dtype=dtype)
     return read_plain_linear(module, dtype, device)
 

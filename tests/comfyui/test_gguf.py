@@ -125,18 +125,9 @@ hb.emit(dict(counts=quant_counts, patcher=type(patcher).__name__,
     assert r["unit"] and r["ablated"] > 1e-3
 
 
-@pytest.mark.xfail(
-    raises=AssertionError, strict=True,
-    reason="pack bug: Trace Circuit reads Q8_0 weights as raw bytes. nodes/circuit_nodes.py read_comfy_linear calls "
-    "the module-level comfy.ops.cast_bias_weight, which casts the GGMLTensor's uint8 blocks with .to(dtype) instead "
-    "of dequantising (ComfyUI-GGUF dequantises in its layers' own cast_bias_weight method); the replay then fails "
-    "in diffract_core/attribution/blocks.py Affine.__call__ (img_mod.lin: 'mat1 and mat2 shapes cannot be "
-    "multiplied (1x64 and 68x384)'). Remove this mark once it traces or refuses naming GGUF.",
-)
 def test_trace_circuit_through_gguf_ops(gguf_run):
-    """Trace Circuit on the GGUF model either traces the graph of its dequantised twin (a plain FLUX
-    with the weights ComfyUI-GGUF computes with), conserving as the non-GGUF graph does, or refuses
-    with a message that names GGUF."""
+    """Trace Circuit on the GGUF model traces the graph of its dequantised twin (a plain FLUX with
+    the weights ComfyUI-GGUF computes with), conserving as the non-GGUF graph does."""
     proc = gguf_run("""
 import importlib
 att = importlib.import_module(hb.PACK.__name__ + ".diffract_core.attribution")
@@ -168,8 +159,6 @@ hb.emit(result)
 """)
     r = proc.result
     assert r["twin_same"], "the dequantised twin does not sample like the GGUF model: the reference is wrong"
-    if "error" in r:
-        assert "gguf" in r["error"].lower(), f"Trace Circuit failed without naming GGUF at {r['where']}: {r['error']}"
-    else:
-        assert r["same_ids"] and r["max_diff"] <= 1e-5 * max(1.0, r["scale"]), r
-        assert r["residual"] < 1e-5 and r["residual_ref"] < 1e-5, r
+    assert "error" not in r, f"Trace Circuit failed at {r['where']}: {r['error']}"
+    assert r["same_ids"] and r["max_diff"] <= 1e-5 * max(1.0, r["scale"]), r
+    assert r["residual"] < 1e-5 and r["residual_ref"] < 1e-5, r
