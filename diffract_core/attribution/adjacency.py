@@ -35,7 +35,8 @@ class SparseAdjacency:
         keys, pair_of_edge = torch.unique(targets.long() * size + sources.long(), return_inverse=True)
         pair_targets, pair_sources = keys // size, keys % size
         summed = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, pair_of_edge, weights.double())
-        by_source, by_target = _grouped(pair_sources, size), _grouped(pair_targets, size)
+        by_source = _grouped(pair_sources, size, torch.argsort(pair_sources, stable=True))
+        by_target = _grouped(pair_targets, size, torch.arange(len(keys)))  # the keys are sorted by target already
         return cls(size, pair_targets, pair_sources, summed, pair_of_edge,
                    _waves(size, pair_sources, by_target), by_source, by_target)
 
@@ -61,8 +62,8 @@ class SparseAdjacency:
         return _gather(nodes, *grouping)
 
 
-def _grouped(keys: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    order = torch.argsort(keys, stable=True)
+def _grouped(keys: torch.Tensor, size: int, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(order, starts, counts): `keys[order]` ascending, and where each key's run starts in it and how long it is."""
     counts = torch.bincount(keys, minlength=size)
     return order, torch.cumsum(counts, 0) - counts, counts
 
