@@ -8,6 +8,7 @@ ComfyUI's ops (it applies LoRA weight functions and dequantises fp8 weights).
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import replace
 from typing import Any
@@ -44,6 +45,8 @@ from .transcoder_memory import site_patchers
 
 _TARGET = re.compile(r"^(?P<stream>img|txt):(?P<layer>\d+)(?::(?P<index>\d+))?$")
 TARGET_SPEC_HELP = "stream:layer:feature, e.g. img:12:40684; for strongest_in_region the site alone, e.g. img:12"
+
+_log = logging.getLogger(__name__)
 
 
 def parse_target(text: str, mode: str, position: int, region: torch.Tensor | None) -> TargetSpec:
@@ -97,7 +100,9 @@ class TraceCircuit(io.ComfyNode):
                 io.Float.Input("node_threshold", default=0.8, min=0.0, max=1.0, step=0.01,
                                tooltip="share of influence the pruned graph keeps"),
                 io.Float.Input("edge_threshold", default=0.98, min=0.0, max=1.0, step=0.001),
-                io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="target rows per backward pass"),
+                io.Int.Input("batch_size", default=64, min=1, max=4096,
+                             tooltip="the most target rows per backward pass; fewer where free memory is short "
+                             "(the console says so; the graph is the same)"),
                 io.Int.Input("max_active", default=128, min=1, max=65536,
                              tooltip="features per token kept as graph sources; the rest join the error node"),
                 io.Int.Input("faithfulness_checks", default=10, min=0, max=1000,
@@ -164,7 +169,11 @@ class TraceCircuit(io.ComfyNode):
             text_tokens=labels,
             progress=lambda done, total: progress.update(done, total),
         )
-        graph.metadata = replace(graph.require_metadata(), pruning=Pruning(node_threshold, edge_threshold))
+        metadata = graph.require_metadata()
+        if metadata.passes is not None and metadata.passes.rows_per_pass < batch_size:
+            _log.warning("Trace Circuit: %d target row(s) per backward pass instead of batch_size %d, as the "
+                         "free memory allows (more passes, same graph)", metadata.passes.rows_per_pass, batch_size)
+        graph.metadata = replace(metadata, pruning=Pruning(node_threshold, edge_threshold))
         pruned = graph.subgraph(graph.prune(node_threshold, edge_threshold))
         picture = render_circuit(pruned)
         atlas = transcoders.atlas

@@ -46,8 +46,9 @@ def trace_circuit(
         device=device, max_active=settings.max_active,
     )
     root = resolve_target(model, target, call.image_grid)
-    graph = CircuitTracer(model, settings).trace(root, step=step, progress=progress)
-    passes = Passes(model.forward_passes, model.backward_passes)
+    tracer = CircuitTracer(model, settings)
+    graph = tracer.trace(root, step=step, progress=progress)
+    passes = Passes(model.forward_passes, model.backward_passes, tracer.rows_per_pass)
     seconds = time.perf_counter() - started
     residuals = graph.conservation()
     faithfulness = None

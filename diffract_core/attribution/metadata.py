@@ -32,6 +32,7 @@ class TargetInfo:
 class Passes:
     forward: int
     backward: int
+    rows_per_pass: int = 0  # rows per backward pass the trace ran with: batch_size, or fewer where memory was short
 
 
 @dataclass(frozen=True)

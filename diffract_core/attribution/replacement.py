@@ -433,6 +433,17 @@ class ReplacementModel:
         self.backward_passes += 1
         return edges
 
+    def pass_bytes_per_row(self) -> int:
+        """Memory one more row adds to a pass of `attribute`: the residual gradients of both streams
+        and at most two more tensors of their size in the block transpose (see `_block_transposed`)."""
+        tokens = self.tokens("txt") + self.tokens("img")
+        return 3 * tokens * self.hidden * self.dtype.itemsize
+
+    def pass_fixed_bytes(self) -> int:
+        """Memory a pass takes whatever its rows: a chunk of attention logits and probabilities, and
+        one of gathered decoder rows."""
+        return 3 * _MEMORY_CHUNK * self.dtype.itemsize
+
     def _check_row(self, row: TargetRow) -> None:
         if not 0 <= row.layer <= self.last_layer:
             raise DiffractError(f"target layer {row.layer} is outside the traced blocks 0..{self.last_layer}")

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import DiffractError
 from ..transcoders.config import STREAMS, Stream
 from ..transcoders.transcoder_set import SiteKey
 from .graph import CircuitGraph, CircuitNode, NodeKind
+from .pass_memory import free_bytes, rows_that_fit
 from .replacement import ReplacementModel, RowEdges, TargetRow
 from .settings import TraceSettings
 
@@ -91,6 +93,8 @@ class CircuitTracer:
         self._rows: list[_Row] = []
         self._root_edges: RowEdges | None = None
         self._positions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.rows_per_pass = 1 if self.settings.per_row else rows_that_fit(
+            model, self.settings.batch_size, free_bytes(model.device))
 
     def trace(self, root: RootTarget, *, step: int, progress: ProgressCallback | None = None) -> CircuitGraph:
         """The graph, without metadata (`trace_circuit` adds it)."""
@@ -126,9 +130,27 @@ class CircuitTracer:
     # --- rows ------------------------------------------------------------------------------------
 
     def _compute(self, rows: list[TargetRow]) -> list[RowEdges]:
+        """The rows' edges, `rows_per_pass` rows per pass; a pass that runs out of memory is retried
+        with half the rows (and `rows_per_pass` stays halved)."""
         if self.settings.per_row:
             return [self.model.attribute_autograd(row) for row in rows]
-        return self.model.attribute(rows)
+        edges: list[RowEdges] = []
+        while len(edges) < len(rows):
+            piece = rows[len(edges) : len(edges) + self.rows_per_pass]
+            try:
+                edges += self.model.attribute(piece)
+                continue
+            except torch.OutOfMemoryError:
+                pass  # retried below, once the failed pass's tensors are released with the exception
+            if self.rows_per_pass == 1:
+                raise DiffractError(
+                    f"one target row does not fit in the memory free on {self.model.device}: trace a smaller image, "
+                    "lower max_active, or free memory (unload other models)"
+                )
+            self.rows_per_pass //= 2
+            if self.model.device.type == "cuda":
+                torch.cuda.empty_cache()
+        return edges
 
     def _feature_positions(self, source: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions, activations) where a feature fires among its site's kept features."""

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffract_core.attribution import CircuitTracer, Passes, ReplacementModel, TargetSpec, TraceSettings, trace_circuit
+from diffract_core.attribution.pass_memory import rows_that_fit
 from diffract_core.errors import DiffractError
 
 
@@ -41,7 +42,7 @@ def test_batched_graph_equals_the_one_row_per_pass_graph(model, transcoders, cal
     single = trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 3, 7), step=1,
                            settings=TraceSettings(max_feature_nodes=60, batch_size=8, per_row=True))
     assert [n.id for n in single.nodes] == [n.id for n in graph.nodes]
-    assert single.metadata.passes == Passes(forward=2 + 61, backward=61)
+    assert single.metadata.passes == Passes(forward=2 + 61, backward=61, rows_per_pass=1)
     assert graph.metadata.passes.backward < 20
     order = lambda g: torch.argsort(g.edge_targets * 10_000 + g.edge_sources)
     torch.testing.assert_close(single.edge_weights[order(single)], graph.edge_weights[order(graph)], rtol=1e-6,
@@ -98,3 +99,35 @@ def test_a_small_budget_is_still_ranked_through_the_graph(model, transcoders, ca
                           settings=TraceSettings(max_feature_nodes=64, batch_size=16))
     assert rankings == [0, 16, 32, 48]
     assert graph.metadata.passes.backward == 1 + 4 and len(graph.features()) == 64
+
+
+def test_rows_per_pass_fit_the_free_memory(model, transcoders, call) -> None:
+    lrm = ReplacementModel(model.double_blocks, transcoders, call, last_layer=2)
+    per_row, fixed = lrm.pass_bytes_per_row(), lrm.pass_fixed_bytes()
+    assert per_row == 3 * (5 + 24) * 64 * 4
+    assert rows_that_fit(lrm, 64, None) == 64
+    assert rows_that_fit(lrm, 64, int((fixed + 10 * per_row) / 0.8) + 1) == 10
+    assert rows_that_fit(lrm, 64, 0) == 1
+
+
+def test_a_pass_out_of_memory_is_retried_with_half_the_rows(model, transcoders, call, graph, monkeypatch) -> None:
+    attribute = ReplacementModel.attribute
+    sizes = []
+
+    def short_of_memory(self, rows):
+        sizes.append(len(rows))
+        if len(rows) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return attribute(self, rows)
+
+    monkeypatch.setattr(ReplacementModel, "attribute", short_of_memory)
+    halved = trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 3, 7), step=1,
+                           settings=TraceSettings(max_feature_nodes=60, batch_size=8))
+    assert sizes[:4] == [1, 8, 4, 2] and max(sizes[4:]) == 2
+    assert halved.metadata.passes.rows_per_pass == 2 and graph.metadata.passes.rows_per_pass == 8
+    assert [n.id for n in halved.nodes] == [n.id for n in graph.nodes]
+    torch.testing.assert_close(halved.edge_weights, graph.edge_weights, rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(ReplacementModel, "attribute",
+                        lambda self, rows: (_ for _ in ()).throw(torch.OutOfMemoryError("simulated")))
+    with pytest.raises(DiffractError, match="one target row does not fit in the memory free"):
+        trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 3, 7), step=1)

@@ -42,6 +42,24 @@ def traced(pack, patcher, transcoders, sampler):
     return model, recording, output, list(comfy.model_management.loaded)
 
 
+def test_trace_circuit_says_when_memory_allows_fewer_rows_than_batch_size(pack, core, patcher, transcoders, sampler,
+                                                                       monkeypatch, caplog) -> None:
+    import fake_runtime
+
+    model, recording = fake_runtime.run_node(
+        pack.nodes.RecordFeatures, model=patcher, transcoders=transcoders, keep_inputs_at_steps="1"
+    ).args
+    latent = sampler(model)
+    monkeypatch.setattr(core.attribution.tracer, "free_bytes", lambda device: 0)
+    with caplog.at_level("WARNING"):
+        graph, _ = fake_runtime.run_node(
+            pack.nodes.TraceCircuit, model=model, recording=recording, transcoders=transcoders,
+            samples={"samples": latent}, target="img:1:7", step=1, max_feature_nodes=10, batch_size=16,
+        ).args
+    assert graph.metadata.passes.rows_per_pass == 1
+    assert "1 target row(s) per backward pass instead of batch_size 16" in caplog.text
+
+
 def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack, traced, core, transcoders) -> None:
     output = traced[2]
     graph, picture = output.args
@@ -50,8 +68,9 @@ def test_trace_circuit_returns_an_exact_graph_a_picture_and_a_small_payload(pack
     assert float(graph.conservation().max()) < 1e-5
     features = len(graph.features())
     assert 0 < features <= 40
-    # the clean and the zero-source forward; the target's row, then rows in batches of 16
-    assert graph.metadata.passes == core.attribution.Passes(forward=1, backward=1 + -(-features // 16))
+    # the clean forward; the target's row, then rows in batches of 16
+    assert graph.metadata.passes == core.attribution.Passes(forward=1, backward=1 + -(-features // 16),
+                                                            rows_per_pass=16)
     assert graph.metadata.faithfulness.forward_passes == 5  # one per ablated feature
     assert graph.metadata.pruning == core.attribution.Pruning(node_threshold=0.8, edge_threshold=0.98)
     assert picture.shape == (1, 768, 1024, 3) and 0 <= float(picture.min()) and float(picture.max()) <= 1
