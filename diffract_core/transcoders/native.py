@@ -201,8 +201,11 @@ def load_site(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     check_weights: bool = True,
+    fp8_weights: bool = False,
 ) -> Transcoder:
-    """Build a site's transcoder over its memory-mapped weights (copied only to change dtype/device)."""
+    """Build a site's transcoder over its memory-mapped weights (copied only to change dtype/device).
+    `fp8_weights`: hold W_enc and W_dec as float8 e4m3 codes with per-feature scales, quantised
+    from the mapped file a chunk at a time; `dtype` then applies to the biases and time path."""
     config = read_site_config(folder)
     weights = folder / WEIGHTS_FILE
     try:
@@ -220,12 +223,14 @@ def load_site(
     if check_weights:
         for key, tensor in tensors.items():
             check_finite(tensor, f"{folder.name}: {key}")
-    if dtype is not None or device is not None:
-        tensors = {key: tensor.to(device=device, dtype=dtype) for key, tensor in tensors.items()}
-        if dtype is not None:
-            config = config.with_dtype(dtype)
     transcoder = Transcoder(config, device="meta")
     transcoder.load_state_dict(tensors, assign=True)
+    if fp8_weights:
+        transcoder.quantise_fp8()
+    if dtype is not None:
+        transcoder.cast_parameters(dtype)
+    if device is not None:
+        transcoder.to(device)
     return transcoder.requires_grad_(False)
 
 

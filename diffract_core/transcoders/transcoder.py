@@ -9,13 +9,19 @@
 Weights are stored one row per feature (`W_enc` and `W_dec` both [F, D]), so the decoder vectors of
 the active features are a contiguous gather. The time path always runs in fp32 (it is tiny); the
 encoder and decoder run in `compute_dtype` (the weights' dtype unless the caller sets another).
+
+Everything runs on the activations' device. A matrix that is not there already, in the compute
+dtype (fp8 storage, another dtype, or weights a model manager left on the CPU), is cast into the
+product `ROWS_PER_CHUNK` rows at a time, so no full-size cast copy ever exists. Read the matrices
+through `encoder_vectors` / `decoder_vectors`, which work for every storage.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +32,66 @@ from .config import TranscoderConfig
 from .time_embedding import sinusoidal_embedding
 
 Timestep = float | torch.Tensor
+RowSelection = slice | torch.Tensor  # a range of feature rows, or an index tensor of any shape
+
+ROWS_PER_CHUNK = 4096  # rows cast or dequantised at a time: 4096 x 3072 bf16 values are 24 MiB
+# Dense decoding reads every decoder row; decoding from the rows of the features active anywhere in
+# the batch gathers only those. On a CPU (1024 rows, 16384 features, d_model 768, fp32) the gather
+# was 4x faster at 5% active, 2x at 40% and even near 60%; so it is used up to half.
+ACTIVE_ROWS_PAY = 0.5  # largest share of active features decoded from their rows alone
+QUANTISED = ("W_enc", "W_dec")  # the matrices fp8 storage holds as codes and per-row scales
+
+
+def fp8_dtype() -> torch.dtype:
+    """torch.float8_e4m3fn, or a refusal naming the fix where this PyTorch lacks it."""
+    dtype = getattr(torch, "float8_e4m3fn", None)
+    if dtype is None:
+        raise SettingsError(
+            f"fp8 transcoder weights need torch.float8_e4m3fn, which PyTorch {torch.__version__} lacks: "
+            "upgrade PyTorch (2.1 or later), or load the transcoders in bf16"
+        )
+    return dtype
+
+
+def row_chunks(count: int) -> Iterator[slice]:
+    """Consecutive ranges of at most ROWS_PER_CHUNK rows covering 0..count."""
+    for start in range(0, count, ROWS_PER_CHUNK):
+        yield slice(start, min(count, start + ROWS_PER_CHUNK))
+
+
+@torch.no_grad()
+def quantise_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float8 e4m3 codes, one fp32 scale per row) with weight ~ codes * scale[:, None]: each row's
+    largest magnitude maps to e4m3's largest finite value. A chunk of rows at a time, so `weight`
+    (often a memory-mapped file) is never copied whole."""
+    fp8 = fp8_dtype()
+    largest = torch.finfo(fp8).max
+    codes = torch.empty(weight.shape, dtype=fp8, device=weight.device)
+    scales = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for rows in row_chunks(weight.shape[0]):
+        block = weight[rows].float()
+        scale = (block.abs().amax(-1) / largest).clamp_min(torch.finfo(torch.float32).tiny)
+        codes[rows] = (block / scale[:, None]).clamp(-largest, largest).to(fp8)
+        scales[rows] = scale
+    return codes, scales
+
+
+def resident(stored: torch.Tensor, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a stored matrix enters a product on `device` in `dtype` as it is; otherwise it is
+    cast a chunk of rows at a time (fp8 codes never are: their dtype is not a compute dtype)."""
+    return stored.device == device and stored.dtype == dtype
+
+
+def _product_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a decoder product runs in: PyTorch's CPU half-precision GEMM is about 100x slower
+    with the right operand in this feature-major layout than the same product in fp32 (measured in
+    the throughput benchmark), so on a CPU it runs in fp32."""
+    return torch.float32 if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def _fp32_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """A time-path layer in fp32 on x's device (the layers are tiny: casting them per call is free)."""
+    return F.linear(x, layer.weight.to(x.device, torch.float32), layer.bias.to(x.device, torch.float32))
 
 
 @dataclass(frozen=True)
@@ -71,6 +137,9 @@ class Transcoder(nn.Module):
         self.W_dec = nn.Parameter(torch.empty(d_features, d_model, **factory))
         self.b_dec = nn.Parameter(torch.empty(d_model, **factory))
         self.compute_dtype: torch.dtype | None = None
+        # True while a model manager (ComfyUI) decides where the weights live: the MLP patch then
+        # computes with them where they are instead of moving them to the activations' device.
+        self.placement_managed = False
 
     # --- construction -------------------------------------------------------------------------
 
@@ -98,6 +167,47 @@ class Transcoder(nn.Module):
         self.compute_dtype = dtype
         return self
 
+    @torch.no_grad()
+    def cast_parameters(self, dtype: torch.dtype) -> Transcoder:
+        """Cast the parameters to `dtype` and record it in the config. fp8 codes and their fp32
+        scales are buffers and stay as they are; a plain `.to(dtype)` would widen the codes and
+        give back the memory fp8 saves."""
+        for parameter in self.parameters():
+            parameter.data = parameter.data.to(dtype)
+        self.config = self.config.with_dtype(dtype)
+        return self
+
+    @torch.no_grad()
+    def quantise_fp8(self) -> Transcoder:
+        """Hold W_enc and W_dec as float8 e4m3 codes (`W_enc_fp8`, `W_dec_fp8`) with one fp32 scale
+        per feature (`W_enc_scale`, `W_dec_scale`): half their bf16 memory. Encode and decode
+        dequantise a chunk of rows at a time inside the product. In place; refused where this
+        PyTorch has no float8."""
+        if self.fp8_weights:
+            return self
+        for name in QUANTISED:
+            codes, scales = quantise_rows(self._parameters[name])
+            delattr(self, name)
+            self.register_buffer(f"{name}_fp8", codes)
+            self.register_buffer(f"{name}_scale", scales)
+        return self
+
+    @property
+    def fp8_weights(self) -> bool:
+        return "W_enc_fp8" in self._buffers
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in QUANTISED and self.fp8_weights:
+                accessor = "encoder_vectors" if name == "W_enc" else "decoder_vectors"
+                raise AttributeError(
+                    f"this transcoder holds {name} in fp8 ({name}_fp8 codes, one {name}_scale per feature): "
+                    f"read its rows with {accessor}(features, dtype=..., device=...), which dequantises them"
+                ) from None
+            raise
+
     @property
     def d_model(self) -> int:
         return self.config.d_model
@@ -108,21 +218,22 @@ class Transcoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.W_enc.dtype
+        """The parameters' dtype (with fp8 weights: the biases' and time path's)."""
+        return self.b_dec.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.W_enc.device
+        """Where the encoder and decoder matrices are stored."""
+        return self._stored("W_enc").device
 
     # --- the time path --------------------------------------------------------------------------
 
     def film(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), each [n, d_model] in fp32, for a flat tensor of n timesteps."""
         embedding = sinusoidal_embedding(t, self.config.time_embedding)
-        first, second = self.time_mlp[0], self.time_mlp[2]
-        hidden = F.silu(F.linear(embedding, first.weight.float(), first.bias.float()))
-        hidden = F.silu(F.linear(hidden, second.weight.float(), second.bias.float()))
-        modulation = F.linear(hidden, self.mod_linear.weight.float(), self.mod_linear.bias.float())
+        hidden = F.silu(_fp32_linear(embedding, self.time_mlp[0]))
+        hidden = F.silu(_fp32_linear(hidden, self.time_mlp[2]))
+        modulation = _fp32_linear(hidden, self.mod_linear)
         scale, shift = modulation.chunk(2, dim=-1)
         return scale, shift
 
@@ -153,7 +264,23 @@ class Transcoder(nn.Module):
     # --- encoder and decoder ------------------------------------------------------------------
 
     def _compute_dtype(self) -> torch.dtype:
-        return self.compute_dtype or self.W_enc.dtype
+        return self.compute_dtype or self.dtype
+
+    def _stored(self, name: str) -> torch.Tensor:
+        """W_enc or W_dec as stored: the parameter, or its fp8 codes."""
+        return self._buffers[f"{name}_fp8"] if self.fp8_weights else self._parameters[name]
+
+    def _rows(self, name: str, rows: RowSelection, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The chosen rows of W_enc or W_dec ([..., d_model]), dequantised, on `device` in `dtype`.
+        The stored rows cross devices first: in fp8 that moves one byte per value."""
+        stored = self._stored(name)
+        if isinstance(rows, torch.Tensor):
+            rows = rows.to(stored.device)
+        picked = stored[rows].to(device)
+        if not self.fp8_weights:
+            return picked.to(dtype)
+        scales = self._buffers[f"{name}_scale"][rows].to(device)
+        return (picked.float() * scales[..., None]).to(dtype)
 
     def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
         dtype = self._compute_dtype()
@@ -179,7 +306,15 @@ class Transcoder(nn.Module):
 
     def preactivations(self, x: torch.Tensor, t: Timestep) -> torch.Tensor:
         """W_enc x~ + b_enc for all features: [..., d_features]."""
-        return F.linear(self.modulate(x, t), self._cast(self.W_enc), self._cast(self.b_enc))
+        x = self.modulate(x, t)
+        bias = self.b_enc.to(x.device, x.dtype)
+        stored = self._stored("W_enc")
+        if resident(stored, x.device, x.dtype):
+            return F.linear(x, stored, bias)
+        pre = x.new_empty(*x.shape[:-1], self.d_features)
+        for rows in row_chunks(self.d_features):
+            pre[..., rows] = F.linear(x, self._rows("W_enc", rows, x.device, x.dtype), bias[rows])
+        return pre
 
     def encode(self, x: torch.Tensor, t: Timestep) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes z, pre-activations), both [..., d_features]; z = ReLU(pre), of which a TopK
@@ -201,13 +336,41 @@ class Transcoder(nn.Module):
                 f"{self._site_name()} decodes codes with last dimension d_features={self.d_features}, "
                 f"got shape {tuple(z.shape)}"
             )
-        z, decoder, bias = self._cast(z), self._cast(self.W_dec), self._cast(self.b_dec)
-        if decoder.device.type == "cpu" and decoder.dtype in (torch.bfloat16, torch.float16):
-            # PyTorch's CPU half-precision GEMM is about 100x slower with the right operand in this
-            # feature-major layout than the same product done in fp32 (measured in the throughput
-            # benchmark), so the product runs in fp32 on the CPU.
-            return (torch.matmul(z.float(), decoder.float()) + bias.float()).to(decoder.dtype)
-        return torch.matmul(z, decoder) + bias
+        z = self._cast(z)
+        codes = z.to(_product_dtype(z.device, z.dtype))
+        return (self._decoder_product(codes) + self.b_dec.to(codes.device, codes.dtype)).to(z.dtype)
+
+    def _decoder_product(self, codes: torch.Tensor) -> torch.Tensor:
+        """W_dec^T codes: from the active features' rows where that pays, else from every row (the
+        stored matrix itself where it can serve as it is)."""
+        active = self._active_features(codes)
+        if active is not None:
+            return self._decoder_sum(
+                ((codes.index_select(-1, active[rows]), active[rows]) for rows in row_chunks(active.numel())), codes
+            )
+        stored = self._stored("W_dec")
+        if resident(stored, codes.device, codes.dtype):
+            return torch.matmul(codes, stored)
+        return self._decoder_sum(((codes[..., rows], rows) for rows in row_chunks(self.d_features)), codes)
+
+    def _active_features(self, z: torch.Tensor) -> torch.Tensor | None:
+        """The features active anywhere in z when few enough that decoding from their rows alone
+        pays (see ACTIVE_ROWS_PAY); None for the dense product, which is also what a gradient in z
+        needs (every column of z gets one, active or not)."""
+        if z.requires_grad and torch.is_grad_enabled():
+            return None
+        rows = z.reshape(-1, self.d_features)
+        # two reductions, no [rows, d_features] mask (torch.aminmax along rows is 4x slower on a CPU)
+        active = ((rows.amin(0) != 0) | (rows.amax(0) != 0)).nonzero().squeeze(-1)
+        return active if active.numel() <= ACTIVE_ROWS_PAY * self.d_features else None
+
+    def _decoder_sum(self, parts: Iterable[tuple[torch.Tensor, RowSelection]], codes: torch.Tensor) -> torch.Tensor:
+        """Sum over (columns [..., n] of `codes`, the n decoder rows they weigh) of columns @ rows:
+        [*codes.shape[:-1], d_model]."""
+        total = codes.new_zeros(*codes.shape[:-1], self.d_model)
+        for columns, rows in parts:
+            total += torch.matmul(columns, self._rows("W_dec", rows, codes.device, codes.dtype))
+        return total
 
     def forward(self, x: torch.Tensor, t: Timestep) -> torch.Tensor:
         """The reconstruction y_hat of the MLP output."""
@@ -229,9 +392,10 @@ class Transcoder(nn.Module):
         """Pre-activation of the chosen features only (differentiable in x): [...] for one int,
         [..., n] for a list of n indices. Costs n encoder rows, not the whole dictionary."""
         index = self._feature_index(features)
-        encoder = self._cast(self.W_enc[index.reshape(-1)])
-        bias = self._cast(self.b_enc[index.reshape(-1)])
-        pre = F.linear(self.modulate(x, t), encoder, bias)
+        x = self.modulate(x, t)
+        flat = index.reshape(-1)
+        encoder = self.encoder_vectors(flat, dtype=x.dtype, device=x.device)
+        pre = F.linear(x, encoder, self.b_enc[flat].to(x.device, x.dtype))
         return pre.squeeze(-1) if index.dim() == 0 else pre
 
     def feature_activation(
@@ -246,9 +410,20 @@ class Transcoder(nn.Module):
         z, _ = self.encode(x, t)
         return z[..., index]
 
-    def decoder_vectors(self, features: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """Decoder rows (unit-norm directions in the MLP-output space) of the chosen features."""
-        return self._cast(self.W_dec[self._feature_index(features)])
+    def decoder_vectors(self, features: int | Sequence[int] | torch.Tensor, *, dtype: torch.dtype | None = None,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+        """Decoder rows (unit-norm directions in the MLP-output space) of the chosen features,
+        [*index shape, d_model], dequantised, in `dtype` (default: the compute dtype) on `device`
+        (default: where the weights are)."""
+        return self._rows("W_dec", self._feature_index(features), torch.device(device or self.device),
+                          dtype or self._compute_dtype())
+
+    def encoder_vectors(self, features: int | Sequence[int] | torch.Tensor, *, dtype: torch.dtype | None = None,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+        """Encoder rows W_enc[i] of the chosen features (pre-FiLM: the encoder sees x * (1 + scale) + shift),
+        shaped, dequantised and placed as `decoder_vectors`."""
+        return self._rows("W_enc", self._feature_index(features), torch.device(device or self.device),
+                          dtype or self._compute_dtype())
 
     @torch.no_grad()
     def encode_topk(self, x: torch.Tensor, t: Timestep, k: int, chunk_rows: int = 2048) -> SparseCodes:
@@ -274,9 +449,23 @@ class Transcoder(nn.Module):
         )
 
     def decode_sparse(self, codes: SparseCodes) -> torch.Tensor:
-        """Decode top-k codes without materialising dense activations."""
+        """Decode top-k codes from the decoder rows of the features they name, without dense
+        [rows, d_features] activations: the named features are taken a chunk at a time, each
+        chunk's codes scattered into a [rows, chunk] block."""
         k = codes.indices.shape[-1]
-        flat_index = codes.indices.reshape(-1, k).long()
-        flat_values = self._cast(codes.values.reshape(-1, k))
-        out = F.embedding_bag(flat_index, self._cast(self.W_dec), per_sample_weights=flat_values, mode="sum")
-        return (out + self._cast(self.b_dec)).reshape(*codes.indices.shape[:-1], self.d_model)
+        values = self._cast(codes.values.reshape(-1, k))
+        dtype = _product_dtype(values.device, values.dtype)
+        features, slot = torch.unique(codes.indices.reshape(-1, k).long(), return_inverse=True)
+        parts = ((_scattered(values.to(dtype), slot, rows), features[rows]) for rows in row_chunks(features.numel()))
+        decoded = self._decoder_sum(parts, values.to(dtype)) + self.b_dec.to(values.device, dtype)
+        return decoded.to(values.dtype).reshape(*codes.indices.shape[:-1], self.d_model)
+
+
+def _scattered(values: torch.Tensor, slot: torch.Tensor, rows: slice) -> torch.Tensor:
+    """[n, rows.stop - rows.start] codes of the features whose slot falls in `rows` (values and
+    slot are [n, k]; a slot is a feature's place in the sorted list of the features named)."""
+    width = rows.stop - rows.start
+    local = slot.to(values.device) - rows.start
+    inside = (local >= 0) & (local < width)
+    block = values.new_zeros(values.shape[0], width)
+    return block.scatter_add_(-1, local.clamp(0, width - 1), values * inside)

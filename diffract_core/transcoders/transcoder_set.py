@@ -11,7 +11,7 @@ import torch
 from ..errors import CorruptFileError, DimensionMismatchError, MissingPathError, SiteNotLoadedError
 from .config import STREAMS, Kind, Stream, TranscoderConfig
 from .native import load_site, read_site_config, site_folders
-from .transcoder import Transcoder
+from .transcoder import Transcoder, fp8_dtype
 
 if TYPE_CHECKING:
     from ..atlas import Atlas
@@ -51,7 +51,11 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         root: Path | None = None,
+        fp8_weights: bool = False,
     ) -> None:
+        if fp8_weights:
+            fp8_dtype()  # refuses here, at load time, where this PyTorch has no float8
+        self._fp8_weights = fp8_weights
         self._configs = {key: config if dtype is None else config.with_dtype(dtype) for key, config in configs.items()}
         self._folders = dict(folders or {})
         self._loaded: dict[SiteKey, Transcoder] = dict(loaded or {})
@@ -81,8 +85,11 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
         layers: Iterable[int] | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        fp8_weights: bool = False,
     ) -> TranscoderSet:
-        """Read the configs of a native release folder; weights load when a site is first used."""
+        """Read the configs of a native release folder; weights load when a site is first used.
+        `fp8_weights`: each site holds its encoder and decoder in float8 e4m3 with one scale per
+        feature (half the memory of bf16); `dtype` is then that of the biases and the compute."""
         root = Path(root)
         if not root.is_dir():
             raise MissingPathError(f"transcoder folder {root} does not exist")
@@ -110,6 +117,7 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
             dtype=dtype,
             device=device,
             root=root,
+            fp8_weights=fp8_weights,
         )
 
     @staticmethod
@@ -138,7 +146,8 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
                 "Load that layer/stream, or pick one of these"
             )
         if key not in self._loaded:
-            self._loaded[key] = load_site(self._folders[key], dtype=self._dtype, device=self._device)
+            self._loaded[key] = load_site(self._folders[key], dtype=self._dtype, device=self._device,
+                                          fp8_weights=self._fp8_weights)
         return self._loaded[key]
 
     def __iter__(self) -> Iterator[SiteKey]:
@@ -200,13 +209,14 @@ class TranscoderSet(Mapping[SiteKey, Transcoder]):
             )
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TranscoderSet:
-        """Move (or cast) in place: loaded sites now, the others when they load."""
+        """Move (or cast) in place: loaded sites now, the others when they load. fp8 weights stay fp8:
+        `dtype` casts their biases and time path."""
         self._device = device if device is not None else self._device
         self._dtype = dtype if dtype is not None else self._dtype
         for transcoder in self._loaded.values():
-            transcoder.to(device=device, dtype=dtype)
+            transcoder.to(device=device)
             if dtype is not None:
-                transcoder.config = transcoder.config.with_dtype(dtype)
+                transcoder.cast_parameters(dtype)
         if dtype is not None:
             self._configs = {key: config.with_dtype(dtype) for key, config in self._configs.items()}
         return self

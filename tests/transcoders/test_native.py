@@ -79,6 +79,21 @@ def test_loading_is_lazy_and_memory_mapped(tmp_path: Path) -> None:
     assert _rss_anon_mib() - before > 56, "a dtype change must copy (64 MiB of bf16), so the probe above can fail"
 
 
+def test_fp8_loading_quantises_from_the_mapped_file(tmp_path: Path) -> None:
+    big = random_transcoder("img", 0, d_model=256, d_features=65536, time_dim=8)  # 128 MiB of fp32 dictionaries
+    save_site(tmp_path, big.config, dict(big.state_dict()))
+    x = torch.randn(3, 256)
+    reference = big(x, 0.5).detach()
+    del big
+    before = _rss_anon_mib()
+    site = TranscoderSet.open(tmp_path, fp8_weights=True, dtype=torch.bfloat16)[("img", 0)]
+    growth = _rss_anon_mib() - before
+    assert site.fp8_weights and site.dtype == torch.bfloat16 and site.config.dtype == "bfloat16"
+    assert 28 < growth < 48, f"fp8 codes are 32 MiB; a full-size cast copy would add 64 MiB or more (+{growth:.0f})"
+    error = (site.set_compute_dtype(torch.float32)(x, 0.5) - reference).norm() / reference.norm()
+    assert error < 0.03
+
+
 def test_truncated_safetensors_is_a_clear_error(tmp_path: Path) -> None:
     native = _native_release(tmp_path, layers=(0,), streams=("img",), kinds=("transcoder",))
     weights = native / "transcoder_img_0" / WEIGHTS_FILE
