@@ -6,7 +6,9 @@ together with FLUX before sampling and counts them in its memory estimates, list
 loaded models, offloads them when another model needs the room, and releases them on `/free` and
 "unload models"; the next run loads them again. One patcher per site means chained nodes that
 patch the same site share its patcher (ComfyUI treats clones of one patcher as one model), and
-ComfyUI can offload sites one at a time.
+ComfyUI can offload sites one at a time. Where ComfyUI leaves a site's weights on the offload device
+(low VRAM: a partial load moves only leaf modules, so the encoder and decoder stay behind), the MLP
+patch leaves them there and casts them to the activations' device per call, a block of rows at a time.
 
 ComfyUI surface used: `comfy.model_patcher.ModelPatcher(module, load_device, offload_device)`,
 `ModelPatcher.set_additional_models` / `.get_additional_models_with_key` (loaded by the sampler with
@@ -46,6 +48,7 @@ def site_patcher(transcoder: Transcoder) -> Any:
             offload_device=comfy.model_management.unet_offload_device(),
         )
         transcoder.__dict__["comfy_patcher"] = patcher
+        transcoder.placement_managed = True  # the MLP patch now leaves it where ComfyUI puts it
     return patcher
 
 

@@ -15,6 +15,8 @@ from .progress import NodeProgress
 from .transcoder_folders import download_destination, release_folder, release_folders
 
 DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")  # names dtype_from_name reads; auto: as stored
+FP8 = "fp8_e4m3"  # encoder and decoder in 8 bits, one scale per feature; the rest as `auto`
+LOAD_DTYPE_CHOICES = (*DTYPE_CHOICES, FP8)
 
 
 def _runtime_dtype(transcoders: TranscoderSet, choice: str) -> TranscoderSet:
@@ -48,10 +50,11 @@ class LoadTranscoders(io.ComfyNode):
                 io.String.Input("layers", default="all", tooltip=LAYERS_HELP),
                 io.Combo.Input(
                     "dtype",
-                    options=list(DTYPE_CHOICES),
+                    options=list(LOAD_DTYPE_CHOICES),
                     default="auto",
                     tooltip="auto: as stored, but fp32 files run in bf16 on a CUDA device "
-                    "and fp16/bf16 files in fp32 on a CPU",
+                    "and fp16/bf16 files in fp32 on a CPU. fp8_e4m3: encoder and decoder held in 8 bits with one "
+                    "scale per feature (half the memory of bf16; pre-activations off by about 2.5%), computed as auto",
                 ),
                 io.Combo.Input("kind", options=["transcoder", "sae"], default="transcoder"),
             ],
@@ -61,12 +64,13 @@ class LoadTranscoders(io.ComfyNode):
     @classmethod
     def execute(cls, release: str, streams: str, layers: str, dtype: str, kind: str) -> io.NodeOutput:
         transcoders = TranscoderSet.open(
-            release_folder(release), kind=kind, streams=streams_of(streams), layers=parse_layers(layers)
+            release_folder(release), kind=kind, streams=streams_of(streams), layers=parse_layers(layers),
+            fp8_weights=dtype == FP8,
         )
         atlas = transcoders.atlas  # one that does not belong to this release is refused here, naming the fix
         note = (f"feature atlas: {len(atlas.prompts)} prompts, sites {describe_sites(atlas.sites)}" if atlas is not None
                 else "no feature atlas beside this release: features show as indices (Build Feature Atlas makes one)")
-        return io.NodeOutput(_runtime_dtype(transcoders, dtype), ui={"text": [note]})
+        return io.NodeOutput(_runtime_dtype(transcoders, "auto" if dtype == FP8 else dtype), ui={"text": [note]})
 
 
 class DownloadTranscoders(io.ComfyNode):

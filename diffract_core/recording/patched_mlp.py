@@ -9,8 +9,11 @@ shared `CallContext`.
 
 The patch adopts the original MLP's children and parameters under their own names, so the model's
 state-dict keys do not change while it is in place: ComfyUI's weight patches (LoRA) and its loader
-still find `double_blocks.{L}.img_mlp.0.weight`. The transcoder is not a child module: it moves to
-the activations' device on first use, and a model-wide `.to()` never casts it.
+still find `double_blocks.{L}.img_mlp.0.weight`. The transcoder is not a child module, so a
+model-wide `.to()` never casts it. Where it runs is `moves_transcoder`'s choice: one that nobody
+manages moves to the activations' device on first use; one that ComfyUI manages stays where ComfyUI
+put it (on the CPU under low VRAM), and its weights are cast to the activations' device per call, a
+chunk of rows at a time, as comfy.ops does for offloaded layers.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ class PatchedMLP(nn.Module):
         return out
 
     def _transcoder_on(self, device: torch.device) -> Transcoder:
-        if self.transcoder.device != device:
+        if moves_transcoder(self.transcoder, device):
             self.transcoder.to(device)
         return self.transcoder
 
@@ -143,6 +146,12 @@ class PatchedMLP(nn.Module):
             return transcoder.encode_topk(x, sigma, k)
         top = torch.topk(z.detach(), k, dim=-1)
         return SparseCodes(indices=top.indices, values=top.values, d_features=transcoder.d_features)
+
+
+def moves_transcoder(transcoder: Transcoder, device: torch.device) -> bool:
+    """Whether the patch moves `transcoder` to the activations' `device` (once) rather than leave it
+    where it is and compute with its weights cast per call: only a transcoder no model manager places."""
+    return transcoder.device != device and not transcoder.placement_managed
 
 
 def _set_rows(tensor: torch.Tensor, rows: slice, value: torch.Tensor) -> torch.Tensor:

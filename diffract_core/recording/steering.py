@@ -116,7 +116,7 @@ class SteeringSpec:
         if self.mask is not None and site[0] == "img":
             weights = self.token_weights(grid, x.shape[-2])
             change = change * weights.to(change.device, change.dtype)[None, :, None]
-        return torch.matmul(change, transcoder.decoder_vectors(index))
+        return torch.matmul(change, transcoder.decoder_vectors(index, dtype=change.dtype, device=change.device))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ def test_patched_models_carry_one_patcher_per_site_shared_along_the_chain(pack, 
         for site_patcher in model.get_additional_models_with_key(pack.nodes.transcoder_memory.KEY):
             site = site_patcher.model.transcoder.config.site.key
             assert site_patcher.model.transcoder is transcoders[site], "ComfyUI moves the weights, not a copy"
+            assert transcoders[site].placement_managed, "so the MLP patch leaves it where ComfyUI puts it"
             assert site_patcher.is_clone(pack.nodes.transcoder_memory.site_patcher(transcoders[site]))
     comfy.model_management.loaded.clear()
     sampler(steered)

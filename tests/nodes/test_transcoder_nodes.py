@@ -48,6 +48,8 @@ def test_load_lists_releases_and_opens_the_chosen_sites(pack, release: Path) -> 
     transcoders = out.args[0]
     assert transcoders.sites == [("img", 1)] and not transcoders.is_loaded(("img", 1))
     assert transcoders[("img", 1)].dtype == torch.bfloat16
+    fp8 = fake_runtime.run_node(nodes.LoadTranscoders, release="tiny", layers="1", dtype="fp8_e4m3").args[0]
+    assert fp8[("img", 1)].fp8_weights and fp8[("img", 1)].dtype == torch.float32, "fp8, computed in fp32 on a CPU"
     saes = fake_runtime.run_node(nodes.LoadTranscoders, release="tiny", kind="sae").args[0]
     assert saes.config(("txt", 0)).kind == "sae" and len(saes) == 4
     with pytest.raises(pack.diffract_core.errors.SiteNotLoadedError,

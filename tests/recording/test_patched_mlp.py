@@ -215,3 +215,55 @@ def test_kept_inputs_refuse_masked_attention(model: Flux) -> None:
     keep_call_inputs(recording, context, img, txt, vec, pe)
     img += 1  # ComfyUI's blocks add to their inputs in place; the kept copy must not move
     assert float(recording.call_inputs(0).img.abs().max()) == 0.0
+
+
+def test_only_an_unmanaged_transcoder_moves_to_the_activations() -> None:
+    from types import SimpleNamespace
+
+    from diffract_core.recording.patched_mlp import moves_transcoder
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert moves_transcoder(SimpleNamespace(device=cpu, placement_managed=False), cuda)
+    assert not moves_transcoder(SimpleNamespace(device=cpu, placement_managed=True), cuda), "ComfyUI placed it"
+    assert not moves_transcoder(SimpleNamespace(device=cuda, placement_managed=False), cuda)
+
+
+def test_weights_cast_per_call_replace_and_steer_as_resident_ones(model: Flux, transcoders: TranscoderSet,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A managed transcoder whose weights are not where the activations are (forced here: a CPU has
+    one device) is cast per call, a block of rows at a time, to the same results."""
+    from diffract_core.transcoders import transcoder as transcoder_module
+
+    transcoder = transcoders[("img", 0)]
+    x = torch.randn(2, 24, model.config.hidden_size, generator=torch.Generator().manual_seed(8))
+    mlp = model.double_blocks[0].img_mlp
+    context = CallContext(sigmas=torch.full((2,), 0.5), chunks=(COND,), image_grid=(4, 6))
+    spec = SteeringSpec((FeatureRef("img", 0, 4), FeatureRef("img", 0, 17)), "scale", 3.0)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            return PatchedMLP(mlp, transcoder, context, mode="replace_without_error", steering=(spec,))(x)
+
+    resident = run()
+    monkeypatch.setattr(transcoder_module, "resident", lambda *_: False)
+    monkeypatch.setattr(transcoder_module, "ROWS_PER_CHUNK", 40)
+    monkeypatch.setattr(transcoder, "placement_managed", True)
+    torch.testing.assert_close(run(), resident)
+
+
+def test_fp8_transcoders_observe_bit_identically_and_replace_exactly(model: Flux) -> None:
+    hidden = model.config.hidden_size
+    fp8 = TranscoderSet.from_transcoders(
+        random_transcoder(stream, layer, d_model=hidden, d_features=96, time_dim=16).quantise_fp8()
+        for stream in ("img", "txt") for layer in range(model.config.depth)
+    )
+    inputs = _inputs(model)
+    baseline = _run(model, inputs)
+    recording = FeatureRecording(sites=(("img", 1),), k=4)
+    recording.start_run(SCHEDULE)
+    with patch_reference_model(model, fp8, recording=recording):
+        assert torch.equal(_run(model, inputs), baseline)
+    with patch_reference_model(model, fp8, mode="replace"):
+        replaced = _run(model, inputs)
+    assert (replaced - baseline).abs().max() <= 1e-5 * baseline.abs().max()
+    assert recording.codes(("img", 1), 1).indices.shape == (1, 24, 4)
