@@ -156,3 +156,34 @@ def test_trace_save_and_steer_a_circuit_through_the_server(comfy_server, tiny_re
     assert comfy_server.get("/diffract/circuit/not-an-id")[0] == 400
     assert comfy_server.get("/diffract/circuit/..%2F..%2Fetc%2Fpasswd")[0] in (400, 404)
     assert comfy_server.alive()
+
+
+def _post_free(server, **flags: bool) -> None:
+    request = urllib.request.Request(server.url + "/free", json.dumps(flags).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+
+
+def _sites_loaded_by(server, workflow: dict) -> int:
+    """Run a workflow; how many transcoder sites ComfyUI's model management loaded for it (its log
+    says "Requested to load TranscoderSite" once per site it had to load)."""
+    before = server.log().count("Requested to load TranscoderSite")
+    entry = _wait(server, _post(server, workflow))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    return server.log().count("Requested to load TranscoderSite") - before
+
+
+def test_free_with_unload_releases_the_transcoders_and_the_next_run_loads_them_again(comfy_server, tiny_release):
+    """The transcoders are ComfyUI-managed models: loaded with the sampler's model, kept loaded between
+    runs, released by the server's /free route with unload_models, and loaded again by the next run."""
+    workflow = _workflow("img:1:3")
+    runs = []
+    for seed in (11, 12):  # a new seed each run, so ComfyUI samples again instead of reusing its cache
+        workflow["8"]["inputs"]["seed"] = seed
+        runs.append(_sites_loaded_by(comfy_server, workflow))
+    _post_free(comfy_server, unload_models=True)
+    workflow["8"]["inputs"]["seed"] = 13
+    runs.append(_sites_loaded_by(comfy_server, workflow))
+    sites = 4  # img and txt at layers 0 and 1
+    assert runs in ([sites, 0, sites], [0, 0, sites]), runs  # the first run may find them loaded by an earlier test
