@@ -13,60 +13,15 @@ blocks, F = 49152, a 1024 px image, 256 text tokens), which wants a GPU.
 from __future__ import annotations
 
 import argparse
-import threading
 import time
-from typing import final
 
 import torch
-from flux_sizes import FLUX1, flux_config
+from flux_sizes import FLUX1, TRACED_STEP, flux_config, random_flux, random_inputs, random_transcoders, record_call
+from timing import PeakMemory
 
 from diffract_core.attribution import TargetSpec, TraceSettings, trace_circuit
-from diffract_core.flux import Flux, init_random_
-from diffract_core.quickstart import random_transcoder
-from diffract_core.recording import FeatureRecording, patch_reference_model
-from diffract_core.transcoders import TranscoderSet
 
 MIB = 2**20
-
-
-@final
-class PeakMemory:
-    """Peak memory above the start of a `with` block: CUDA allocator stats, or RSS sampled on the CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak = 0
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            self.start = _rss()
-            self.running = True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, _rss() - self.start)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.start
-        else:
-            self.running = False
-            self.thread.join()
-            self.peak = max(self.peak, _rss() - self.start)
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096
 
 
 def main() -> None:
@@ -87,27 +42,10 @@ def main() -> None:
         vars(args).update({k: v for k, v in FLUX1.items() if k != "single"})
     device = torch.device(args.device)
     config = flux_config(args.hidden, args.heads, args.depth, single=1)
-    model = init_random_(Flux(config), seed=0, std=0.02).to(device).eval().requires_grad_(False)
-    transcoders = TranscoderSet.from_transcoders(
-        random_transcoder(stream, layer, d_model=args.hidden, d_features=args.features, seed=layer)
-        for layer in range(args.depth)
-        for stream in ("img", "txt")
-    ).to(device=device)
-    for transcoder in transcoders.values():
-        transcoder.requires_grad_(False)
-    generator = torch.Generator().manual_seed(0)
-    latent = args.pixels // 8
-    inputs = {
-        "x": torch.randn(1, config.latent_channels, latent, latent, generator=generator).to(device),
-        "timestep": torch.full((1,), 0.75, device=device),
-        "context": torch.randn(1, args.text_tokens, config.context_in_dim, generator=generator).to(device),
-        "y": torch.randn(1, config.vec_in_dim, generator=generator).to(device),
-    }
-    recording = FeatureRecording(sites=tuple(transcoders.sites), k=8, keep_input_steps=frozenset({1}))
-    recording.start_run((1.0, 0.75, 0.5, 0.25, 0.0))
-    with torch.no_grad(), patch_reference_model(model, transcoders, recording=recording):
-        model(**inputs)
-    call = recording.call_inputs(1)
+    model = random_flux(config, device)
+    transcoders = random_transcoders(range(args.depth), args.hidden, args.features, device)
+    inputs = random_inputs(config, args.pixels, args.text_tokens, device)
+    call = record_call(model, transcoders, inputs, k=8).call_inputs(TRACED_STEP)
     target = TargetSpec("img", args.depth - 1, 0, "argmax")
     print(
         f"device={args.device} threads={torch.get_num_threads()} fp32 hidden={args.hidden} double blocks={args.depth} "
@@ -125,7 +63,7 @@ def main() -> None:
     ):
         with PeakMemory(device) as memory:
             started = time.perf_counter()
-            graph = trace_circuit(model.double_blocks, transcoders, call, target, step=1, settings=settings,
+            graph = trace_circuit(model.double_blocks, transcoders, call, target, step=TRACED_STEP, settings=settings,
                                   device=device)
             if device.type == "cuda":
                 torch.cuda.synchronize()

@@ -121,3 +121,38 @@ def test_atlas_build_reports_its_ratio_and_its_memory_against_the_cap() -> None:
         "sampling only (baseline)", "atlas build", "sampling only, twice the prompts", "atlas build, twice the prompts"]
     assert lines[-2].startswith("atlas build: rise over sampling the same prompts")
     assert lines[-1].startswith("atlas build, twice the prompts: rise over sampling the same prompts")
+
+
+def test_flux_scale_measures_both_ways_and_writes_its_figures(tmp_path: Path) -> None:
+    figures = tmp_path / "flux_scale.json"
+    args = ["--hidden", "32", "--heads", "2", "--mlp", "64", "--features", "64", "--pixels", "64", "--text-tokens",
+            "4", "--nodes", "4", "--batch-size", "2", "--layers", "2", "3", "--whole", "--json", str(figures)]
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "flux_scale.py"), *args], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[1] for line in lines[2:5]] == ["2", "3", "whole"]
+    assert lines[5].startswith("model: peak(L) = fixed + slope*L")
+    assert "(extrapolated from 2 layers, 3 layers)" in lines[6] and "(measured, trace time modelled" in lines[11]
+    data = json.loads(figures.read_text())
+    assert [m["recorded_sites"] for m in data["measured"]] == [4, 6, 34]
+    assert all(m["backward_passes"] >= 2 and m["rows"] == 5 for m in data["measured"])
+    assert set(data["at_goals"]["64"]) == {"extrapolated", "measured"}
+    measured = data["at_goals"]["64"]["measured"]
+    assert measured["trace_transcoder_bytes"] == 32 * data["measured"][0]["site_bytes"]
+    assert measured["trace_passes"] == 501 and measured["trace_seconds"] > 0
+
+
+def test_graph_analysis_compares_every_operation_with_its_dense_baseline_and_they_agree() -> None:
+    args = ["--nodes", "120", "--edges", "3000", "--layers", "3", "--positions", "2", "--repeats", "1",
+            "--threads", "1"]
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "graph_analysis.py"), *args], capture_output=True, text=True,
+        timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    rows = [line.rsplit(None, 7) for line in lines[2:7]]
+    assert [r[0] for r in rows] == ["influence", "prune", "scores", "predicted ablations", "save JSON"]
+    assert all(r[-1] == "yes" and r[3].endswith("x") for r in rows)
+    assert lines[7].startswith("goal influence:") and lines[8].startswith("goal prune:")
