@@ -99,7 +99,7 @@ def _ablation(model: ReplacementModel, node: CircuitNode) -> MlpEdit:
     site = (node.stream, node.layer)
     transcoder = model.transcoder_at(site)
     positions = node.positions.to(model.device)
-    decoder = transcoder.W_dec[node.feature].detach().to(model.device, model.dtype)
+    decoder = transcoder.decoder_vectors(node.feature, dtype=model.dtype, device=model.device)
 
     def ablate(_layer: int, at: tuple, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if at != site:

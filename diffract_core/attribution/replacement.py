@@ -114,8 +114,8 @@ class SiteSources:
     def feature_part(self) -> torch.Tensor:
         if self.transcoder is None or self.indices.shape[-1] == 0:
             return torch.zeros_like(self.error)
-        decoder = self.transcoder.W_dec.detach().to(self.error)
-        return torch.einsum("sk,skd->sd", self.values, decoder[self.indices])
+        decoder = self.transcoder.decoder_vectors(self.indices, dtype=self.error.dtype, device=self.error.device)
+        return torch.einsum("sk,skd->sd", self.values, decoder)
 
 
 @dataclass(frozen=True)
@@ -292,8 +292,6 @@ class ReplacementModel:
         if transcoder is None:
             empty = torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
             return SiteSources(site, empty, y.new_zeros(x.shape[0], 0), y, torch.zeros_like(y[0]), None)
-        if transcoder.device != x.device:
-            transcoder.to(x.device)
         z, _ = transcoder.encode(x.to(transcoder.dtype), self.sigma)
         z = z.to(self.dtype)
         k = min(self.max_active, z.shape[-1])
@@ -369,9 +367,9 @@ class ReplacementModel:
     def feature_row(self, stream: Stream, layer: int, feature: int, weights: torch.Tensor) -> TargetRow:
         """The read-out whose value is sum_p weights[p] * pre-activation of `feature` at position p."""
         transcoder = self.transcoder_at((stream, layer))
-        sigma = torch.tensor([self.sigma], device=transcoder.device)
+        sigma = torch.tensor([self.sigma], device=self.device)
         scale, shift = transcoder.film(sigma)
-        encoder = transcoder.W_enc[feature].detach().float()
+        encoder = transcoder.encoder_vectors(feature, dtype=torch.float32, device=self.device)
         direction = (encoder * (1 + scale[0])).to(self.device, self.dtype)
         constant = float(encoder @ shift[0] + transcoder.b_enc[feature].detach().float())
         return TargetRow(stream, layer, weights.to(self.device, self.dtype), direction, constant)
@@ -394,8 +392,10 @@ class ReplacementModel:
     # --- edges: the hand-written transpose, many rows per pass -----------------------------------
 
     @torch.no_grad()
-    def attribute(self, rows: Sequence[TargetRow]) -> list[RowEdges]:
-        """Direct effects of every source on every row, in one backward pass."""
+    def attribute(self, rows: Sequence[TargetRow], *, through_attention: bool = True) -> list[RowEdges]:
+        """Direct effects of every source on every row, in one backward pass. Without
+        `through_attention`, only the effects along the residual stream itself (attention's value
+        path left out): each edge's direct-residual share."""
         if not rows:
             return []
         for row in rows:
@@ -423,7 +423,8 @@ class ReplacementModel:
                     per_weight = float(row.direction.double() @ c.shift2.reshape(-1).double()) + row.constant
                     bias[r] += float(row.weights.double().sum()) * per_weight
             live = int((layers >= index).sum())
-            self._block_transposed(layer, {s: g[:live] for s, g in grads.items()}, bias[:live])
+            if through_attention:
+                self._block_transposed(layer, {s: g[:live] for s, g in grads.items()}, bias[:live])
         for s in STREAMS:
             contribution = (grads[s] * self.inputs[s]).sum(-1)
             for r, original in enumerate(order):
@@ -513,11 +514,11 @@ class ReplacementModel:
         out = torch.zeros(rows, len(sources.features), dtype=torch.float64, device=grad_y.device)
         if sources.transcoder is None or k == 0:
             return out
-        decoder = sources.transcoder.W_dec.detach()
         step = max(1, _MEMORY_CHUNK // (max(rows, k) * self.hidden))
         for start in range(0, tokens, step):
             chunk = slice(start, min(tokens, start + step))
-            vectors = decoder[sources.indices[chunk]].to(self.dtype)  # [c, k, D]
+            vectors = sources.transcoder.decoder_vectors(sources.indices[chunk], dtype=self.dtype,
+                                                         device=grad_y.device)  # [c, k, D]
             effects = torch.einsum("rcd,ckd->rck", grad_y[:, chunk], vectors) * sources.values[chunk]
             out.index_add_(1, sources.slots[start * k : chunk.stop * k], effects.reshape(rows, -1).double())
         return out

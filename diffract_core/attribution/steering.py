@@ -63,7 +63,7 @@ class CircuitSteering:
         z = transcoder.feature_activation(x, sigma, index)  # [batch, tokens, n]
         change = (z * self.strength if self.mode == "scale" else torch.zeros_like(z)) - z
         change = change * self._mask(site, refs, tokens).to(change.device, change.dtype)[None]
-        return torch.matmul(change, transcoder.decoder_vectors(index))
+        return torch.matmul(change, transcoder.decoder_vectors(index, dtype=change.dtype, device=change.device))
 
     def _mask(self, site: tuple, refs: list[FeatureRef], tokens: int) -> torch.Tensor:
         if site not in self._masks:

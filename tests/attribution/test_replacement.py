@@ -65,7 +65,7 @@ def test_every_edge_equals_the_effect_of_removing_its_source(lrm) -> None:
     checked = 0
     for site in [("img", 2), ("txt", 1), ("img", 0)]:
         sources = lrm.sites[site]
-        decoder = sources.transcoder.W_dec.detach().double()
+        decoder = sources.transcoder.decoder_vectors(torch.arange(96), dtype=torch.float64)
         for feature in torch.unique(sources.indices[:, :3]).tolist()[:4]:
             hits = (sources.indices == feature).double() * sources.values
             removed = dict(outputs)

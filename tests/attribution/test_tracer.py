@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from diffract_core.attribution import CircuitTracer, Passes, ReplacementModel, TargetSpec, TraceSettings, trace_circuit
 from diffract_core.attribution.pass_memory import rows_that_fit
 from diffract_core.errors import DiffractError
+from diffract_core.transcoders import TranscoderSet
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +134,12 @@ def test_a_pass_out_of_memory_is_retried_with_half_the_rows(model, transcoders, 
                         lambda self, rows: (_ for _ in ()).throw(torch.OutOfMemoryError("simulated")))
     with pytest.raises(DiffractError, match="one target row does not fit in the memory free"):
         trace_circuit(model.double_blocks, transcoders, call, TargetSpec("img", 3, 7), step=1)
+
+
+def test_fp8_transcoders_trace_exactly(model, transcoders, call) -> None:
+    """With fp8 weights the replacement model reads the dequantised rows, so the graph still conserves."""
+    fp8 = TranscoderSet.from_transcoders(copy.deepcopy(transcoders[site]).quantise_fp8() for site in transcoders.sites)
+    graph = trace_circuit(model.double_blocks, fp8, call, TargetSpec("img", 3, 7), step=1,
+                          settings=TraceSettings(max_feature_nodes=30, batch_size=8))
+    assert len(graph.features()) == 30
+    assert float(graph.conservation().max()) < 1e-5
