@@ -34,6 +34,7 @@ from .blocks import Affine, LinearReader, StreamWeights, check_double_block, rea
 _MEMORY_CHUNK = 1 << 26  # elements per temporary (256 MB in fp32)
 
 MlpEdit = Callable[[int, SiteKey, torch.Tensor, torch.Tensor], torch.Tensor]  # (layer, site, x, y) -> y
+AttentionEdit = Callable[[int, torch.Tensor], torch.Tensor]  # (layer, joint attention output [B, S, H * d]) -> it
 
 
 def _center(x: torch.Tensor) -> torch.Tensor:
@@ -249,9 +250,11 @@ class ReplacementModel:
         self.real_forward(observe, keep_constants=True)
 
     @torch.no_grad()
-    def real_forward(self, edit: MlpEdit | None = None, *, keep_constants: bool = False) -> dict[SiteKey, torch.Tensor]:
+    def real_forward(self, edit: MlpEdit | None = None, *, keep_constants: bool = False,
+                     attention_edit: AttentionEdit | None = None) -> dict[SiteKey, torch.Tensor]:
         """The blocks as the model runs them (nothing frozen) on the traced call's inputs; `edit` sees
-        each MLP's input and output and returns the output to use. Returns every MLP input."""
+        each MLP's input and output and returns the output to use, `attention_edit` each layer's joint
+        attention output ([txt | img], before proj). Returns every MLP input."""
         h = dict(self.inputs)
         silu_vec = F.silu(self.vec)[:, None, :]
         xs: dict[SiteKey, torch.Tensor] = {}
@@ -268,7 +271,10 @@ class ReplacementModel:
             query = _rope(torch.cat((qkv["txt"][0], qkv["img"][0]), dim=2), self.pe)
             key = _rope(torch.cat((qkv["txt"][1], qkv["img"][1]), dim=2), self.pe)
             value = torch.cat((qkv["txt"][2], qkv["img"][2]), dim=2)
-            split = self._split_joint(self._attend(query, key, value), dim=1)
+            attended = self._attend(query, key, value)
+            if attention_edit is not None:
+                attended = attention_edit(index, attended)
+            split = self._split_joint(attended, dim=1)
             constants: dict[Stream, StreamConstants] = {}
             for s in STREAMS:
                 shift1, scale1, gate1, shift2, scale2, gate2 = mods[s]
