@@ -15,10 +15,10 @@ from ..render.plot import (
     LABEL_SIZE,
     SERIES_COLOURS,
     TITLE_SIZE,
-    Font,
     _font,
     _line_height,
     _text_width,
+    fit_text,
 )
 from .storage import Atlas, Example, FeatureStats
 
@@ -89,11 +89,11 @@ def render_dashboard(atlas: Atlas, ref: FeatureRef, examples: int = EXAMPLES) ->
                                                                                          Image.NEAREST)
         image.paste(tile, (left, y))
         draw.text((left, y + CROP_SIDE + 2), f"{example.activation:.2f} @ step {example.step}", fill=INK, font=font)
-        draw.text((left, y + CROP_SIDE + 2 + line), _fit(example.prompt, font, CROP_SIDE), fill=INK, font=font)
+        draw.text((left, y + CROP_SIDE + 2 + line), fit_text(example.prompt, font, CROP_SIDE), fill=INK, font=font)
     if crops:
         y += CROP_SIDE + 2 * line
     for example in texts:
-        draw.text((PAD, y), _fit(_example_text(example), font, WIDTH - 2 * PAD), fill=INK, font=font)
+        draw.text((PAD, y), fit_text(_example_text(example), font, WIDTH - 2 * PAD), fill=INK, font=font)
         y += line
     return torch.from_numpy(np.asarray(image).copy()).float() / 255
 
@@ -107,12 +107,3 @@ def _example_text(example: Example) -> str:
     where = f"'{example.token_string}' in '{' '.join(example.context or ())}'" if example.token_string is not None \
         else f"token {example.token}"
     return f"{example.activation:.3g} at step {example.step}, {where}: {example.prompt}"
-
-
-def _fit(text: str, font: Font, width: int) -> str:
-    """`text`, cut with an ellipsis to fit `width` pixels."""
-    if _text_width(font, text) <= width:
-        return text
-    while text and _text_width(font, text + "…") > width:
-        text = text[:-1]
-    return text + "…"

@@ -299,3 +299,12 @@ def _line_height(font: Font) -> int:
 
 def _text_width(font: Font, text: str) -> int:
     return math.ceil(font.getlength(text))
+
+
+def fit_text(text: str, font: Font, width: int) -> str:
+    """`text`, cut with an ellipsis to fit `width` pixels."""
+    if _text_width(font, text) <= width:
+        return text
+    while text and _text_width(font, text + "…") > width:
+        text = text[:-1]
+    return text + "…"
