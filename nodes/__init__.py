@@ -8,6 +8,7 @@ from . import circuit_store
 from .atlas_nodes import BuildFeatureAtlas, ExplainFeature
 from .circuit_files import LoadCircuit, SaveCircuit
 from .circuit_nodes import SteerCircuit, TraceCircuit
+from .feature_connections import FeatureConnections
 from .inspect_nodes import FeatureHeatmaps, TopFeatures
 from .record_node import RecordFeatures
 from .steer_node import SteerFeature
@@ -24,6 +25,7 @@ NODES: tuple[type[io.ComfyNode], ...] = (
     SteerFeature,
     TraceCircuit,
     SteerCircuit,
+    FeatureConnections,
     SaveCircuit,
     LoadCircuit,
     BuildFeatureAtlas,

@@ -42,6 +42,16 @@ class Connection:
     weight: float  # the target's pre-activation per unit of the source's activation, at LayerNorm factor 1
 
 
+@dataclass(frozen=True)
+class FeatureConnections:
+    """A feature's strongest connections on both sides, strongest first."""
+
+    feature: FeatureRef
+    sigma: float
+    upstream: list[Connection]  # features of earlier layers into it
+    downstream: list[Connection]  # features of later layers it writes into
+
+
 def _centre(x: torch.Tensor) -> torch.Tensor:
     return x - x.mean()
 
@@ -97,6 +107,11 @@ class VirtualWeights:
         candidates = [(source, FeatureRef(source.stream, layer, index), weight)
                       for layer in chosen for index, weight in _top(self.out_of(source, layer), k)]
         return _strongest(candidates, k)
+
+    def strongest(self, feature: FeatureRef, k: int = 10) -> FeatureConnections:
+        """The k strongest connections of `feature` on each side, over every transcoder of its stream."""
+        self._transcoder(feature.site)
+        return FeatureConnections(feature, self.sigma, self.upstream(feature, k), self.downstream(feature, k))
 
     # --- the two directions ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ def test_the_nodes_and_their_permanent_ids(pack, models_dir) -> None:
         "DiffractSteerFeature": "Steer Feature",
         "DiffractTraceCircuit": "Trace Circuit",
         "DiffractSteerCircuit": "Steer Circuit",
+        "DiffractFeatureConnections": "Feature Connections",
         "DiffractSaveCircuit": "Save Circuit",
         "DiffractLoadCircuit": "Load Circuit",
         "DiffractBuildFeatureAtlas": "Build Feature Atlas",
