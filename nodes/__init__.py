@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import circuit_store
 from .atlas_nodes import BuildFeatureAtlas, ExplainFeature
+from .attention_heads import AttentionHeads
 from .circuit_files import LoadCircuit, SaveCircuit
 from .circuit_nodes import SteerCircuit, TraceCircuit
 from .feature_connections import FeatureConnections
@@ -26,6 +27,7 @@ NODES: tuple[type[io.ComfyNode], ...] = (
     TraceCircuit,
     SteerCircuit,
     FeatureConnections,
+    AttentionHeads,
     SaveCircuit,
     LoadCircuit,
     BuildFeatureAtlas,

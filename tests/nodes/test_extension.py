@@ -21,6 +21,7 @@ def test_the_nodes_and_their_permanent_ids(pack, models_dir) -> None:
         "DiffractTraceCircuit": "Trace Circuit",
         "DiffractSteerCircuit": "Steer Circuit",
         "DiffractFeatureConnections": "Feature Connections",
+        "DiffractAttentionHeads": "Attention Heads",
         "DiffractSaveCircuit": "Save Circuit",
         "DiffractLoadCircuit": "Load Circuit",
         "DiffractBuildFeatureAtlas": "Build Feature Atlas",
