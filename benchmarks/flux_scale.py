@@ -26,6 +26,11 @@ each line a least-squares fit over the layer counts:
 A 1-layer trace has no feature below its target (one pass, no feature rows), so layer counts start
 at 2. Peak memory is torch.cuda.max_memory_allocated, or RSS sampled on the CPU.
 
+`--transcoder-dtype` stores the transcoders in fp32 (default), bf16 or fp8 (e4m3, one scale per
+feature). `--transcoders-on cpu` keeps them in host memory while the model runs on the device, as
+ComfyUI leaves sites it has no room for: recording and tracing then cast the rows they use per
+call, so the device holds none of the transcoders' own bytes (`+transc.` adds none).
+
     python benchmarks/flux_scale.py                                        # CPU, extrapolated
     python benchmarks/flux_scale.py --device cuda --json flux_scale.json   # measured
 """
@@ -90,9 +95,16 @@ class Measurement:
     backward_passes: int
     rows: int  # expanded: the target and the features
 
+    transcoders_on_device: bool
+
+    @property
+    def device_site_bytes(self) -> int:
+        """A site's bytes in device memory: none where the transcoders stay offloaded."""
+        return self.site_bytes if self.transcoders_on_device else 0
+
     @property
     def traced_transcoder_bytes(self) -> int:
-        return 2 * self.traced_layers * self.site_bytes
+        return 2 * self.traced_layers * self.device_site_bytes
 
     @property
     def seconds_per_pass(self) -> float:
@@ -133,16 +145,15 @@ def fitted(layers: list[int], values: list[float], at: int) -> float:
 def extrapolated_goals(measured: list[Measurement], batch_size: int) -> GoalFigures:
     traced = [m.traced_layers for m in measured]
     recorded = [m.recorded_sites // 2 for m in measured]
-    site_bytes = measured[0].site_bytes
     return GoalFigures(
         how=f"extrapolated from {', '.join(m.scale for m in measured)}",
         trace_peak_bytes=round(fitted(traced, [m.trace_peak_bytes for m in measured], TRACED_LAYERS)),
-        trace_transcoder_bytes=2 * TRACED_LAYERS * site_bytes,
+        trace_transcoder_bytes=2 * TRACED_LAYERS * measured[0].device_site_bytes,
         trace_setup_seconds=fitted(traced, [m.setup_seconds for m in measured], TRACED_LAYERS),
         trace_passes=goal_passes(batch_size),
         trace_seconds_per_pass=fitted(traced, [m.seconds_per_pass for m in measured], TRACED_LAYERS),
         recording_peak_bytes=round(fitted(recorded, [m.recording_peak_bytes for m in measured], len(RELEASED_LAYERS))),
-        recording_transcoder_bytes=2 * len(RELEASED_LAYERS) * site_bytes,
+        recording_transcoder_bytes=2 * len(RELEASED_LAYERS) * measured[0].device_site_bytes,
         recording_seconds=fitted(recorded, [m.recording_seconds for m in measured], len(RELEASED_LAYERS)),
     )
 
@@ -158,7 +169,7 @@ def measured_goals(whole: Measurement, batch_size: int, nodes: int) -> GoalFigur
         trace_passes=whole.backward_passes if at_goal else goal_passes(batch_size),
         trace_seconds_per_pass=whole.seconds_per_pass,
         recording_peak_bytes=whole.recording_peak_bytes,
-        recording_transcoder_bytes=whole.recorded_sites * whole.site_bytes,
+        recording_transcoder_bytes=whole.recorded_sites * whole.device_site_bytes,
         recording_seconds=whole.recording_seconds,
     )
 
@@ -168,6 +179,19 @@ def planned_scales(args: argparse.Namespace) -> list[Scale]:
     if args.whole:
         scales.append(Scale(f"whole ({FLUX1['depth']} blocks)", True, FLUX1["depth"], RELEASED_LAYERS, TRACED_LAYERS))
     return scales
+
+
+def stored_transcoders(layers: tuple[int, ...], args: argparse.Namespace, device: torch.device) -> TranscoderSet:
+    """Random transcoders at `layers`, stored as `--transcoder-dtype` says where `--transcoders-on` says."""
+    where = device if args.transcoders_on == "device" else torch.device("cpu")
+    transcoders = random_transcoders(layers, args.hidden, args.features, where)
+    for transcoder in transcoders.values():
+        if args.transcoder_dtype == "bf16":
+            transcoder.cast_parameters(torch.bfloat16)
+        elif args.transcoder_dtype == "fp8":
+            transcoder.quantise_fp8()
+        transcoder.placement_managed = args.transcoders_on == "cpu"  # computed where it is, never moved
+    return transcoders
 
 
 def site_bytes(transcoders: TranscoderSet) -> int:
@@ -230,6 +254,7 @@ def measure(
         traced_layers=scale.traced_layers, site_bytes=site_bytes(transcoders), recording_peak_bytes=recording_peak,
         recording_seconds=recording_seconds, setup_seconds=setup_seconds, trace_peak_bytes=trace_peak,
         trace_seconds=trace_seconds, backward_passes=passes, rows=rows,
+        transcoders_on_device=args.transcoders_on == "device" or device.type == "cpu",
     )
 
 
@@ -237,7 +262,7 @@ def measure_scale(scale: Scale, args: argparse.Namespace, device: torch.device) 
     """One model and its transcoders, built once, measured at every resolution."""
     config = flux_config(args.hidden, args.heads, scale.double_blocks, single=1, mlp_ratio=args.mlp / args.hidden)
     model = random_flux(config, device)
-    transcoders = random_transcoders(scale.recorded_layers, args.hidden, args.features, device)
+    transcoders = stored_transcoders(scale.recorded_layers, args, device)
     measured = []
     for pixels in args.pixels:
         measured.append(measure(scale, model, transcoders, pixels, args, device))
@@ -332,6 +357,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=FLUX1["heads"])
     parser.add_argument("--mlp", type=int, default=4 * FLUX1["hidden"], help="MLP hidden width")
     parser.add_argument("--features", type=int, default=FLUX1["features"], help="features per transcoder")
+    parser.add_argument("--transcoder-dtype", choices=("fp32", "bf16", "fp8"), default="fp32",
+                        help="how the transcoders are stored")
+    parser.add_argument("--transcoders-on", choices=("device", "cpu"), default="device",
+                        help="where the transcoders are stored (cpu: offloaded, rows cast per call)")
     parser.add_argument("--json", type=Path, help="write the figures (bytes and seconds) to this file")
     args = parser.parse_args()
     on_cpu = args.device == "cpu"
@@ -364,7 +393,8 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"device={device} threads={torch.get_num_threads()} fp32 hidden={args.hidden} heads={args.heads} "
           f"mlp={args.mlp} F={args.features} text tokens={args.text_tokens} nodes={args.nodes} "
-          f"batch rows={args.batch_size} record k={RECORDED_TOP_K}")
+          f"batch rows={args.batch_size} record k={RECORDED_TOP_K} transcoders {args.transcoder_dtype} "
+          f"on {args.transcoders_on}")
     print(TABLE + "   (memory in MiB; peaks above the resident model and transcoders)", flush=True)
     measured = [m for scale in planned_scales(args) for m in measure_scale(scale, args, device)]
     goals = goals_by_resolution(measured, args)

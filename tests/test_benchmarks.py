@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from diffract_core.quickstart import random_transcoder
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -141,6 +143,23 @@ def test_flux_scale_measures_both_ways_and_writes_its_figures(tmp_path: Path) ->
     measured = data["at_goals"]["64"]["measured"]
     assert measured["trace_transcoder_bytes"] == 32 * data["measured"][0]["site_bytes"]
     assert measured["trace_passes"] == 501 and measured["trace_seconds"] > 0
+
+
+def test_flux_scale_stores_transcoders_in_fp8_and_counts_their_bytes(tmp_path: Path) -> None:
+    figures = tmp_path / "flux_scale.json"
+    args = ["--hidden", "32", "--heads", "2", "--mlp", "64", "--features", "64", "--pixels", "64", "--text-tokens",
+            "4", "--nodes", "4", "--batch-size", "2", "--layers", "2", "3", "--transcoder-dtype", "fp8",
+            "--transcoders-on", "cpu", "--json", str(figures)]
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "flux_scale.py"), *args], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "transcoders fp8 on cpu" in out.stdout.splitlines()[0]
+    measured = json.loads(figures.read_text())["measured"]
+    fp32 = random_transcoder("img", 0, d_model=32, d_features=64)
+    fp32_bytes = sum(t.nbytes for t in fp32.parameters())
+    # W_enc and W_dec: 64 x 32 one-byte codes and 64 fp32 scales each instead of fp32 values; the rest as it was
+    fp8_bytes = fp32_bytes - 2 * 64 * 32 * 4 + 2 * (64 * 32 + 64 * 4)
+    assert all(m["site_bytes"] == fp8_bytes and m["backward_passes"] >= 2 for m in measured)
 
 
 def test_graph_analysis_compares_every_operation_with_its_dense_baseline_and_they_agree() -> None:
