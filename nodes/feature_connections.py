@@ -91,7 +91,8 @@ class FeatureConnections(io.ComfyNode):
                                   device=device)
         layers = [layer for stream, layer in transcoders.sites if stream == ref.stream]
         modulation = ResidualModulation.from_blocks(diffusion_model.double_blocks, vec, layers=layers,
-                                                    read_linear=read_comfy_linear, device=device)
+                                                    streams=[ref.stream], read_linear=read_comfy_linear,
+                                                    device=device)
         connections = VirtualWeights(transcoders, modulation, sigma, device=device).strongest(ref, top_k)
         atlas = transcoders.atlas
         others = [c.source for c in connections.upstream] + [c.target for c in connections.downstream]

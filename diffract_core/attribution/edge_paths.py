@@ -21,6 +21,7 @@ from ..transcoders.config import Stream
 from ..transcoders.transcoder_set import SiteKey, TranscoderSet
 from .blocks import LinearReader, read_plain_linear
 from .graph import CircuitGraph, CircuitNode
+from .pass_memory import free_bytes, rows_that_fit
 from .replacement import ReplacementModel, RowEdges, TargetRow
 
 _VALUE_TOLERANCE = 1e-4  # relative: a row rebuilt from the graph must read the value the graph holds
@@ -64,12 +65,14 @@ def replay_model(graph: CircuitGraph, blocks: Sequence[nn.Module], transcoders: 
 
 @torch.no_grad()
 def split_edges(graph: CircuitGraph, model: ReplacementModel, rows_per_pass: int = 64) -> EdgePaths:
-    """The direct and through-attention parts of every edge of `graph`, traced on `model` (see `replay_model`)."""
+    """The direct and through-attention parts of every edge of `graph`, traced on `model` (see
+    `replay_model`), at most `rows_per_pass` rows per backward pass (fewer where memory is short)."""
     expanded = graph.expanded()
     rows = [_row_of(model, graph.nodes[i]) for i in expanded]
+    per_pass = rows_that_fit(model, rows_per_pass, free_bytes(model.device))
     direct_rows: list[RowEdges] = []
-    for start in range(0, len(rows), rows_per_pass):
-        direct_rows += model.attribute(rows[start : start + rows_per_pass], through_attention=False)
+    for start in range(0, len(rows), per_pass):
+        direct_rows += model.attribute(rows[start : start + per_pass], through_attention=False)
     sources = _SourceNodes(graph, model)
     direct = torch.zeros_like(graph.edge_weights)
     order = torch.argsort(graph.edge_targets, stable=True)

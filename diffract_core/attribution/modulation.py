@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import SettingsError, UnsupportedModelError
 from ..flux.layers import timestep_embedding
-from ..transcoders.config import STREAMS
+from ..transcoders.config import STREAMS, Stream
 from ..transcoders.transcoder_set import SiteKey
 from .blocks import Affine, LinearReader, check_double_block, read_plain_linear
 from .replacement import ReplacementModel
@@ -45,12 +45,14 @@ class ResidualModulation:
         vec: torch.Tensor,
         *,
         layers: Iterable[int] | None = None,
+        streams: Iterable[Stream] = STREAMS,
         read_linear: LinearReader = read_plain_linear,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> ResidualModulation:
         """Read from FLUX double blocks for one conditioning vector ([D] or [1, D]); `layers`
-        (default: every block) limits the modulation linears read (FLUX's are 56 M weights each)."""
+        (default: every block) and `streams` limit the modulation linears read (FLUX's are 56 M
+        weights each)."""
         if vec.dim() == 2 and vec.shape[0] != 1:
             raise SettingsError(f"give one conditioning vector, not a batch of {vec.shape[0]}: pick a row")
         place = torch.device(device) if device is not None else vec.device
@@ -63,7 +65,7 @@ class ResidualModulation:
                 raise SettingsError(f"layer {layer} is past this model's {len(blocks)} double blocks "
                                     f"(0..{len(blocks) - 1})")
             check_double_block(blocks[layer], layer)
-            for stream in STREAMS:
+            for stream in streams:
                 linear = getattr(blocks[layer], f"{stream}_mod").lin
                 modulation = Affine(*read_linear(linear, dtype, place))(silu_vec)[0].chunk(6)
                 gains[(stream, layer)] = 1 + modulation[4]

@@ -198,7 +198,8 @@ def test_bad_pairs_and_missing_transcoders_are_refused_with_the_fix(model, trans
                                                             time_dim=16) for layer in (0, 1))
     with pytest.raises(SettingsError, match="holds an SAE.*load the transcoder release"):
         VirtualWeights(saes, weights.modulation, call.sigma).between(FeatureRef("img", 0, 0), FeatureRef("img", 1, 0))
-    few = ResidualModulation.from_blocks(model.double_blocks, call.vec, layers=[0, 1])
+    few = ResidualModulation.from_blocks(model.double_blocks, call.vec, layers=[0, 1], streams=["img"])
+    assert sorted(few.gates) == [("img", 0), ("img", 1)]
     with pytest.raises(SettingsError, match=r"read for layers \[0, 1\], not img:3.*layers="):
         VirtualWeights(transcoders, few, call.sigma).between(FeatureRef("img", 0, 0), FeatureRef("img", 3, 0))
     with pytest.raises(DiffractError, match="layer 4 is past this model's 4 double blocks"):
