@@ -171,7 +171,7 @@ def test_graph_analysis_compares_every_operation_with_its_dense_baseline_and_the
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    rows = [line.rsplit(None, 7) for line in lines[2:7]]
+    rows = [line.rsplit(None, 10) for line in lines[2:7]]
     assert [r[0] for r in rows] == ["influence", "prune", "scores", "predicted ablations", "save JSON"]
-    assert all(r[-1] == "yes" and r[3].endswith("x") for r in rows)
+    assert all(r[-1] == "yes" and r[3].endswith("x") and r[6].endswith("x") for r in rows)
     assert lines[7].startswith("goal influence:") and lines[8].startswith("goal prune:")
