@@ -27,6 +27,8 @@ from ..transcoders.config import Stream
 from .adjacency import SparseAdjacency
 
 if TYPE_CHECKING:
+    import networkx as nx
+
     from .metadata import CircuitMetadata
 
 NodeKind = Literal["feature", "error", "rest", "input", "bias", "target"]
@@ -222,6 +224,26 @@ class CircuitGraph:
         output_influence = influence + weights
         completeness = float((non_error * output_influence).sum() / output_influence.sum())
         return replacement, completeness
+
+    def to_networkx(self) -> nx.DiGraph:
+        """The graph for networkx's own tools (paths, communities, centrality): nodes keyed by id with
+        their kind, step, stream, layer, feature, value and label; one edge per (source, target) pair
+        with the summed weight."""
+        import networkx as nx
+
+        exported = nx.DiGraph()
+        for node in self.nodes:
+            exported.add_node(node.id, kind=node.kind, step=node.step, stream=node.stream, layer=node.layer,
+                              feature=node.feature, value=node.value, label=node.label)
+        count = len(self.nodes)
+        pairs, pair_of_edge = torch.unique(self.edge_targets * count + self.edge_sources, return_inverse=True)
+        summed = torch.zeros(len(pairs), dtype=torch.float64).index_add_(0, pair_of_edge, self.edge_weights)
+        ids = [node.id for node in self.nodes]
+        exported.add_weighted_edges_from(
+            (ids[source], ids[target], weight)
+            for source, target, weight in zip((pairs % count).tolist(), (pairs // count).tolist(), summed.tolist())
+        )
+        return exported
 
     def subgraph(self, pruned: Pruned) -> CircuitGraph:
         """The graph with only the kept nodes and edges (indices renumbered)."""
