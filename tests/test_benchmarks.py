@@ -175,3 +175,18 @@ def test_graph_analysis_compares_every_operation_with_its_dense_baseline_and_the
     assert [r[0] for r in rows] == ["influence", "prune", "scores", "predicted ablations", "save JSON"]
     assert all(r[-1] == "yes" and r[3].endswith("x") and r[6].endswith("x") for r in rows)
     assert lines[7].startswith("goal influence:") and lines[8].startswith("goal prune:")
+
+
+def test_toy_connections_splits_the_circuits_and_shows_an_example() -> None:
+    args = ["--images", "8", "--errors", "2", "--budget", "6", "--top", "3"]
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "toy_connections.py"), *args], capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("2 binding-error circuits")
+    feature_rows = [line.split() for line in lines[lines.index("edges from features: direct share of |weight| per "
+                                                               "graph (mean over graphs)") + 2:]]
+    img_rows = [row for row in feature_rows[:3] if row[0] == "img->img"]
+    assert img_rows and all(0.0 < float(row[4]) <= 1.0 for row in img_rows)
+    example = lines.index(next(line for line in lines if line.startswith("virtual weights of img:3:")))
+    assert [line.split()[0] for line in lines[example + 3 : example + 6]] == ["upstream"] * 3
