@@ -15,11 +15,10 @@ import torch
 from comfy_api.latest import io
 
 from ..diffract_core.atlas import feature_labels
-from ..diffract_core.attribution.connections import VirtualWeights
-from ..diffract_core.attribution.modulation import DEFAULT_GUIDANCE, ResidualModulation, conditioning_vector
+from ..diffract_core.attribution import DEFAULT_GUIDANCE, ResidualModulation, VirtualWeights, conditioning_vector
 from ..diffract_core.errors import FeatureSpecError
 from ..diffract_core.features import SPEC_HELP, FeatureRef, check_features, parse_features
-from ..diffract_core.render.connections import format_connections, render_connections
+from ..diffract_core.render import format_connections, render_connections
 from ..diffract_core.transcoders import TranscoderSet
 from .circuit_nodes import read_comfy_linear
 from .model_patching import check_flux

@@ -4,10 +4,13 @@ exact attribution, budgeted graph expansion, pruning, faithfulness checks and ci
 from .blocks import read_plain_linear
 from .circuit import trace_circuit
 from .circuit_search import SearchSettings, VerifiedCircuit, find_circuit, search_circuits
+from .connections import Connection, FeatureConnections, VirtualWeights
+from .edge_paths import EdgePaths, replay_model, split_edges
 from .faithfulness import Faithfulness
 from .graph import CircuitGraph, CircuitNode, Pruned
 from .hierarchy import Hierarchy, HierarchySettings, build_hierarchy, supernode_graph
 from .metadata import CircuitMetadata, Conservation, Passes, Preservation, Pruning, Scores, Supernode, TargetInfo
+from .modulation import DEFAULT_GUIDANCE, ResidualModulation, conditioning_vector
 from .preservation import CircuitIntervention, TargetValues
 from .replacement import ReplacementModel, TargetRow
 from .serialize import load_graph, node_label, save_graph, save_neuronpedia
@@ -21,6 +24,7 @@ from .tracer import CircuitTracer
 
 __all__ = [
     "CIRCUIT_MODES",
+    "DEFAULT_GUIDANCE",
     "NODES_HELP",
     "SIMPLIFY_HELP",
     "SIMPLIFY_METHODS",
@@ -33,8 +37,11 @@ __all__ = [
     "CircuitNode",
     "CircuitSimilarity",
     "CircuitTracer",
+    "Connection",
     "Conservation",
+    "EdgePaths",
     "Faithfulness",
+    "FeatureConnections",
     "Hierarchy",
     "HierarchySettings",
     "Passes",
@@ -42,6 +49,7 @@ __all__ = [
     "Pruned",
     "Pruning",
     "ReplacementModel",
+    "ResidualModulation",
     "Scores",
     "SearchSettings",
     "SimplifySettings",
@@ -52,21 +60,25 @@ __all__ = [
     "TargetValues",
     "TraceSettings",
     "VerifiedCircuit",
+    "VirtualWeights",
     "build_hierarchy",
     "by_label",
     "by_site",
     "circuit_similarity",
     "circuit_steering",
+    "conditioning_vector",
     "find_circuit",
     "keep_features",
     "load_graph",
     "node_label",
     "read_plain_linear",
+    "replay_model",
     "resolve_target",
     "save_graph",
     "save_neuronpedia",
     "search_circuits",
     "simplify_circuit",
+    "split_edges",
     "supernode_graph",
     "trace_circuit",
 ]
