@@ -12,7 +12,7 @@ from typing import Any
 
 import comfy.model_management
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..diffract_core.atlas import feature_labels
 from ..diffract_core.attribution import DEFAULT_GUIDANCE, ResidualModulation, VirtualWeights, conditioning_vector
@@ -66,7 +66,7 @@ class FeatureConnections(io.ComfyNode):
                 io.Conditioning.Input("conditioning", optional=True, tooltip=CONDITIONING_HELP),
             ],
             outputs=[io.String.Output(display_name="table"), io.Image.Output(display_name="chart")],
-            is_output_node=True,  # shows its table in the node even with nothing connected
+            is_output_node=True,  # shows its table and chart in the node even with nothing connected
         )
 
     @classmethod
@@ -97,4 +97,5 @@ class FeatureConnections(io.ComfyNode):
         others = [c.source for c in connections.upstream] + [c.target for c in connections.downstream]
         labels = None if atlas is None else feature_labels(atlas, [ref, *others])
         table = format_connections(connections, labels)
-        return io.NodeOutput(table, render_connections(connections, labels)[None], ui={"text": [table]})
+        chart = render_connections(connections, labels)[None]
+        return io.NodeOutput(table, chart, ui={**ui.PreviewImage(chart, cls=cls).as_dict(), "text": [table]})

@@ -36,7 +36,7 @@ def test_the_table_holds_the_librarys_strongest_weights_for_the_conditionings_ve
     assert not expected.upstream and len(expected.downstream) == 4
     assert _rows(table) == [["downstream", str(c.target), f"{c.weight:+.4g}"] for c in expected.downstream]
     assert table.splitlines()[0].startswith("virtual weights of img:0:5 at sigma 0.5")
-    assert output.ui["text"] == [table]
+    assert output.ui["text"] == [table] and len(output.ui["images"]) == 1
     assert chart.shape[0] == 1 and chart.shape[-1] == 3 and 0.0 <= float(chart.min()) < float(chart.max()) <= 1.0
     unconditioned = fake_runtime.run_node(connections_module.FeatureConnections, transcoders=transcoders, model=patcher,
                                           feature="img:0:5", sigma=0.5, top_k=4).args[0]
