@@ -12,6 +12,7 @@ from .circuit_nodes import SteerCircuit, TraceCircuit
 from .feature_connections import FeatureConnections
 from .inspect_nodes import FeatureHeatmaps, TopFeatures
 from .record_node import RecordFeatures
+from .simplify_circuit import SimplifyCircuit
 from .steer_node import SteerFeature
 from .toy_nodes import ToyDecode, ToyModelLoader, ToyTextEncode
 from .transcoder_folders import register_transcoder_folder
@@ -25,6 +26,7 @@ NODES: tuple[type[io.ComfyNode], ...] = (
     TopFeatures,
     SteerFeature,
     TraceCircuit,
+    SimplifyCircuit,
     SteerCircuit,
     FeatureConnections,
     AttentionHeads,

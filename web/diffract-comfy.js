@@ -1,7 +1,7 @@
-// The ComfyUI side of the viewers: a circuit widget in Trace Circuit (plus a large view in the bottom
-// panel), the heatmap viewer in Feature Heatmaps, the table (with token strips and heatmaps) in Top
-// Features, and the "steer" action. The view state
-// (thresholds, pins, groups, labels, region) lives in the node's properties, so it is saved with the
+// The ComfyUI side of the viewers: a circuit widget in Trace Circuit and Simplify Circuit (plus a large
+// view in the bottom panel), the heatmap viewer in Feature Heatmaps, the table (with token strips and
+// heatmaps) in Top Features, and the "steer" action. The view state (thresholds, pins, groups,
+// labels, region, unfolded supernodes) lives in the node's properties, so it is saved with the
 // workflow; the circuit itself is fetched from the server and never written into the workflow.
 
 import { app } from "../../scripts/app.js";
@@ -12,10 +12,12 @@ import { FeatureTableView } from "./diffract/feature-table.js";
 import { HeatmapView } from "./diffract/heatmap-view.js";
 
 const TRACE = "DiffractTraceCircuit";
+const CIRCUIT_NODES = new Set([TRACE, "DiffractSimplifyCircuit"]);  // nodes whose widget draws their CIRCUIT
 // The viewer each node carries, the height it needs (the example workflows leave room for these) and
 // the key of the node's ui output it shows.
 const VIEWER_WIDGETS = {
   [TRACE]: { name: "circuit_view", height: 560, output: "diffract_circuit" },
+  DiffractSimplifyCircuit: { name: "circuit_view", height: 560, output: "diffract_circuit" },
   DiffractFeatureHeatmaps: { name: "heatmap_view", height: 320, output: "diffract_heatmaps" },
   DiffractTopFeatures: { name: "feature_table", height: 440, output: "diffract_top_features" },
 };
@@ -146,7 +148,7 @@ function handleOutput(node, output) {
   const viewer = VIEWER_WIDGETS[node.comfyClass];
   if (!output || !node.diffractWidget || !viewer) return;
   const payload = output[viewer.output]?.[0];
-  if (node.comfyClass === TRACE) showCircuit(node, payload);
+  if (CIRCUIT_NODES.has(node.comfyClass)) showCircuit(node, payload);
   else showHeatmaps(node, payload);
 }
 
@@ -185,7 +187,7 @@ app.registerExtension({
       onExecuted?.apply(this, arguments);
       handleOutput(this, output);
     };
-    if (nodeData.name === TRACE) {
+    if (CIRCUIT_NODES.has(nodeData.name)) {
       const onConfigure = nodeType.prototype.onConfigure;
       nodeType.prototype.onConfigure = function () {
         const result = onConfigure?.apply(this, arguments);

@@ -19,6 +19,7 @@ def test_the_nodes_and_their_permanent_ids(pack, models_dir) -> None:
         "DiffractTopFeatures": "Top Features",
         "DiffractSteerFeature": "Steer Feature",
         "DiffractTraceCircuit": "Trace Circuit",
+        "DiffractSimplifyCircuit": "Simplify Circuit",
         "DiffractSteerCircuit": "Steer Circuit",
         "DiffractFeatureConnections": "Feature Connections",
         "DiffractAttentionHeads": "Attention Heads",

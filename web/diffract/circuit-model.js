@@ -1,6 +1,7 @@
 // The circuit as the viewer computes with it: typed arrays, influence and pruning exactly as
 // diffract_core.attribution.graph does them (so the prune slider shows what Trace Circuit would
-// keep), the fixed layout, supernodes and the image-region filter. No DOM here.
+// keep), the fixed layout, supernodes (the user's groups and a simplified circuit's foldable hierarchy)
+// and the image-region filter. No DOM here.
 
 const ALWAYS_KEPT = new Set(["target", "input", "bias"]);
 const NEEDS_OUTPUT = new Set(["feature", "error", "rest"]);
@@ -74,6 +75,42 @@ export function labelGroups(circuit, nodeMask, userLabels, groups) {
     byLabel.get(label).push(node.id);
   }
   return [...byLabel].filter(([, members]) => members.length > 1).map(([name, members]) => ({ name, members }));
+}
+
+/** The supernodes of a simplified circuit (metadata.supernodes, coarsest first), members kept to the
+ * circuit's nodes: [{id, name, level, parent, members: [node ids]}]. */
+export function supernodes(circuit) {
+  const raw = circuit.metadata.supernodes;
+  if (!Array.isArray(raw)) return [];
+  return raw
+    .filter((s) => s && typeof s.id === "string" && Array.isArray(s.members))
+    .map((s) => ({ id: s.id, name: String(s.name ?? s.id), level: Number(s.level) || 1,
+      parent: typeof s.parent === "string" ? s.parent : null, members: s.members.filter((id) => circuit.byId.has(id)) }))
+    .filter((s) => s.members.length > 1);
+}
+
+/** The supernodes drawn folded, as collapseGroups takes groups (each with its `supernode` id): those
+ * not in `expanded` whose every ancestor is. */
+export function foldedGroups(nodes, expanded) {
+  const byId = new Map(nodes.map((s) => [s.id, s]));
+  const open = new Set(expanded);
+  const shown = (s) => {
+    for (let p = s.parent, hops = 0; p !== null && byId.has(p) && hops <= nodes.length; p = byId.get(p).parent, hops++) {
+      if (!open.has(p)) return false;
+    }
+    return true;
+  };
+  return nodes.filter((s) => !open.has(s.id) && shown(s)).map((s) => ({ name: s.name, members: s.members, supernode: s.id }));
+}
+
+/** `id` and every supernode inside it. */
+export function withDescendants(nodes, id) {
+  const found = new Set([id]);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const s of nodes) if (s.parent !== null && found.has(s.parent) && !found.has(s.id)) { found.add(s.id); grew = true; }
+  }
+  return found;
 }
 
 export function describeNode(node) {
@@ -334,6 +371,7 @@ export function defaultViewState(circuit) {
     groups: [],
     labels: {},
     region: null,
+    expanded: [],  // supernodes unfolded (the others draw as one node each)
   };
 }
 
@@ -357,5 +395,9 @@ export function restoreViewState(circuit, saved) {
     for (const [id, text] of Object.entries(saved.labels)) if (known(id) && typeof text === "string") state.labels[id] = text.slice(0, 200);
   }
   if (saved.region && Array.isArray(saved.region.cells)) state.region = { cells: saved.region.cells.filter(Number.isInteger) };
+  if (Array.isArray(saved.expanded)) {
+    const ids = new Set(supernodes(circuit).map((s) => s.id));
+    state.expanded = saved.expanded.filter((id) => ids.has(id));
+  }
   return state;
 }

@@ -2,11 +2,13 @@
 // generated image with the hovered feature's heatmap and the region tool, and the details of a node.
 // Used by the Trace Circuit widget, the large view in ComfyUI and the standalone report alike.
 
-import { collapseGroups, describeNode, featureCard, featureSpec, influence, labelGroups, layout, nodeLabel, nodesInRegion, prune, restoreViewState } from "./circuit-model.js";
+import { collapseGroups, describeNode, featureCard, featureSpec, foldedGroups, influence, labelGroups, layout, nodeLabel, nodesInRegion, prune, restoreViewState, supernodes, withDescendants } from "./circuit-model.js";
 import { drawUnderHeat, fillTokenStrip, fitRect, HEAT_GRADIENT, loadImage, nodeTokenMap, paintTokenMap } from "./heatmap.js";
 import { createRoot } from "./style.js";
 
 const KIND_COLOURS = { feature: "#9aa3b5", error: "#8a8a8a", rest: "#b8b8b8", input: "#2fa36b", bias: "#a8a23a", target: "#f0a020" };
+const GROUP_COLOUR = "#c77dff";
+const SUPERNODE_COLOUR = "#4fc3d9";
 const POSITIVE = [46, 110, 220];
 const NEGATIVE = [215, 60, 50];
 const WIDTH_LEVELS = 6;
@@ -26,6 +28,7 @@ export class CircuitView {
     this.options = options;
     this.state = restoreViewState(this.circuit, options.state);
     this.influence = influence(this.circuit);
+    this.supernodes = supernodes(this.circuit);
     this.hovered = -1;
     this.focused = -1;
     this.zoom = 1;
@@ -103,6 +106,28 @@ export class CircuitView {
     return true;
   }
 
+  /** Draw a folded supernode's members (its inner supernodes folded) instead of the one node. */
+  unfold(id) {
+    if (!this.state.expanded.includes(id)) this.state.expanded.push(id);
+    this.#refolded();
+  }
+
+  /** Draw a supernode (and everything inside it) as one node again. */
+  fold(id) {
+    const inside = withDescendants(this.supernodes, id);
+    this.state.expanded = this.state.expanded.filter((open) => !inside.has(open));
+    this.#refolded();
+  }
+
+  /** After a fold or unfold: the node under the pointer may now stand for another group. */
+  #refolded() {
+    this.#recompute();
+    if (this.hovered >= 0 && !this.drawn[this.hovered]) this.hovered = -1;
+    this.#changed();
+    this.#showDetails(this.focused >= 0 ? this.focused : this.hovered);
+    this.#drawImage();
+  }
+
   ungroup(groupIndex) {
     this.state.groups.splice(groupIndex, 1);
     this.#recompute();
@@ -164,7 +189,10 @@ export class CircuitView {
     const { source, target } = this.circuit.edges;
     for (let e = 0; e < edgeMask.length; e++) edgeMask[e] &= nodeMask[source[e]] & nodeMask[target[e]];
     this.nodeMask = nodeMask;
-    const collapsed = collapseGroups(this.circuit, this.state.groups, nodeMask, edgeMask);
+    const folded = foldedGroups(this.supernodes, this.state.expanded);
+    const taken = new Set(folded.flatMap((g) => g.members));  // a folded supernode wins over the user's groups
+    this.groups = [...folded, ...this.state.groups.map((g) => ({ ...g, members: g.members.filter((id) => !taken.has(id)) }))];
+    const collapsed = collapseGroups(this.circuit, this.groups, nodeMask, edgeMask);
     this.representative = collapsed.representative;
     this.groupOf = collapsed.groupOf;
     this.drawnEdges = collapsed.edges;
@@ -177,8 +205,10 @@ export class CircuitView {
     let keptEdges = 0;
     for (const k of edgeMask) keptEdges += k;
     this.counts = { nodes: kept, edges: keptEdges, drawnEdges: this.drawnEdges.weight.length };
+    const preservation = this.circuit.metadata.preservation;
     this.countsText.textContent = `${kept} of ${this.circuit.nodes.length} nodes · ${keptEdges} of ${edgeMask.length} edges`
-      + (this.state.region ? ` · region: ${this.state.region.cells.length} tokens` : "");
+      + (this.state.region ? ` · region: ${this.state.region.cells.length} tokens` : "")
+      + (preservation ? ` · preservation ${(100 * preservation.score).toFixed(1)} % with ${preservation.features} of ${preservation.traced_features} features` : "");
     if (this.focused >= 0 && !this.drawn[this.focused]) this.focused = -1;
     this.redraw();
     this.#showPins();
@@ -208,7 +238,7 @@ export class CircuitView {
   #members(index) {
     const group = this.groupOf.get(index);
     if (group === undefined) return [index];
-    return this.state.groups[group].members.map((id) => this.circuit.byId.get(id)).filter((i) => this.nodeMask[i]);
+    return this.groups[group].members.map((id) => this.circuit.byId.get(id)).filter((i) => this.nodeMask[i]);
   }
 
   #tokenCount() {
@@ -298,7 +328,8 @@ export class CircuitView {
     const kinds = [["feature", "feature", "●"], ["error", "error / rest", "■"], ["input", "input token", "●"], ["bias", "bias", "●"],
       ["target", "target", "●"]];
     const items = kinds.map(([kind, name, mark]) => `<span style="color:${KIND_COLOURS[kind]}">${mark}</span> ${name}`);
-    items.push('<span style="color:#c77dff">■</span> group', '<span style="color:#ffd400">○</span> pinned');
+    items.push(`<span style="color:${GROUP_COLOUR}">■</span> group`, '<span style="color:#ffd400">○</span> pinned');
+    if (this.supernodes.length) items.push(`<span style="color:${SUPERNODE_COLOUR}">■</span> supernode (click to unfold)`);
     return items.join(" &nbsp;");
   }
 
@@ -331,6 +362,8 @@ export class CircuitView {
       const index = this.#nodeAt(this.#canvasPoint(event));
       if (index < 0) return this.focus(-1);
       if (event.ctrlKey || event.metaKey) return this.togglePin(index);
+      const supernode = this.groups[this.groupOf.get(index)]?.supernode;
+      if (supernode) return this.unfold(supernode);
       this.focus(index === this.focused ? -1 : index);
     });
     canvas.addEventListener("pointerleave", () => this.hover(-1));
@@ -444,7 +477,7 @@ export class CircuitView {
     const doc = box.ownerDocument;
     const title = doc.createElement("h4");
     const group = this.groupOf.get(index);
-    title.textContent = group === undefined ? describeNode(node) : `${this.state.groups[group].name}: ${members.length} nodes`;
+    title.textContent = group === undefined ? describeNode(node) : `${this.groups[group].name}: ${members.length} nodes`;
     box.appendChild(title);
     const rows = [["kind", node.kind], ["step", node.step], ["stream", node.stream ?? "–"], ["layer", node.layer ?? "–"],
       ["feature", node.feature ?? "–"], ["value", node.value.toPrecision(4)], ["influence", this.influence[index].toPrecision(3)],
@@ -476,6 +509,14 @@ export class CircuitView {
       this.#showDetails(index);
     });
     actions.appendChild(pin);
+    const open = this.#innermostUnfolded(node.id);
+    if (open) {
+      const fold = doc.createElement("button");
+      fold.className = "dfx-fold";
+      fold.textContent = `fold ${open.name}`;
+      fold.addEventListener("click", () => this.fold(open.id));
+      actions.appendChild(fold);
+    }
     if (members.some((i) => this.circuit.nodes[i].kind === "feature")) {
       const steer = doc.createElement("button");
       steer.className = "dfx-steer";
@@ -548,9 +589,15 @@ export class CircuitView {
     return list;
   }
 
+  /** The finest unfolded supernode holding the node `id`, or null. */
+  #innermostUnfolded(id) {
+    const open = this.supernodes.filter((s) => this.state.expanded.includes(s.id) && s.members.includes(id));
+    return open.length ? open.reduce((a, b) => (b.level < a.level ? b : a)) : null;
+  }
+
   #name(index) {
     const group = this.groupOf.get(index);
-    if (group !== undefined) return this.state.groups[group].name;
+    if (group !== undefined) return this.groups[group].name;
     const node = this.circuit.nodes[index];
     return nodeLabel(this.circuit, node, this.state.labels) || (node.kind === "feature" ? featureSpec(node) : describeNode(node));
   }
@@ -559,6 +606,15 @@ export class CircuitView {
     const box = this.pinsBox;
     box.replaceChildren();
     const doc = box.ownerDocument;
+    for (const supernode of this.supernodes.filter((s) => this.state.expanded.includes(s.id))) {
+      const line = doc.createElement("div");
+      line.textContent = `▾ ${supernode.name} `;
+      const fold = doc.createElement("button");
+      fold.textContent = "fold";
+      fold.addEventListener("click", () => this.fold(supernode.id));
+      line.appendChild(fold);
+      box.appendChild(line);
+    }
     this.state.groups.forEach((group, g) => {
       const line = doc.createElement("div");
       line.textContent = `▣ ${group.name} (${group.members.length}) `;
@@ -733,7 +789,7 @@ export class CircuitView {
       const node = this.circuit.nodes[i];
       const grouped = this.groupOf.has(i);
       const dim = incident && !incident.has(i);
-      const colour = grouped ? "#c77dff" : KIND_COLOURS[node.kind];
+      const colour = grouped ? (this.groups[this.groupOf.get(i)].supernode ? SUPERNODE_COLOUR : GROUP_COLOUR) : KIND_COLOURS[node.kind];
       const key = `${colour}|${dim}`;
       if (!byColour.has(key)) byColour.set(key, []);
       byColour.get(key).push(i);
@@ -843,7 +899,8 @@ export class CircuitView {
   }
 
   #radius(i) {
-    const r = 2.5 + 7 * Math.sqrt(Math.min(1, this.influence[i]));
+    const influence = this.groupOf.has(i) ? this.#members(i).reduce((sum, m) => sum + this.influence[m], 0) : this.influence[i];
+    const r = 2.5 + 7 * Math.sqrt(Math.min(1, influence));
     return this.groupOf.has(i) ? r + 3 : r;
   }
 
