@@ -101,3 +101,7 @@ class GraphStructureError(DiffractError):
 
 class CircuitFileError(DiffractError):
     """A circuit file that is not a valid DifFRACT circuit."""
+
+
+class QuantisedWeightsError(DiffractError, AttributeError):
+    """A transcoder's matrix read directly where it is held quantised (fp8): read it through its accessor."""

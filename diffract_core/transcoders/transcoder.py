@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FeatureIndexError, InputShapeError, SettingsError
+from ..errors import FeatureIndexError, InputShapeError, QuantisedWeightsError, SettingsError
 from .config import TranscoderConfig
 from .time_embedding import sinusoidal_embedding
 
@@ -202,7 +202,7 @@ class Transcoder(nn.Module):
         except AttributeError:
             if name in QUANTISED and self.fp8_weights:
                 accessor = "encoder_vectors" if name == "W_enc" else "decoder_vectors"
-                raise AttributeError(
+                raise QuantisedWeightsError(
                     f"this transcoder holds {name} in fp8 ({name}_fp8 codes, one {name}_scale per feature): "
                     f"read its rows with {accessor}(features, dtype=..., device=...), which dequantises them"
                 ) from None

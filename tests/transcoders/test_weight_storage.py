@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from diffract_core.errors import SettingsError
+from diffract_core.errors import QuantisedWeightsError, SettingsError
 from diffract_core.quickstart import random_transcoder
 from diffract_core.transcoders import Transcoder, TranscoderSet
 from diffract_core.transcoders import transcoder as transcoder_module
@@ -75,9 +75,9 @@ def test_fp8_storage_survives_dtype_casts_and_names_its_accessors() -> None:
     assert fp8.dtype == torch.bfloat16 and fp8.config.dtype == "bfloat16"
     assert fp8.W_enc_fp8.dtype == torch.float8_e4m3fn and fp8.W_enc_scale.dtype == torch.float32
     assert fp8(torch.randn(3, 16), 0.5).dtype == torch.bfloat16
-    with pytest.raises(AttributeError, match=r"holds W_dec in fp8 .* decoder_vectors\(features"):
+    with pytest.raises(QuantisedWeightsError, match=r"holds W_dec in fp8 .* decoder_vectors\(features"):
         fp8.W_dec  # noqa: B018 - the attribute read is what is tested
-    with pytest.raises(AttributeError, match="encoder_vectors"):
+    with pytest.raises(QuantisedWeightsError, match="encoder_vectors"):
         fp8.W_enc  # noqa: B018
     with pytest.raises(AttributeError, match="has no attribute 'W_other'"):
         fp8.W_other  # noqa: B018
