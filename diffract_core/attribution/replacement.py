@@ -54,6 +54,15 @@ def _kept_dtype(weight: torch.dtype, compute: torch.dtype) -> torch.dtype:
     return weight if weight in plain and weight.itemsize <= compute.itemsize else compute
 
 
+def _value_rows(read: torch.Tensor, hidden: int, qkv: nn.Module) -> torch.Tensor:
+    """The value rows of a fused qkv weight or bias as read: a view where the reader handed back the
+    module's own tensor (nothing to free), a copy where it made one (so the query and key rows of
+    that copy are freed)."""
+    rows = read[2 * hidden :]
+    own = any(read.untyped_storage().data_ptr() == p.untyped_storage().data_ptr() for p in qkv.parameters())
+    return rows if own else rows.clone()
+
+
 def _constant_effect(grad: torch.Tensor, constant: torch.Tensor | None) -> torch.Tensor:
     """[R] float64: sum over positions of grad[r, p] . constant, for a constant [D] (or [1, 1, D])
     added at every position."""
@@ -233,8 +242,8 @@ class ReplacementModel:
         for s in STREAMS:
             attn = getattr(self.blocks[index], f"{s}_attn")
             qkv = Affine(*self.read_linear(attn.qkv, self.dtype, self.device))
-            bias = None if qkv.bias is None else qkv.bias[2 * self.hidden :].clone()
-            values[s] = Affine(qkv.weight[2 * self.hidden :].clone(), bias)
+            values[s] = Affine(*(None if part is None else _value_rows(part, self.hidden, attn.qkv)
+                                 for part in (qkv.weight, qkv.bias)))
             projs[s] = Affine(*self.read_linear(attn.proj, self.dtype, self.device))
         return values, projs
 

@@ -118,3 +118,24 @@ def test_bad_requests_are_refused(model, transcoders, call, lrm) -> None:
         ReplacementModel(model.double_blocks, transcoders, two, last_layer=1)
     with pytest.raises(DiffractError, match="do not fit the 24 img tokens"):
         lrm.attribute([lrm.feature_row("img", 2, 0, torch.ones(5))])
+
+
+def test_kept_weights_are_value_and_proj_copied_only_when_read_as_copies(model, transcoders, call) -> None:
+    """A replay that reads the model's own weights keeps views of them (no memory); one whose reader
+    hands back copies (ComfyUI's cast, dequantisation) keeps copies of only the value rows of the
+    fused qkv, not the whole matrix."""
+    hidden = model.config.hidden_size
+    attn = model.double_blocks[0].img_attn
+    same = ReplacementModel(model.double_blocks, transcoders, call, last_layer=1)
+    storage = lambda tensor: tensor.untyped_storage().data_ptr()
+    assert storage(same.layers[0].value["img"].weight) == storage(attn.qkv.weight)
+    assert same.layers[0].proj["img"].weight.data_ptr() == attn.proj.weight.data_ptr()
+
+    def copying_reader(module, dtype, device):
+        return module.weight.detach().to(device, dtype, copy=True), module.bias.detach().to(device, dtype, copy=True)
+
+    copied = ReplacementModel(model.double_blocks, transcoders, call, last_layer=1, read_linear=copying_reader)
+    value = copied.layers[0].value["img"].weight
+    assert value.untyped_storage().nbytes() == hidden * hidden * 4  # the value rows alone
+    torch.testing.assert_close(value, attn.qkv.weight[2 * hidden :], rtol=0, atol=0)
+    assert copied.layers[0].value["img"].bias.untyped_storage().nbytes() == hidden * 4
