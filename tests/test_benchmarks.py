@@ -190,3 +190,18 @@ def test_toy_connections_splits_the_circuits_and_shows_an_example() -> None:
     assert img_rows and all(0.0 < float(row[4]) <= 1.0 for row in img_rows)
     example = lines.index(next(line for line in lines if line.startswith("virtual weights of img:3:")))
     assert [line.split()[0] for line in lines[example + 3 : example + 6]] == ["upstream"] * 3
+
+
+def test_toy_circuit_preservation_measures_every_method_and_writes_its_figures(tmp_path: Path) -> None:
+    args = ["--errors", "2", "--images", "6", "--budget", "20", "--max-features", "4", "--steps", "20", "--rounds",
+            "0", "--json", str(tmp_path / "figures.json")]
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "toy_circuit_preservation.py"), *args],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert set(figures["preservation"]) == {"search", "top_k", "prefix", "random"}
+    assert figures["errors"] + len(figures["skipped"]) == 2
+    for row in figures["rows"]:
+        assert 1 <= row["search_size"] <= 4 and 1 <= row["prefix_size"] <= 4
+        assert row["features_traced"] == 20 and abs(row["influence_curve"]["20"] - 1.0) < 1e-6  # the full graph
+    assert "similarity, same error, steps 2 and 4" in out.stdout

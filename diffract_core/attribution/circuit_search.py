@@ -4,9 +4,10 @@ target keeps its full-graph value with few features, then verified in the real m
 The mask acts through the graph's own edges (`MaskedGraph`), not through the linearised model: a
 step costs a few sparse products over the edges and no pass through FLUX, so hundreds of steps for
 several budgets at once take seconds on any graph the tracer makes, and what is optimised is what
-the graph claims about the model. The linearised model would not predict better: it freezes the
-same LayerNorm denominators, and those are what the real model moves most when most features are
-removed (the kept ones then weigh more, so small circuits overshoot what the edges predict).
+the graph claims about the model. The linearised model would not predict better: it freezes the same
+LayerNorm denominators and attention patterns, and on the toy it misses the target with every feature
+removed exactly as the edges do (the real model's LayerNorm and attention respond, so small circuits
+often overshoot what the edges predict).
 
 Per budget k: masks m = sigmoid(theta / T), theta from 0, the temperature T falling geometrically so
 masks end near 0 or 1; loss (goal - P(m))^2 + (size_penalty + lambda) * sum(m) / K, P the predicted
