@@ -11,13 +11,12 @@ The error term y - y_hat stays, live; the circuit's features are kept at every t
 
 t(full): the graph's features kept (every feature the trace did not expand removed); t(empty): no
 feature kept (each MLP reduced to its decoder bias and its error term). The full graph scores 1 and
-the empty circuit 0 by definition; `graph_share`, (t(full) - t(empty)) / (t(clean) - t(empty)),
-says how much of the unedited target the graph's features carry in the first place.
+the empty circuit 0 by definition; t(clean), the unedited target, says how far the graph's features
+alone already are from the model as it ran.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -42,11 +41,6 @@ class TargetValues:
     clean: float
     full: float
     empty: float
-
-    @property
-    def graph_share(self) -> float:
-        """Of the clean target's distance from the empty value, the share the graph's features keep."""
-        return (self.full - self.empty) / (self.clean - self.empty) if self.clean != self.empty else math.nan
 
 
 def target_row(model: ReplacementModel, graph: CircuitGraph) -> TargetRow:
