@@ -30,9 +30,8 @@ from ..diffract_core.heads import (
     head_profile,
     heads_payload,
 )
-from ..diffract_core.recording import CHUNK_NAMES, FeatureRecording
-from ..diffract_core.recording.call_inputs import CallInputs
-from ..diffract_core.render.head_table import render_head_table
+from ..diffract_core.recording import CHUNK_NAMES, CallInputs, FeatureRecording
+from ..diffract_core.render import render_head_table
 from ..diffract_core.sites import parse_steps
 from ..diffract_core.transcoders import TranscoderSet
 from .circuit_nodes import read_comfy_linear

@@ -2,6 +2,7 @@
 
 from .circuit import render_circuit
 from .connections import format_connections, render_connections
+from .head_table import render_head_table
 from .heatmaps import NORMALIZE_MODES, colorize, normalize_maps, render_feature_heatmaps
 from .top_features import FeatureStat, format_table, top_features
 
@@ -15,5 +16,6 @@ __all__ = [
     "render_circuit",
     "render_connections",
     "render_feature_heatmaps",
+    "render_head_table",
     "top_features",
 ]
