@@ -82,6 +82,14 @@ def search_circuits(graph: CircuitGraph, budgets: Sequence[int], settings: Searc
         raise SettingsError(f"budgets must be 1 or more features each, got {list(budgets)}")
     if goals is not None and len(goals) != len(budgets):
         raise SettingsError(f"one goal per budget: {len(goals)} goals for {len(budgets)} budgets")
+    # Hosts run nodes under inference mode (ComfyUI) or no_grad: the search needs its own autograd,
+    # on tensors made here rather than on the host's inference tensors.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _search(graph, features, budgets, settings, goals)
+
+
+def _search(graph: CircuitGraph, features: list[int], budgets: Sequence[int], settings: SearchSettings,
+            goals: Sequence[float] | None) -> SearchResult:
     masked = MaskedGraph(graph)
     full, empty = masked.target(torch.stack([torch.ones(len(features)), torch.zeros(len(features))])).tolist()
     if not abs(full - empty) > 1e-12 * max(abs(full), 1.0):

@@ -104,3 +104,17 @@ def test_choose_takes_the_smallest_circuit_within_tolerance_else_the_closest() -
     assert choose({(1, 2, 3): 0.97, (4,): 0.5, (5, 6): 1.08}, 0.1).features == [5, 6]
     assert choose({(1, 2, 3): 0.97, (4,): 0.5, (5, 6): 1.3}, 0.1).features == [1, 2, 3]
     assert choose({(1,): 0.5, (5, 6): 1.3}, 0.1).features == [5, 6]
+
+
+def test_the_search_runs_where_the_host_runs_nodes_under_inference_mode(traced) -> None:
+    """ComfyUI executes nodes inside torch.inference_mode(), with graphs made there: the search keeps
+    its own autograd and finds the same circuits."""
+    graph, _ = traced
+    settings = SearchSettings(steps=30)
+    expected = search_circuits(graph, [3], settings)
+    with torch.inference_mode():
+        inference_graph = CircuitGraph(graph.nodes, graph.edge_sources.clone(), graph.edge_targets.clone(),
+                                       graph.edge_weights.clone(), graph.metadata)
+        found = search_circuits(inference_graph, [3], settings)
+    assert found.circuits == expected.circuits
+    assert found.predicted == pytest.approx(expected.predicted)

@@ -182,7 +182,8 @@ def run_node(node: type, unique_id: str = "7", **given: Any) -> Any:
     missing = [name for name in kwargs if name not in parameters]
     assert not missing, f"{schema.node_id}.execute does not take schema inputs {missing}"
     node.hidden = SimpleNamespace(unique_id=unique_id)
-    output = node.execute(**kwargs)
+    with torch.inference_mode():  # as ComfyUI's PromptExecutor runs every node
+        output = node.execute(**kwargs)
     assert len(output.args) == len(schema.outputs), (
         f"{schema.node_id} returned {len(output.args)} of {len(schema.outputs)} outputs"
     )
