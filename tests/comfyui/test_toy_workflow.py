@@ -55,11 +55,12 @@ def _preview(server, image: dict) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(io.BytesIO(body)).convert("RGB")).copy()).float() / 255
 
 
-def test_the_toy_workflow_runs_end_to_end_with_every_pack_node(comfy_server, pack_dir):
+def test_the_toy_workflows_run_end_to_end_with_every_pack_node(comfy_server, pack_dir):
     workflow = json.loads((pack_dir / "example_workflows" / "toy_trace_and_steer.json").read_text())
     object_info = comfy_server.get_json("/object_info")
     ours = {name for name in object_info if name.startswith("Diffract") and not name.startswith("DiffractTest")}
-    assert ours == {node["type"] for node in workflow["nodes"] if node["type"].startswith("Diffract")}
+    toys = [json.loads(path.read_text())["nodes"] for path in (pack_dir / "example_workflows").glob("toy_*.json")]
+    assert ours == {node["type"] for nodes in toys for node in nodes if node["type"].startswith("Diffract")}
 
     entry = _wait(comfy_server, _post(comfy_server, api_prompt(workflow, object_info)), timeout=300)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
@@ -127,3 +128,25 @@ hb.emit(dict(kinds=sorted({saes.config(s).kind for s in saes}), sites=len(saes.s
     assert r["kinds"] == ["sae"] and r["sites"] == 8 and r["same"]
     assert r["changed"] > 1e-3
     assert r["gap"] < 0.01  # ComfyUI's simple scheduler rounds the sigmas to 1/1000
+
+
+def test_the_circuit_analysis_workflow_simplifies_connects_and_reads_heads_through_the_server(comfy_server, pack_dir):
+    """example_workflows/toy_circuit_analysis.json posted to a real server: Simplify Circuit, Feature
+    Connections and Attention Heads run on the toy and say what they found."""
+    workflow = json.loads((pack_dir / "example_workflows" / "toy_circuit_analysis.json").read_text())
+    entry = _wait(comfy_server, _post(comfy_server, api_prompt(workflow, comfy_server.get_json("/object_info"))),
+                  timeout=300)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    outputs = entry["outputs"]
+    ids = {node["type"]: str(node["id"]) for node in workflow["nodes"]}
+    (simplified,) = outputs[ids["DiffractSimplifyCircuit"]]["diffract_circuit"]
+    preservation = simplified["preservation"]
+    assert 1 <= preservation["features"] <= 30 < preservation["traced_features"]
+    assert abs(1 - preservation["score"]) <= 0.1  # the node's tolerance
+    assert comfy_server.get_json(simplified["url"])["format"] == "diffract-circuit"
+    connections = outputs[ids["DiffractFeatureConnections"]]
+    (table,) = connections["text"]
+    assert "img:3:731" in table and len(connections["images"]) == 1
+    assert _preview(comfy_server, connections["images"][0]).shape[-1] == 3
+    heads = outputs[ids["DiffractAttentionHeads"]]
+    assert len(heads["images"]) == 1
