@@ -52,7 +52,7 @@ class SourceIds:
         self.index = {site: i for i, site in enumerate(self.sites)}
         site_features = [model.sites[site].features.cpu() for site in self.sites]
         sizes = torch.tensor([len(f) for f in site_features], dtype=torch.long)
-        self.offsets = torch.cumsum(sizes, 0) - sizes
+        self.offset = dict(zip(self.sites, (torch.cumsum(sizes, 0) - sizes).tolist()))  # each site's first id
         self.features = int(sizes.sum())
         self.site_of = torch.repeat_interleave(torch.arange(len(self.sites)), sizes)  # [features]
         self.feature_of = torch.cat([torch.zeros(0, dtype=torch.long), *site_features])  # [features]
@@ -187,7 +187,7 @@ class CircuitTracer:
             totals = torch.zeros(len(chunk), ids.features, dtype=torch.float64, device=device)
             for r, row in enumerate(chunk):
                 for site, effects in row.features.items():
-                    offset = int(ids.offsets[ids.index[site]])
+                    offset = ids.offset[site]
                     totals[r, offset : offset + len(effects)] = effects
             kept = torch.zeros_like(totals, dtype=torch.bool)
             if ids.features:
