@@ -143,3 +143,12 @@ def test_fp8_transcoders_trace_exactly(model, transcoders, call) -> None:
                           settings=TraceSettings(max_feature_nodes=30, batch_size=8))
     assert len(graph.features()) == 30
     assert float(graph.conservation().max()) < 1e-5
+
+
+def test_host_memory_free_for_a_pass_counts_the_droppable_page_cache(monkeypatch, tmp_path) -> None:
+    from diffract_core.attribution import pass_memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   18000000 kB\n")
+    monkeypatch.setattr(pass_memory, "open", lambda path, **kwargs: meminfo.open(**kwargs), raising=False)
+    assert pass_memory.free_bytes(torch.device("cpu")) == 18000000 * 1024
