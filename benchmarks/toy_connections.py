@@ -25,8 +25,9 @@ from collections import defaultdict
 import torch
 
 from diffract_core.atlas import feature_labels
+from diffract_core.attribution.circuit import replay_model
 from diffract_core.attribution.connections import VirtualWeights
-from diffract_core.attribution.edge_paths import EdgePaths, replay_model, split_edges
+from diffract_core.attribution.edge_paths import EdgePaths, split_edges
 from diffract_core.attribution.graph import CircuitGraph
 from diffract_core.attribution.modulation import ResidualModulation
 from diffract_core.heads.statistics import bootstrap_interval

@@ -2,10 +2,10 @@
 exact attribution, budgeted graph expansion, pruning, faithfulness checks and circuit steering."""
 
 from .blocks import read_plain_linear
-from .circuit import trace_circuit
+from .circuit import replay_model, trace_circuit
 from .circuit_search import SearchSettings, VerifiedCircuit, find_circuit, search_circuits
 from .connections import Connection, FeatureConnections, VirtualWeights
-from .edge_paths import EdgePaths, replay_model, split_edges
+from .edge_paths import EdgePaths, split_edges
 from .faithfulness import Faithfulness
 from .graph import CircuitGraph, CircuitNode, Pruned
 from .hierarchy import Hierarchy, HierarchySettings, build_hierarchy, supernode_graph

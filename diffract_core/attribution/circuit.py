@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import GraphStructureError
 from ..recording.call_inputs import CallInputs
 from ..recording.recording import CHUNK_NAMES
 from ..transcoders.transcoder_set import TranscoderSet
@@ -81,3 +82,23 @@ def trace_circuit(
         faithfulness=faithfulness,
     )
     return graph
+
+
+def replay_model(graph: CircuitGraph, blocks: Sequence[nn.Module], transcoders: TranscoderSet, call: CallInputs, *,
+                 read_linear: LinearReader = read_plain_linear,
+                 device: torch.device | str | None = None) -> ReplacementModel:
+    """The replacement model `trace_circuit` built for `graph`, from the same call (its dtype and
+    max_active; the defaults where a foreign file holds no trace settings)."""
+    metadata = graph.require_metadata()
+    if (abs(call.sigma - metadata.sigma) > 1e-5 * max(1.0, abs(metadata.sigma))
+            or call.img.shape[1] != metadata.image_tokens):
+        raise GraphStructureError(
+            f"this call is at sigma {call.sigma:.4g} but the circuit was traced at step {metadata.step} (sigma "
+            f"{metadata.sigma:.4g}; image tokens: {call.img.shape[1]} here, {metadata.image_tokens} traced): it is not "
+            f"the traced one (give the kept inputs of step {metadata.step})"
+        )
+    settings = metadata.settings or TraceSettings()
+    layer = graph.target.layer
+    assert layer is not None
+    return ReplacementModel(blocks, transcoders, call, last_layer=layer, read_linear=read_linear,
+                            dtype=settings.torch_dtype, device=device, max_active=settings.max_active)

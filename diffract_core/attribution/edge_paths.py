@@ -9,17 +9,13 @@ activation x virtual weight x LayerNorm factor (see connections.py); between str
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ..errors import GraphStructureError
-from ..recording.call_inputs import CallInputs
 from ..transcoders.config import Stream
-from ..transcoders.transcoder_set import SiteKey, TranscoderSet
-from .blocks import LinearReader, read_plain_linear
+from ..transcoders.transcoder_set import SiteKey
 from .graph import CircuitGraph, CircuitNode
 from .pass_memory import free_bytes, rows_that_fit
 from .replacement import ReplacementModel, RowEdges, TargetRow
@@ -43,30 +39,10 @@ class EdgePaths:
         return direct / total if total > 0 else 0.0
 
 
-def replay_model(graph: CircuitGraph, blocks: Sequence[nn.Module], transcoders: TranscoderSet, call: CallInputs, *,
-                 read_linear: LinearReader = read_plain_linear,
-                 device: torch.device | str | None = None) -> ReplacementModel:
-    """The replacement model `trace_circuit` built for `graph` from the same call (its dtype and max_active)."""
-    metadata = graph.require_metadata()
-    settings = metadata.settings
-    if settings is None:
-        raise GraphStructureError("this circuit's metadata has no trace settings (dtype, max_active): trace it again "
-                                  "with trace_circuit")
-    if abs(call.sigma - metadata.sigma) > 1e-9 or call.img.shape[1] != metadata.image_tokens:
-        raise GraphStructureError(
-            f"the call (sigma {call.sigma}, {call.img.shape[1]} image tokens) is not the traced one (sigma "
-            f"{metadata.sigma}, {metadata.image_tokens} image tokens): give the kept inputs of step {metadata.step}"
-        )
-    layer = graph.target.layer
-    assert layer is not None
-    return ReplacementModel(blocks, transcoders, call, last_layer=layer, read_linear=read_linear,
-                            dtype=settings.torch_dtype, device=device, max_active=settings.max_active)
-
-
 @torch.no_grad()
 def split_edges(graph: CircuitGraph, model: ReplacementModel, rows_per_pass: int = 64) -> EdgePaths:
     """The direct and through-attention parts of every edge of `graph`, traced on `model` (see
-    `replay_model`), at most `rows_per_pass` rows per backward pass (fewer where memory is short)."""
+    `circuit.replay_model`), at most `rows_per_pass` rows per backward pass (fewer where memory is short)."""
     expanded = graph.expanded()
     rows = [_row_of(model, graph.nodes[i]) for i in expanded]
     per_pass = rows_that_fit(model, rows_per_pass, free_bytes(model.device))

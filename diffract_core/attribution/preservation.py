@@ -27,9 +27,9 @@ from ..errors import DiffractError
 from ..recording.call_inputs import CallInputs
 from ..transcoders.transcoder_set import SiteKey, TranscoderSet
 from .blocks import LinearReader, read_plain_linear
+from .circuit import replay_model
 from .graph import CircuitGraph
 from .replacement import MlpEdit, ReplacementModel, TargetRow
-from .settings import TraceSettings
 
 VALUE_TOLERANCE = 1e-3  # relative: a rebuilt target must read the graph's value to this
 
@@ -96,14 +96,7 @@ class CircuitIntervention:
         device: torch.device | str | None = None,
     ) -> CircuitIntervention:
         """The intervention on `call`, the model call `graph` was traced from (one image, one chunk)."""
-        metadata = graph.require_metadata()
-        if abs(call.sigma - metadata.sigma) > 1e-5 * max(1.0, abs(metadata.sigma)):
-            raise DiffractError(f"this call is at sigma {call.sigma:.4g} but the circuit was traced at step "
-                                f"{metadata.step} (sigma {metadata.sigma:.4g}): give the call of that step")
-        settings = metadata.settings or TraceSettings()
-        model = ReplacementModel(blocks, transcoders, call, last_layer=graph.target.layer, read_linear=read_linear,
-                                 dtype=settings.torch_dtype, device=device, max_active=settings.max_active)
-        return cls(model, graph)
+        return cls(replay_model(graph, blocks, transcoders, call, read_linear=read_linear, device=device), graph)
 
     def value(self, keep: Iterable[int]) -> float:
         """The target with the feature nodes `keep` (graph node indices) kept, every other feature removed."""

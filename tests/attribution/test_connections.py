@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from diffract_core.attribution import ReplacementModel, TargetSpec, TraceSettings, trace_circuit
+from diffract_core.attribution.circuit import replay_model
 from diffract_core.attribution.connections import VirtualWeights
-from diffract_core.attribution.edge_paths import replay_model, split_edges
+from diffract_core.attribution.edge_paths import split_edges
 from diffract_core.attribution.modulation import ResidualModulation, conditioning_vector
 from diffract_core.errors import DiffractError, GraphStructureError, SettingsError, SiteNotLoadedError
 from diffract_core.features import FeatureRef
