@@ -17,10 +17,12 @@ from .blocks import LinearReader, read_plain_linear
 from .faithfulness import check_faithfulness
 from .graph import CircuitGraph
 from .metadata import CircuitMetadata, Conservation, Passes, Scores, TargetInfo
-from .replacement import ReplacementModel
+from .replacement import ReplacementModel, TargetRow
 from .settings import TraceSettings
 from .targets import TargetSpec, resolve_target
 from .tracer import CircuitTracer, ProgressCallback
+
+_VALUE_TOLERANCE = 1e-3  # relative: a target rebuilt from a circuit must read the circuit's value to this
 
 
 def trace_circuit(
@@ -102,3 +104,25 @@ def replay_model(graph: CircuitGraph, blocks: Sequence[nn.Module], transcoders: 
     assert layer is not None
     return ReplacementModel(blocks, transcoders, call, last_layer=layer, read_linear=read_linear,
                             dtype=settings.torch_dtype, device=device, max_active=settings.max_active)
+
+
+def target_row(model: ReplacementModel, graph: CircuitGraph) -> TargetRow:
+    """The graph's target as a read-out of `model`'s call (its feature, weighted at the target node's
+    positions), checked against the value the graph recorded: a call other than the traced one, or a
+    contrastive target (which the graph does not describe fully), is refused."""
+    target = graph.target
+    weights = torch.zeros(model.tokens(target.stream), dtype=model.dtype, device=model.device)
+    if len(target.positions) and int(target.positions.max()) >= len(weights):
+        raise GraphStructureError(f"the circuit's target reads {target.stream} token {int(target.positions.max())} "
+                                  f"but this call has {len(weights)}: give it the call the circuit was traced from")
+    weights[target.positions.to(model.device)] = target.activations.to(model.device, model.dtype)
+    row = model.feature_row(target.stream, target.layer, target.feature, weights)
+    value = float(model.value(row)[0])
+    if abs(value - target.value) > _VALUE_TOLERANCE * max(abs(target.value), 1e-6):
+        raise GraphStructureError(
+            f"the circuit's target {target.feature_spec} reads {value:.6g} in this call but {target.value:.6g} in "
+            "the circuit: a contrastive target (it cannot be rebuilt from a circuit: pass its row, or split its two "
+            "features' graphs), or not the traced call (give the recording, step, chunk and batch_index it was "
+            "traced from)"
+        )
+    return row

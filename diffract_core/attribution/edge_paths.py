@@ -16,11 +16,10 @@ import torch
 from ..errors import GraphStructureError
 from ..transcoders.config import Stream
 from ..transcoders.transcoder_set import SiteKey
-from .graph import CircuitGraph, CircuitNode
+from .circuit import target_row
+from .graph import CircuitGraph
 from .pass_memory import free_bytes, rows_that_fit
 from .replacement import ReplacementModel, RowEdges, TargetRow
-
-_VALUE_TOLERANCE = 1e-4  # relative: a row rebuilt from the graph must read the value the graph holds
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ def split_edges(graph: CircuitGraph, model: ReplacementModel, rows_per_pass: int
     """The direct and through-attention parts of every edge of `graph`, traced on `model` (see
     `circuit.replay_model`), at most `rows_per_pass` rows per backward pass (fewer where memory is short)."""
     expanded = graph.expanded()
-    rows = [_row_of(model, graph.nodes[i]) for i in expanded]
+    rows = [_row_of(model, graph, i) for i in expanded]
     per_pass = rows_that_fit(model, rows_per_pass, free_bytes(model.device))
     direct_rows: list[RowEdges] = []
     for start in range(0, len(rows), per_pass):
@@ -60,20 +59,15 @@ def split_edges(graph: CircuitGraph, model: ReplacementModel, rows_per_pass: int
     return EdgePaths(direct, graph.edge_weights - direct)
 
 
-def _row_of(model: ReplacementModel, node: CircuitNode) -> TargetRow:
-    """The tracer's row of an expanded node: a feature at its positions with weight 1, the target at its weights."""
+def _row_of(model: ReplacementModel, graph: CircuitGraph, index: int) -> TargetRow:
+    """The tracer's row of an expanded node: a feature at its positions with weight 1, the target as it was traced."""
+    node = graph.nodes[index]
+    if node.kind == "target":
+        return target_row(model, graph)
     assert node.stream is not None and node.layer is not None and node.feature is not None
     weights = torch.zeros(model.tokens(node.stream), dtype=model.dtype, device=model.device)
-    weights[node.positions] = 1.0 if node.kind == "feature" else node.activations.to(model.device, model.dtype)
-    row = model.feature_row(node.stream, node.layer, node.feature, weights)
-    if node.kind == "target":
-        value = float(model.value(row)[0])
-        if abs(value - node.value) > _VALUE_TOLERANCE * max(abs(node.value), 1e-6):
-            raise GraphStructureError(
-                f"the graph's target reads {node.value:.6g} but {node.feature_spec} at its positions reads {value:.6g} "
-                "in this model: a contrastive target (split its two features' graphs), or not the traced call"
-            )
-    return row
+    weights[node.positions] = 1.0
+    return model.feature_row(node.stream, node.layer, node.feature, weights)
 
 
 class _SourceNodes:

@@ -27,11 +27,9 @@ from ..errors import DiffractError
 from ..recording.call_inputs import CallInputs
 from ..transcoders.transcoder_set import SiteKey, TranscoderSet
 from .blocks import LinearReader, read_plain_linear
-from .circuit import replay_model
+from .circuit import replay_model, target_row
 from .graph import CircuitGraph
 from .replacement import MlpEdit, ReplacementModel, TargetRow
-
-VALUE_TOLERANCE = 1e-3  # relative: a rebuilt target must read the graph's value to this
 
 
 @dataclass(frozen=True)
@@ -41,27 +39,6 @@ class TargetValues:
     clean: float
     full: float
     empty: float
-
-
-def target_row(model: ReplacementModel, graph: CircuitGraph) -> TargetRow:
-    """The graph's target as a read-out of `model`'s call (its feature, weighted at the target node's
-    positions), checked against the value the graph recorded: a call other than the traced one, or a
-    contrastive target (which the graph does not describe fully), is refused."""
-    target = graph.target
-    weights = torch.zeros(model.tokens(target.stream), dtype=model.dtype, device=model.device)
-    if len(target.positions) and int(target.positions.max()) >= len(weights):
-        raise DiffractError(f"the circuit's target reads {target.stream} token {int(target.positions.max())} but this "
-                            f"call has {len(weights)}: give it the call the circuit was traced from")
-    weights[target.positions.to(model.device)] = target.activations.to(model.device, model.dtype)
-    row = model.feature_row(target.stream, target.layer, target.feature, weights)
-    value = float(model.value(row)[0])
-    if abs(value - target.value) > VALUE_TOLERANCE * max(abs(target.value), 1e-6):
-        raise DiffractError(
-            f"the circuit's target {target.feature_spec} reads {value:.6g} in this call but {target.value:.6g} in "
-            "the circuit: give the recording, step, chunk and batch_index it was traced from (a contrastive "
-            "target cannot be rebuilt from a circuit: pass its row)"
-        )
-    return row
 
 
 class CircuitIntervention:
